@@ -1,0 +1,3 @@
+from textloop.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,235 @@
+"""The ``textloop`` command: parse, call one library function, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from textloop.errors import TextloopError
+
+# flag -> dotted config key; the flag's value overrides the YAML, --set overrides both
+_TRAIN_FLAGS = {
+    "model": "model",
+    "task": "task",
+    "output": "output",
+    "train": "data.train",
+    "validation": "data.validation",
+    "test": "data.test",
+    "text_column": "data.text_column",
+    "text_pair_column": "data.text_pair_column",
+    "label_column": "data.label_column",
+    "label_separator": "data.label_separator",
+    "epochs": "train.epochs",
+    "max_steps": "train.max_steps",
+    "lr": "train.lr",
+    "batch_size": "train.batch_size",
+    "max_seq_len": "train.max_seq_len",
+    "seed": "train.seed",
+    "class_weights": "train.class_weights",
+}
+_TRAIN_SWITCHES = {
+    "overwrite": "overwrite",
+    "multi_label": "data.multi_label",
+    "drop_invalid_rows": "data.drop_invalid_rows",
+}
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="fine-tune a model and write a run directory")
+    p.add_argument("config", nargs="?", help="YAML run file (optional for simple cases)")
+    p.add_argument(
+        "--model", help="local checkpoint dir or embedded:NAME (default embedded:minilm)"
+    )
+    p.add_argument("--task", choices=["classification"], help="task (default classification)")
+    p.add_argument("--train", help="training data: file, dir, glob or builtin:NAME")
+    p.add_argument("--validation", help="validation data (default: stratified split of train)")
+    p.add_argument("--test", help="test data")
+    p.add_argument("--text-column", help="column with the text (default 'text')")
+    p.add_argument("--text-pair-column", help="second text column for pair classification")
+    p.add_argument("--label-column", help="column with the label(s) (default 'label')")
+    p.add_argument("--label-separator", help="split labels on this string (multi-label)")
+    p.add_argument("--multi-label", action="store_true", help="rows hold sets of labels")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-seq-len", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--class-weights", choices=["none", "balanced"])
+    p.add_argument("--output", help="run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --output")
+    p.add_argument(
+        "--drop-invalid-rows",
+        action="store_true",
+        help="drop empty / non-UTF-8 rows instead of failing",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. train.lr=3e-5",
+    )
+    p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from textloop.config import load_config
+    from textloop.training.callbacks import LogLines, ProgressBar
+    from textloop.training.run import train
+
+    extra = {
+        key: getattr(args, flag)
+        for flag, key in _TRAIN_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    extra.update({key: True for flag, key in _TRAIN_SWITCHES.items() if getattr(args, flag)})
+    cfg = load_config(args.config, args.set, extra)
+    callbacks = [LogLines()] if args.quiet or not sys.stderr.isatty() else [ProgressBar()]
+    run = train(cfg, resume=args.resume, callbacks=callbacks)
+    m = run.metrics
+    for split in ("validation", "test"):
+        if split in m:
+            print(
+                f"{split}: accuracy {m[split]['accuracy']:.4f}  macro-F1 {m[split]['macro_f1']:.4f}  (n={m[split]['n']})"
+            )
+    print(
+        f"trained in {m['train']['seconds']:.0f} s ({m['train']['examples_per_s']:.0f} examples/s)"
+    )
+    print(f"run dir: {run.path}")
+    print(f"report:  {run.path / 'report.md'}")
+    return 0
+
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a trained run on a labelled file")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", required=True, help="labelled file, dir, glob or builtin:NAME[:SPLIT]")
+    p.add_argument("--text-column")
+    p.add_argument("--text-pair-column")
+    p.add_argument("--label-column")
+    p.add_argument("--drop-invalid-rows", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from textloop.runs import load_run
+
+    run = load_run(args.run)
+    m = run.evaluate(
+        args.data,
+        args.text_column,
+        args.label_column,
+        args.text_pair_column,
+        args.drop_invalid_rows,
+    )
+    if args.json:
+        print(json.dumps(m, indent=2, ensure_ascii=False))
+        return 0
+    from textloop.evaluation.report import metrics_table
+
+    print(
+        f"n={m['n']}  accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  micro-F1 {m['micro_f1']:.4f}  loss {m['loss']:.4f}"
+    )
+    print(metrics_table(m))
+    return 0
+
+
+def _add_predict(sub: Any) -> None:
+    p = sub.add_parser("predict", help="predict labels for texts or a file")
+    p.add_argument("run", help="run directory")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--pair", action="append", help="second text (pair models), once per text")
+    p.add_argument("--input", help="file to predict (any readable format)")
+    p.add_argument("--output", help="JSONL file for --input predictions (default: stdout)")
+    p.add_argument("--text-column")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--drop-invalid-rows", action="store_true")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from textloop.errors import ConfigError
+    from textloop.runs import load_run
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k: got {args.top_k}; must be >= 1")
+    if not args.texts and not args.input:
+        raise ConfigError("give texts to classify or --input FILE")
+    run = load_run(args.run)
+    if args.input:
+        if args.output:
+            n = run.predict_file(
+                args.input, args.output, args.text_column, args.top_k, args.drop_invalid_rows
+            )
+            print(f"wrote {n} predictions to {args.output}")
+            return 0
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "preds.jsonl"
+            run.predict_file(args.input, out, args.text_column, args.top_k, args.drop_invalid_rows)
+            sys.stdout.write(out.read_text(encoding="utf-8"))
+        return 0
+    for text, pred in zip(args.texts, run.predict(args.texts, args.pair, top_k=args.top_k)):
+        print(json.dumps({"text": text, **pred}, ensure_ascii=False))
+    return 0
+
+
+def _add_validate(sub: Any) -> None:
+    p = sub.add_parser("validate", help="check run files without training (all problems at once)")
+    p.add_argument("configs", nargs="+")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from textloop.config import load_config
+
+    for path in args.configs:
+        load_config(path, args.set)
+        print(f"ok: {path}")
+    return 0
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+    "validate": _cmd_validate,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="textloop", description="Fine-tune, evaluate and use language models on your text."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_train, _add_evaluate, _add_predict, _add_validate):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``textloop`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+    try:
+        return _COMMANDS[args.command](args)
+    except TextloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,275 @@
+"""Typed run configuration: YAML files validated by pydantic, with dotted ``--set`` overrides.
+
+A YAML file holds only what differs from the defaults below. Every problem in a file is reported
+at once, each with its key path, and an unknown key comes with the closest valid one.
+
+Example:
+    >>> cfg = load_config("configs/classification/bbc-news_full.yaml", ["train.epochs=2"])
+    >>> cfg.train.epochs
+    2
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from textloop.errors import ConfigError
+
+TaskName = Literal["classification"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the labelled data lives and which columns hold what."""
+
+    train: str | None = Field(
+        None, description="Training data: a file, directory, glob, or builtin:NAME."
+    )
+    validation: str | None = Field(
+        None, description="Validation data; when absent, split from train (stratified, seeded)."
+    )
+    test: str | None = Field(
+        None, description="Test data; when absent and the builtin has a test split, that is used."
+    )
+    text_column: str = Field("text", description="Column holding the text.")
+    text_pair_column: str | None = Field(
+        None, description="Second text column for sentence-pair classification."
+    )
+    label_column: str = Field("label", description="Column holding the label(s).")
+    multi_label: bool = Field(
+        False, description="Each row has a set of labels (a list column or label_separator)."
+    )
+    label_separator: str | None = Field(
+        None, description="Split string labels on this separator (implies multi_label)."
+    )
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of train held out when no validation is given."
+    )
+    drop_invalid_rows: bool = Field(
+        False, description="Drop empty or undecodable rows (and report them) instead of failing."
+    )
+
+
+class TrainConfig(_Strict):
+    """Optimisation and schedule. Defaults suit a small BERT-style encoder on a CPU."""
+
+    epochs: int = Field(3, ge=1, le=1000, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    lr: float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate.")
+    head_lr: float | None = Field(
+        None, gt=0.0, le=1.0, description="Learning rate of the fresh task head (default: lr)."
+    )
+    batch_size: int = Field(32, ge=1, le=4096, description="Examples per micro-batch.")
+    grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per step.")
+    max_seq_len: int = Field(
+        128, ge=8, le=8192, description="Tokens per example; longer ones are truncated."
+    )
+    warmup_ratio: float = Field(
+        0.06, ge=0.0, lt=1.0, description="Share of steps warming up linearly."
+    )
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Decay after warmup."
+    )
+    weight_decay: float = Field(
+        0.01, ge=0.0, le=1.0, description="Decoupled weight decay (not on biases or LayerNorm)."
+    )
+    grad_clip: float = Field(
+        1.0, ge=0.0, description="Max global gradient norm; 0 turns clipping off."
+    )
+    embedding_update: Literal["dense", "lazy"] = Field(
+        "lazy",
+        description=(
+            "lazy: AdamW updates only the word-embedding rows a batch uses (LazyAdam); "
+            "dense: every row every step, as torch.optim.AdamW."
+        ),
+    )
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: weight the loss by inverse class frequency."
+    )
+    eval_every_steps: int = Field(
+        0, ge=0, description="Evaluate every N steps; 0 evaluates at the end of each epoch."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement."
+    )
+    metric_for_best: str = Field(
+        "macro_f1", description="Validation metric that picks the best checkpoint (or 'loss')."
+    )
+    bucket_batches: int = Field(
+        50, ge=1, description="Batches per length-sorted bucket; higher pads less, shuffles less."
+    )
+    seed: int = Field(0, ge=0, description="Seed for data order, splits, init and dropout.")
+    log_every_steps: int = Field(10, ge=1, description="Log loss and lr every N steps.")
+    threads: int | None = Field(
+        None, ge=1, le=512, description="Intra-op threads (default: all cores)."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast only where the hardware has bf16 (GPU, AMX CPUs)."
+    )
+    eval_batch_size: int = Field(64, ge=1, le=8192, description="Examples per evaluation batch.")
+
+
+class RunConfig(_Strict):
+    """A whole run: task, model, data, training, and where it goes."""
+
+    task: TaskName = Field("classification", description="Task to fine-tune for.")
+    model: str = Field(
+        "embedded:minilm", description="A local Hugging Face checkpoint dir or embedded:NAME."
+    )
+    output: str | None = Field(None, description="Run directory to create.")
+    overwrite: bool = Field(False, description="Replace an existing, different run in output.")
+    data: DataConfig = Field(default_factory=lambda: DataConfig())
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig())
+
+    @model_validator(mode="after")
+    def _separator_implies_multi_label(self) -> RunConfig:
+        if self.data.label_separator and not self.data.multi_label:
+            self.data.multi_label = True
+        return self
+
+
+def _flatten_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        keys.append(path)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_flatten_keys(ann, path + "."))
+    return keys
+
+
+def _closest_key(path: str) -> str | None:
+    valid = _flatten_keys(RunConfig)
+    parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
+    siblings = [k for k in valid if k.startswith(parent) and "." not in k[len(parent) :]]
+    match = difflib.get_close_matches(path, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
+        path.rsplit(".", 1)[-1], [k.rsplit(".", 1)[-1] for k in valid], n=1, cutoff=0.75
+    )
+    if not match:
+        return None
+    if match[0] in valid:
+        return match[0]
+    return next(k for k in valid if k.endswith("." + match[0]) or k == match[0])
+
+
+def _describe(err: Any) -> str:
+    path = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        hint = _closest_key(path)
+        return f"{path}: unknown key" + (f"; did you mean '{hint}'?" if hint else "")
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{path}: got {err.get('input')!r}; allowed: {allowed}"
+    ctx = err.get("ctx") or {}
+    for bound, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if bound in ctx:
+            return f"{path}: got {err.get('input')!r}; must be {word} {ctx[bound]}"
+    return f"{path}: {err['msg']} (got {err.get('input')!r})"
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key.path=value`` and parse the value as YAML (so ``3e-5``, ``true``, ``[a, b]`` work)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=3e-5")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+        value = float(value)  # PyYAML reads "3e-5" (no dot) as a string; users mean a number
+    return key, value
+
+
+def build_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a plain dict into a ``RunConfig``, reporting every problem at once.
+
+    Raises:
+        ConfigError: listing each invalid key with its path, found value and what is allowed.
+    """
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        head = f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ConfigError(head + ": " + "; ".join(problems)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear error for a missing file or bad syntax."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(
+            f"{p}: expected a mapping of keys at the top, found {type(tree).__name__}"
+        )
+    return tree
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Load a run config from YAML, apply ``extra`` (flat dotted keys) and ``--set`` overrides.
+
+    Args:
+        path: YAML file, or None to start from defaults.
+        overrides: ``key.path=value`` strings, applied last.
+        extra: dotted keys from CLI flags, applied before overrides.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: on a missing/invalid file or any invalid key or value (all listed at once).
+    """
+    tree = read_yaml(path) if path is not None else {}
+    for key, value in (extra or {}).items():
+        _set_dotted(tree, key, value)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return build_config(tree, source=str(path) if path is not None else "config")
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    """The fully resolved config as YAML, as written into every run dir."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

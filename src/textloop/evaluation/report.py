@@ -1,0 +1,162 @@
+"""``report.md`` for a run: headline metrics, per-class table, learning curve, confusion matrix."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _plot_learning_curve(log_path: Path, png: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not log_path.is_file():
+        return False
+    rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    if not train and not evals:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
+    if evals:
+        ax.plot(
+            [r["step"] for r in evals],
+            [r["loss"] for r in evals],
+            "o-",
+            label="validation loss",
+            color="tab:orange",
+        )
+        ax2 = ax.twinx()
+        key = "macro_f1" if "macro_f1" in evals[0] else "accuracy"
+        ax2.plot(
+            [r["step"] for r in evals],
+            [r[key] for r in evals],
+            "s--",
+            color="tab:green",
+            label=f"validation {key}",
+        )
+        ax2.set_ylabel(key)
+        ax2.set_ylim(0, 1.02)
+        ax2.legend(loc="center right")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right")
+    ax.set_title("Learning curve")
+    fig.tight_layout()
+    tmp = png.with_name(png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png)
+    return True
+
+
+def _plot_confusion(matrix: list[list[int]], labels: list[str], png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = np.asarray(matrix)
+    size = max(4.0, 0.5 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(labels) <= 30:
+        top = cm.max() or 1
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    color="white" if cm[i, j] > top / 2 else "black",
+                    fontsize=8,
+                )
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    tmp = png.with_name(png.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def metrics_table(metrics: dict[str, Any]) -> str:
+    """Markdown table of per-class precision / recall / F1 / support."""
+    lines = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    for label, m in metrics.get("per_class", {}).items():
+        lines.append(
+            f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(out: Path, metrics: dict[str, Any], labels: list[str]) -> None:
+    """Write ``report.md`` and its PNGs (``plots/``) into a run directory."""
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    parts = [f"# Run report: {out.name}", ""]
+    train = metrics.get("train", {})
+    data = metrics.get("data", {})
+    parts += [
+        "## Summary",
+        "",
+        f"- training: {train.get('steps')} steps in {train.get('seconds')} s "
+        f"({train.get('examples_per_s')} examples/s, {train.get('device')}, {train.get('precision')}, "
+        f"{train.get('threads')} threads); best step {train.get('best_step')} by {train.get('best_metric')}",
+        f"- data: {data.get('n_train')} train / {data.get('n_validation')} validation / {data.get('n_test')} test "
+        f"examples; {len(labels)} labels",
+        f"- truncated to {data.get('truncated', {}).get('max_seq_len')} tokens: "
+        + ", ".join(f"{k} {v}" for k, v in data.get("truncated", {}).items() if k != "max_seq_len"),
+    ]
+    if data.get("dropped_rows"):
+        parts.append(f"- dropped invalid rows: {data['dropped_rows']}")
+    parts.append("")
+    headline = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy", "loss")
+    parts += [
+        "## Metrics",
+        "",
+        "| split | " + " | ".join(headline) + " |",
+        "| --- |" + " ---: |" * len(headline),
+    ]
+    for split in ("validation", "test"):
+        if split in metrics:
+            parts.append(
+                f"| {split} | "
+                + " | ".join(_fmt(metrics[split].get(k, "")) for k in headline)
+                + " |"
+            )
+    parts.append("")
+    if _plot_learning_curve(out / "log.jsonl", plots / "learning_curve.png"):
+        parts += ["## Learning curve", "", "![learning curve](plots/learning_curve.png)", ""]
+    for split in ("test", "validation"):
+        if split in metrics:
+            parts += [f"## Per-class metrics ({split})", "", metrics_table(metrics[split]), ""]
+            if "confusion_matrix" in metrics[split]:
+                _plot_confusion(
+                    metrics[split]["confusion_matrix"],
+                    labels,
+                    plots / f"confusion_{split}.png",
+                    f"Confusion matrix ({split})",
+                )
+                parts += [f"![confusion matrix]({'plots/confusion_' + split + '.png'})", ""]
+            break
+    tmp = out / "report.md.tmp"
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, out / "report.md")

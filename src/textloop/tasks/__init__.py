@@ -1,0 +1,1 @@
+"""Tasks: each module owns preprocessing, head, batching, loss, metrics and prediction."""

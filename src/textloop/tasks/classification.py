@@ -1,0 +1,264 @@
+"""Text classification: single-label (binary, multi-class), multi-label, and sentence pairs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from textloop.data.batching import pad_batch, sorted_batches
+from textloop.data.examples import Selected
+from textloop.errors import DataError
+from textloop.tasks.base import Encoded
+
+MULTI_LABEL_THRESHOLD = 0.5
+
+
+def parse_labels(raw: Sequence[Any], multi_label: bool, separator: str | None) -> list[Any]:
+    """Normalise raw label cells to strings (single-label) or sorted string lists (multi-label)."""
+
+    def one(value: Any) -> str:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return str(value).strip()
+
+    if not multi_label:
+        return [one(v) for v in raw]
+    out = []
+    for value in raw:
+        if isinstance(value, (list, tuple)):
+            items = [one(v) for v in value]
+        elif separator:
+            items = [s.strip() for s in str(value).split(separator)]
+        else:
+            items = [one(value)]
+        out.append(sorted({s for s in items if s}))
+    return out
+
+
+def label_set(labels: Sequence[Any], multi_label: bool, source: str) -> list[str]:
+    """The sorted label vocabulary of the training data; at least two classes are required."""
+    counts = Counter(x for ls in labels for x in ls) if multi_label else Counter(labels)
+    if len(counts) < 2:
+        only = next(iter(counts), "<none>")
+        raise DataError(
+            f"{source}: training data has a single class {only!r}; classification needs at "
+            "least two (check data.label_column)"
+        )
+    return sorted(
+        counts,
+        key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s),
+    )
+
+
+@dataclass
+class ClassificationTask:
+    """Classification over a fixed label set, with a linear head on the [CLS] representation."""
+
+    tokenizer: Any
+    labels: list[str]
+    max_seq_len: int
+    multi_label: bool = False
+    pair: bool = False
+    class_weights: list[float] | None = None
+    label_separator: str | None = None
+    name: str = "classification"
+
+    @property
+    def primary_metric(self) -> str:
+        return "macro_f1"
+
+    # ---- preprocessing -------------------------------------------------------------------
+    def targets_for(
+        self, labels: Sequence[Any], source: str, locations: Sequence[str]
+    ) -> list[Any]:
+        """Map label strings to ids (or multi-hot rows); unknown labels are an error naming them."""
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        flat = [x for ls in labels for x in ls] if self.multi_label else list(labels)
+        unknown = sorted({x for x in flat if x not in index})
+        if unknown:
+            first = next(
+                loc
+                for lab, loc in zip(labels, locations)
+                if (set(lab) if self.multi_label else {lab}) & set(unknown)
+            )
+            raise DataError(
+                f"{source}: label(s) not in the training data: {', '.join(map(repr, unknown[:10]))}"
+                f" (first at {first}); training labels are: {', '.join(self.labels)}"
+            )
+        if not self.multi_label:
+            return [index[x] for x in labels]
+        rows = []
+        for ls in labels:
+            row = [0.0] * len(self.labels)
+            for x in ls:
+                row[index[x]] = 1.0
+            rows.append(row)
+        return rows
+
+    def encode(self, texts: Sequence[str], pairs: Sequence[str] | None) -> Encoded:
+        """Tokenize with truncation to ``max_seq_len``, counting truncated examples."""
+        enc = self.tokenizer(
+            list(texts),
+            list(pairs) if pairs is not None else None,
+            truncation=True,
+            max_length=self.max_seq_len,
+            return_attention_mask=False,
+            return_token_type_ids=pairs is not None,
+        )
+        n_truncated = sum(1 for e in enc.encodings if e.overflowing)
+        types = enc["token_type_ids"] if pairs is not None else None
+        return Encoded(
+            input_ids=enc["input_ids"], targets=[], token_type_ids=types, n_truncated=n_truncated
+        )
+
+    def encode_selected(self, sel: Selected, source: str) -> Encoded:
+        """Encode rows chosen by ``select_columns`` (roles: text, pair?, label?)."""
+        enc = self.encode(sel.values["text"], sel.values.get("pair"))
+        if "label" in sel.values:
+            labels = parse_labels(sel.values["label"], self.multi_label, self.label_separator)
+            enc.targets = self.targets_for(labels, source, sel.locations)
+        enc.locations = sel.locations
+        return enc
+
+    # ---- model ---------------------------------------------------------------------------
+    def build_model(self, model_dir: Path) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_dir,
+            num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)),
+            label2id={lab: i for i, lab in enumerate(self.labels)},
+            problem_type=(
+                "multi_label_classification" if self.multi_label else "single_label_classification"
+            ),
+        )
+
+    def collate(self, data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        batch = pad_batch(
+            [data.input_ids[i] for i in indices],
+            self.tokenizer.pad_token_id or 0,
+            [data.token_type_ids[i] for i in indices] if data.token_type_ids else None,
+        )
+        if data.targets:
+            dtype = torch.float32 if self.multi_label else torch.long
+            batch["targets"] = torch.tensor([data.targets[i] for i in indices], dtype=dtype)
+        return batch
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight = (
+            torch.tensor(self.class_weights, dtype=logits.dtype, device=logits.device)
+            if self.class_weights
+            else None
+        )
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
+        return F.cross_entropy(logits, targets, weight=weight)
+
+    # ---- metrics -------------------------------------------------------------------------
+    def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        from sklearn.metrics import (
+            accuracy_score,
+            confusion_matrix,
+            f1_score,
+            precision_recall_fscore_support,
+        )
+
+        y_true = targets.numpy()
+        if self.multi_label:
+            y_pred = (torch.sigmoid(logits).numpy() >= MULTI_LABEL_THRESHOLD).astype(int)
+            y_true = y_true.astype(int)
+        else:
+            y_pred = logits.argmax(-1).numpy()
+        label_ids = list(range(len(self.labels)))
+        p, r, f, s = precision_recall_fscore_support(
+            y_true, y_pred, labels=None if self.multi_label else label_ids, zero_division=0
+        )
+        out: dict[str, Any] = {
+            "n": len(y_true),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+            "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+            "per_class": {
+                lab: {
+                    "precision": float(p[i]),
+                    "recall": float(r[i]),
+                    "f1": float(f[i]),
+                    "support": int(s[i]),
+                }
+                for i, lab in enumerate(self.labels)
+            },
+        }
+        if self.multi_label:
+            out["subset_accuracy"] = float(accuracy_score(y_true, y_pred))
+            out["accuracy"] = out["subset_accuracy"]
+        else:
+            out["accuracy"] = float(accuracy_score(y_true, y_pred))
+            out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=label_ids).tolist()
+        return out
+
+    # ---- inference -----------------------------------------------------------------------
+    @torch.no_grad()
+    def logits_for(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> torch.Tensor:
+        """Logits for every example, batched by length; rows come back in input order."""
+        model.eval()
+        out = torch.empty((len(data), len(self.labels)))
+        for idx in sorted_batches(data.lengths, batch_size):
+            batch = self.collate(data, idx)
+            batch.pop("targets", None)
+            out[idx] = model(**batch).logits.float()
+        return out
+
+    def decode(self, logits: torch.Tensor, top_k: int = 1) -> list[dict[str, Any]]:
+        """Turn logits into predictions: label + score (+ top-k), or a label set for multi-label."""
+        results: list[dict[str, Any]] = []
+        if self.multi_label:
+            probs = torch.sigmoid(logits).numpy()
+            for row in probs:
+                chosen = [self.labels[i] for i in np.flatnonzero(row >= MULTI_LABEL_THRESHOLD)]
+                results.append(
+                    {
+                        "labels": chosen,
+                        "scores": {
+                            lab: round(float(row[i]), 6) for i, lab in enumerate(self.labels)
+                        },
+                    }
+                )
+            return results
+        k = max(1, min(top_k, len(self.labels)))
+        top_p, top_i = torch.softmax(logits, -1).topk(k, dim=-1)
+        for ps, ids in zip(top_p.tolist(), top_i.tolist()):
+            item: dict[str, Any] = {"label": self.labels[ids[0]], "score": round(ps[0], 6)}
+            if top_k > 1:
+                item["top_k"] = [
+                    {"label": self.labels[i], "score": round(p, 6)} for p, i in zip(ps, ids)
+                ]
+            results.append(item)
+        return results
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "task": self.name,
+            "labels": self.labels,
+            "multi_label": self.multi_label,
+            "pair": self.pair,
+            "label_separator": self.label_separator,
+            "max_seq_len": self.max_seq_len,
+        }
+
+
+def balanced_weights(targets: Sequence[Any], n_labels: int, multi_label: bool) -> list[float]:
+    """Inverse-frequency class weights (sklearn's 'balanced'); pos_weight for multi-label."""
+    if multi_label:
+        arr = np.asarray(targets, dtype=float)
+        pos = arr.sum(0).clip(min=1.0)
+        return ((len(arr) - pos) / pos).tolist()
+    counts = np.bincount(np.asarray(targets), minlength=n_labels).clip(min=1)
+    return (len(targets) / (n_labels * counts)).astype(float).tolist()

@@ -1,0 +1,82 @@
+"""The fixed set of events a user extension can hook: train start, step end, eval end,
+checkpoint, train end. Any object with some of these methods is a callback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from textloop.training.loop import StepInfo
+
+log = logging.getLogger("textloop")
+
+EVENTS = ("on_train_start", "on_step_end", "on_eval_end", "on_checkpoint", "on_train_end")
+
+
+def fire(callbacks: list[Any], event: str, *args: Any) -> None:
+    """Call ``event`` on every callback that has it."""
+    assert event in EVENTS, event
+    for cb in callbacks:
+        fn = getattr(cb, event, None)
+        if fn is not None:
+            fn(*args)
+
+
+class ProgressBar:
+    """A tqdm bar over optimizer steps showing loss, lr and examples/s (stderr)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.loss: float | None = None
+
+    def on_train_start(self, info: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=info["total_steps"],
+            initial=info["start_step"],
+            desc="train",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+    def on_step_end(self, info: StepInfo) -> None:
+        if info.loss is not None:
+            self.loss = info.loss
+        rate = info.examples / info.seconds if info.seconds else 0.0
+        self.bar.set_postfix(
+            loss=f"{self.loss:.4f}" if self.loss is not None else "-",
+            lr=f"{info.lr:.2e}",
+            ex_s=f"{rate:.0f}",
+            refresh=False,
+        )
+        self.bar.update(1)
+
+    def on_eval_end(self, info: StepInfo) -> None:
+        m = info.metrics or {}
+        shown = {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}
+        self.bar.write(f"eval @ step {info.step}: {shown}{' (best)' if info.is_best else ''}")
+
+    def on_train_end(self, result: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class LogLines:
+    """Plain log lines (for --quiet or non-terminals): one per logged step and per evaluation."""
+
+    def on_step_end(self, info: StepInfo) -> None:
+        if info.loss is not None:
+            log.info(
+                "step %d epoch %.2f loss %.4f lr %.2e", info.step, info.epoch, info.loss, info.lr
+            )
+
+    def on_eval_end(self, info: StepInfo) -> None:
+        m = {k: round(v, 4) for k, v in (info.metrics or {}).items() if isinstance(v, float)}
+        log.info("eval step %d %s%s", info.step, m, " best" if info.is_best else "")
+
+    def on_checkpoint(self, path: Path) -> None:
+        log.debug("checkpoint %s", path)

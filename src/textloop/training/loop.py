@@ -1,0 +1,200 @@
+"""The training loop: plain PyTorch, in order, in one place.
+
+``train_steps`` is a generator. It runs warmup + decay, gradient accumulation, clipping, the
+optimizer step and evaluation, and yields a ``StepInfo`` after every optimizer step and every
+evaluation. Whoever iterates decides what to do with them: log, checkpoint, stop early (just stop
+iterating). ``LoopState`` holds the data position and everything else resume needs, so a run
+that is stopped after step k and resumed from its checkpoint replays steps k+1.. exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from textloop.training.optim import clip_gradients
+
+
+@dataclass
+class LoopState:
+    """Progress that a checkpoint stores: position in the data, counters, best metric."""
+
+    step: int = 0
+    epoch: int = 0
+    batches_done_in_epoch: int = 0  # micro-batches of the current epoch already consumed
+    examples_seen: int = 0
+    best_metric: float | None = None
+    best_step: int = 0
+    evals_since_best: int = 0
+    rng: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("rng")
+        return out
+
+
+@dataclass
+class StepInfo:
+    """What the loop reports after an optimizer step (kind='step') or an evaluation (kind='eval')."""
+
+    kind: Literal["step", "eval"]
+    step: int
+    epoch: float
+    lr: float
+    loss: float | None = None  # mean training loss since the last report (None between reports)
+    grad_norm: float | None = None
+    examples: int = 0  # examples in this step
+    tokens: int = 0  # real (non-pad) tokens in this step
+    seconds: float = 0.0  # wall time of this step
+    metrics: dict[str, Any] | None = None
+    is_best: bool = False
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG state training touches (dropout, shuffles), to restore on resume."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def steps_per_epoch(n_batches: int, grad_accum_steps: int) -> int:
+    return math.ceil(n_batches / grad_accum_steps)
+
+
+def _better(value: float, best: float | None, higher_is_better: bool) -> bool:
+    if best is None:
+        return True
+    return value > best if higher_is_better else value < best
+
+
+def train_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    *,
+    batches_for_epoch: Callable[[int], Sequence[Sequence[int]]],
+    collate: Callable[[Sequence[int]], dict[str, torch.Tensor]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    evaluate: Callable[[], dict[str, Any]],
+    state: LoopState,
+    epochs: int,
+    max_steps: int | None,
+    grad_accum_steps: int,
+    grad_clip: float,
+    eval_every_steps: int,
+    metric_for_best: str,
+    higher_is_better: bool,
+    log_every_steps: int,
+    autocast_dtype: torch.dtype | None = None,
+) -> Iterator[StepInfo]:
+    """Train until ``epochs`` (or ``max_steps``) are done, yielding after each step and eval.
+
+    ``evaluate`` returns a metrics dict holding ``metric_for_best``; it must not consume RNG.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    device_type = next(model.parameters()).device.type
+    autocast = (
+        torch.autocast(device_type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else nullcontext()
+    )
+    loss_sum = torch.zeros(())  # summed on the host side lazily: one sync per report, not per step
+    loss_count = 0
+
+    def run_eval() -> StepInfo:
+        metrics = evaluate()
+        value = float(metrics[metric_for_best])
+        is_best = _better(value, state.best_metric, higher_is_better)
+        if is_best:
+            state.best_metric, state.best_step, state.evals_since_best = value, state.step, 0
+        else:
+            state.evals_since_best += 1
+        lr = float(scheduler.get_last_lr()[0])
+        return StepInfo("eval", state.step, state.epoch, lr, metrics=metrics, is_best=is_best)
+
+    while state.epoch < epochs:
+        batches = batches_for_epoch(state.epoch)
+        groups = [
+            batches[i : i + grad_accum_steps] for i in range(0, len(batches), grad_accum_steps)
+        ]
+        for group in groups[state.batches_done_in_epoch // grad_accum_steps :]:
+            t0 = time.perf_counter()
+            model.train()
+            n_examples = n_tokens = 0
+            for indices in group:
+                batch = collate(indices)
+                targets = batch.pop("targets")
+                with autocast:
+                    logits = model(**batch).logits  # (B, C)
+                loss = loss_fn(logits.float(), targets)
+                (loss / len(group)).backward()
+                loss_sum = loss_sum + loss.detach()
+                loss_count += 1
+                n_examples += len(indices)
+                n_tokens += int(batch["attention_mask"].sum())
+            grad_norm = clip_gradients(params, grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            state.step += 1
+            state.examples_seen += n_examples
+            state.batches_done_in_epoch += len(group)
+            if state.batches_done_in_epoch >= len(batches):
+                state.epoch += 1
+                state.batches_done_in_epoch = 0
+            state.rng = capture_rng()
+
+            report = state.step % log_every_steps == 0
+            info = StepInfo(
+                "step",
+                state.step,
+                state.epoch + state.batches_done_in_epoch / max(1, len(batches)),
+                float(scheduler.get_last_lr()[0]),
+                examples=n_examples,
+                tokens=n_tokens,
+                seconds=time.perf_counter() - t0,
+                grad_norm=float(grad_norm) if report else None,
+            )
+            if report:
+                info.loss = float(loss_sum) / loss_count
+                loss_sum, loss_count = torch.zeros(()), 0
+            yield info
+
+            done = max_steps is not None and state.step >= max_steps
+            if done or (eval_every_steps and state.step % eval_every_steps == 0):
+                yield run_eval()
+            if done:
+                return
+        if not eval_every_steps:
+            yield run_eval()
+    if eval_every_steps and state.step % eval_every_steps:
+        yield run_eval()  # the last steps since the previous evaluation

@@ -1,0 +1,119 @@
+"""Shared fixtures: a tiny BERT with its own WordPiece tokenizer, built locally, and toy data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+POSITIVE = ["good", "great", "lovely", "excellent", "wonderful", "fine", "superb", "nice"]
+NEGATIVE = ["bad", "awful", "terrible", "poor", "horrible", "dreadful", "nasty", "weak"]
+NOUNS = ["food", "staff", "room", "service", "film", "book", "phone", "price", "view", "music"]
+FILLER = [
+    "the",
+    "was",
+    "really",
+    "quite",
+    "and",
+    "a",
+    "very",
+    "overall",
+    "i",
+    "think",
+    "it",
+    "is",
+    "this",
+]
+
+
+def toy_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """A learnable sentiment task: the label is the polarity of the one opinion word."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 == 0 else "neg"
+        word = rng.choice(POSITIVE if label == "pos" else NEGATIVE)
+        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 14))]
+        words.insert(rng.randint(0, len(words)), f"{rng.choice(NOUNS)} {word}")
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]], delimiter: str = ",") -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=delimiter)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-32 BERT and a WordPiece tokenizer trained on the toy vocabulary."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    corpus = [r["text"] for r in toy_rows(400, seed=123)] + [
+        " ".join(POSITIVE + NEGATIVE + NOUNS + FILLER),
+        "Angela Merkel visited Paris. Shares rose after the results.",
+    ]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(
+        corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials)
+    )
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
+    fast.save_pretrained(out)
+    config = BertConfig(
+        vocab_size=fast.vocab_size if hasattr(fast, "vocab_size") else len(fast),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("toy-data")
+    return {
+        "train": write_csv(d / "train.csv", toy_rows(240, seed=1)),
+        "validation": write_csv(d / "val.csv", toy_rows(60, seed=2)),
+        "test": write_csv(d / "test.csv", toy_rows(60, seed=3)),
+    }
