@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -204,7 +205,12 @@ _COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Other commands live in their own modules, each with ``add_parser(sub) -> list[str]``
+# (registering its subcommands) and ``run(args) -> int``; list the module here to add it.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
     parser = argparse.ArgumentParser(
         prog="textloop", description="Fine-tune, evaluate and use language models on your text."
     )
@@ -212,12 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_evaluate, _add_predict, _add_validate):
         add(sub)
-    return parser
+    commands: dict[str, Any] = dict(_COMMANDS)
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        for cmd in module.add_parser(sub):
+            commands[cmd] = module.run
+    return parser, commands
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``textloop`` console script."""
-    args = build_parser().parse_args(argv)
+    parser, commands = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
@@ -226,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     try:
-        return _COMMANDS[args.command](args)
+        return int(commands[args.command](args))
     except TextloopError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
