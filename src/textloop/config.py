@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from textloop.errors import ConfigError
 
 TaskName = Literal["classification"]
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -103,8 +104,10 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many evaluations without improvement."
     )
-    metric_for_best: str = Field(
-        "macro_f1", description="Validation metric that picks the best checkpoint (or 'loss')."
+    metric_for_best: str | None = Field(
+        None,
+        description="Validation metric that picks the best checkpoint, or 'loss' "
+        "(default: the task's main metric, macro_f1 for classification).",
     )
     bucket_batches: int = Field(
         50, ge=1, description="Batches per length-sorted bucket; higher pads less, shuffles less."
@@ -150,8 +153,8 @@ def _flatten_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _closest_key(path: str) -> str | None:
-    valid = _flatten_keys(RunConfig)
+def _closest_key(path: str, model: type[BaseModel] = RunConfig) -> str | None:
+    valid = _flatten_keys(model)
     parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
     siblings = [k for k in valid if k.startswith(parent) and "." not in k[len(parent) :]]
     match = difflib.get_close_matches(path, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
@@ -164,11 +167,11 @@ def _closest_key(path: str) -> str | None:
     return next(k for k in valid if k.endswith("." + match[0]) or k == match[0])
 
 
-def _describe(err: Any) -> str:
+def _describe(err: Any, model: type[BaseModel] = RunConfig) -> str:
     path = ".".join(str(p) for p in err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
-        hint = _closest_key(path)
+        hint = _closest_key(path, model)
         return f"{path}: unknown key" + (f"; did you mean '{hint}'?" if hint else "")
     if kind == "literal_error":
         allowed = err.get("ctx", {}).get("expected", "")
@@ -204,9 +207,25 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
-        value = float(value)  # PyYAML reads "3e-5" (no dot) as a string; users mean a number
+    if isinstance(value, str):
+        # YAML would turn "|" or ">" into block scalars; a string value is taken as typed, except
+        # "3e-5", which PyYAML (YAML 1.1, no dot) reads as a string where users mean a number
+        value = float(raw) if _YAML11_FLOAT.fullmatch(raw.strip()) else raw.strip()
     return key, value
+
+
+def validate_tree(model: type[_M], tree: dict[str, Any], source: str = "config") -> _M:
+    """Validate a plain dict into any config ``model``, reporting every problem at once.
+
+    Raises:
+        ConfigError: listing each invalid key with its path, found value and what is allowed.
+    """
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        problems = [_describe(e, model) for e in exc.errors()]
+        head = f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ConfigError(head + ": " + "; ".join(problems)) from None
 
 
 def build_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
@@ -215,12 +234,7 @@ def build_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
     Raises:
         ConfigError: listing each invalid key with its path, found value and what is allowed.
     """
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as exc:
-        problems = [_describe(e) for e in exc.errors()]
-        head = f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise ConfigError(head + ": " + "; ".join(problems)) from None
+    return validate_tree(RunConfig, tree, source)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -31,3 +31,11 @@ class CheckpointError(TextloopError):
 
 class RunDirError(TextloopError):
     """The output directory already holds a different run."""
+
+
+class ExportError(TextloopError):
+    """An export cannot be written, or the exported model disagrees with the original."""
+
+
+class RegistryError(TextloopError):
+    """A registry name, version or stage is unknown, or a registered file fails its hash check."""

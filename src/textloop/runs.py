@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,10 @@ from typing import Any
 import torch
 
 from textloop.config import RunConfig, build_config, read_yaml
-from textloop.data.examples import select_columns
-from textloop.data.readers import read_table
-from textloop.errors import CheckpointError, DataError, ModelError
+from textloop.errors import CheckpointError, ModelError
 from textloop.models.resolve import force_offline
-from textloop.tasks.classification import ClassificationTask
+from textloop.tasks import task_module
+from textloop.tasks.base import Task
 
 
 @dataclass
@@ -30,49 +28,27 @@ class Run:
 
     path: Path
     config: RunConfig
-    task: ClassificationTask
+    task: Task
     model: torch.nn.Module
     metrics: dict[str, Any]
 
-    def predict(
-        self, texts: Sequence[str], pairs: Sequence[str] | None = None, top_k: int = 1
-    ) -> list[dict[str, Any]]:
-        """Predict labels for raw texts (and second texts for a pair model)."""
-        if self.task.pair and pairs is None:
-            raise DataError("this model classifies text pairs; pass a second text for each input")
-        if not texts:
-            return []
-        data = self.task.encode(list(texts), list(pairs) if pairs is not None else None)
-        logits = self.task.logits_for(self.model, data, self.config.train.eval_batch_size)
-        return self.task.decode(logits, top_k=top_k)
+    def predict(self, *inputs: Any, **options: Any) -> list[dict[str, Any]]:
+        """Task-appropriate predictions for raw inputs.
+
+        Classification: ``predict(texts, pairs=None, top_k=1)`` -> label + score per text.
+        """
+        options.setdefault("batch_size", self.config.train.eval_batch_size)
+        return self.task.predict(self.model, *inputs, **options)
 
     def evaluate(
-        self,
-        source: str,
-        text_column: str | None = None,
-        label_column: str | None = None,
-        text_pair_column: str | None = None,
-        drop_invalid_rows: bool = False,
+        self, source: str, drop_invalid_rows: bool = False, **columns: str | None
     ) -> dict[str, Any]:
-        """Metrics on any labelled file (columns default to those the run was trained with)."""
-        d = self.config.data
-        table = read_table(source)
-        text = {"text": (text_column or d.text_column, "--text-column")}
-        pair_col = text_pair_column or d.text_pair_column
-        if pair_col:
-            text["pair"] = (pair_col, "--text-pair-column")
-        sel = select_columns(
-            table,
-            text,
-            {"label": (label_column or d.label_column, "--label-column")},
-            drop_invalid_rows,
-        )
-        data = self.task.encode_selected(sel, table.source)
-        logits = self.task.logits_for(self.model, data, self.config.train.eval_batch_size)
-        dtype = torch.float32 if self.task.multi_label else torch.long
-        targets = torch.tensor(data.targets, dtype=dtype)
-        metrics = self.task.metrics(logits, targets)
-        metrics["loss"] = float(self.task.loss(logits, targets))
+        """Metrics on any labelled file; ``columns`` (e.g. ``text_column="review"``) override the
+        column names the run was trained with."""
+        cols = self.config.data.model_dump()
+        cols.update({k: v for k, v in columns.items() if v is not None})
+        data = self.task.encode_source(source, cols, drop_invalid_rows)
+        metrics = self.task.evaluate(self.model, data, self.config.train.eval_batch_size)
         metrics["truncated"] = data.n_truncated
         return metrics
 
@@ -85,6 +61,9 @@ class Run:
         drop_invalid_rows: bool = False,
     ) -> int:
         """Predict every row of a file and write JSONL (atomically). Returns the row count."""
+        from textloop.data.examples import select_columns
+        from textloop.data.readers import read_table
+
         d = self.config.data
         table = read_table(source)
         text = {"text": (text_column or d.text_column, "--text-column")}
@@ -122,25 +101,23 @@ def load_run(path: str | Path) -> Run:
             raise CheckpointError(f"{p} is not a finished textloop run: {name} missing{hint}")
     cfg = build_config(read_yaml(p / "config.yaml"), source=str(p / "config.yaml"))
     state = json.loads((p / "labels.json").read_text(encoding="utf-8"))
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    module = task_module(state.get("task", cfg.task))
     try:
         tokenizer = AutoTokenizer.from_pretrained(p / "model")
-        model = AutoModelForSequenceClassification.from_pretrained(p / "model")
+        task = module.task_from_state(state, tokenizer)
+        # an exported folder (textloop export --format onnx) runs on onnxruntime instead
+        from textloop.serving.onnx_backend import has_onnx_model, load_onnx_model
+
+        onnx = has_onnx_model(p / "model")
+        model = load_onnx_model(p / "model") if onnx else task.load_model(p / "model")
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the model in {p / 'model'}: {exc}") from None
     model.eval()
-    task = ClassificationTask(
-        tokenizer=tokenizer,
-        labels=state["labels"],
-        max_seq_len=state["max_seq_len"],
-        multi_label=state["multi_label"],
-        pair=state["pair"],
-        label_separator=state.get("label_separator"),
-    )
     metrics_path = p / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     return Run(path=p, config=cfg, task=task, model=model, metrics=metrics)

@@ -124,10 +124,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     m = run.evaluate(
         args.data,
-        args.text_column,
-        args.label_column,
-        args.text_pair_column,
         args.drop_invalid_rows,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        text_pair_column=args.text_pair_column,
     )
     if args.json:
         print(json.dumps(m, indent=2, ensure_ascii=False))

@@ -124,3 +124,19 @@ def read_builtin(source: str) -> Table:
     """Read one split of a builtin dataset."""
     name, split = parse_builtin(source)
     return _READERS[name](split)
+
+
+def builtin_columns(source: str | None) -> dict[str, str]:
+    """The column names a builtin dataset uses ({} for other sources), e.g. text_column."""
+    if not source or not source.startswith("builtin:"):
+        return {}
+    name, _ = parse_builtin(source)
+    entry = BUILTIN_DATASETS[name]
+    return {k: v for k, v in entry.items() if k.endswith("_column")}
+
+
+def default_test_split(source: str) -> str | None:
+    """``builtin:NAME:test`` when ``source`` is a builtin with a test split, else None."""
+    if not source.startswith("builtin:") or not builtin_has_split(source, "test"):
+        return None
+    return f"builtin:{parse_builtin(source)[0]}:test"

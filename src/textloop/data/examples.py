@@ -108,3 +108,12 @@ def select_columns(
     if not locations:
         raise DataError(f"{table.source}: no usable rows left after dropping invalid ones")
     return Selected(values=values, locations=locations, dropped=bad)
+
+
+def subset(sel: Selected, idx: list[int]) -> Selected:
+    """The rows of ``sel`` at ``idx``, in that order."""
+    return Selected(
+        values={k: [v[i] for i in idx] for k, v in sel.values.items()},
+        locations=[sel.locations[i] for i in idx],
+        dropped=sel.dropped,
+    )

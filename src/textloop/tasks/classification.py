@@ -12,12 +12,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from textloop.config import RunConfig
 from textloop.data.batching import pad_batch, sorted_batches
-from textloop.data.examples import Selected
-from textloop.errors import DataError
-from textloop.tasks.base import Encoded
+from textloop.data.builtin import builtin_columns, default_test_split
+from textloop.data.examples import Selected, select_columns, subset
+from textloop.data.readers import Table, read_table
+from textloop.data.split import stratified_split
+from textloop.errors import ConfigError, DataError
+from textloop.tasks.base import Encoded, Splits
 
 MULTI_LABEL_THRESHOLD = 0.5
+METRIC_NAMES = ("macro_f1", "accuracy", "micro_f1", "weighted_f1")  # the first is the default
 
 
 def parse_labels(raw: Sequence[Any], multi_label: bool, separator: str | None) -> list[Any]:
@@ -70,9 +75,8 @@ class ClassificationTask:
     label_separator: str | None = None
     name: str = "classification"
 
-    @property
-    def primary_metric(self) -> str:
-        return "macro_f1"
+    metric_names: tuple[str, ...] = METRIC_NAMES
+    head_prefixes: tuple[str, ...] = ("classifier", "score", "pre_classifier")
 
     # ---- preprocessing -------------------------------------------------------------------
     def targets_for(
@@ -141,6 +145,11 @@ class ClassificationTask:
             ),
         )
 
+    def load_model(self, model_dir: Path) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(model_dir)
+
     def collate(self, data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         batch = pad_batch(
             [data.input_ids[i] for i in indices],
@@ -162,7 +171,21 @@ class ClassificationTask:
             return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
         return F.cross_entropy(logits, targets, weight=weight)
 
+    def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        targets = batch.pop("targets")
+        logits = model(**batch).logits  # (B, C)
+        return self.loss(logits.float(), targets)
+
     # ---- metrics -------------------------------------------------------------------------
+    def evaluate(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> dict[str, Any]:
+        logits = self.logits_for(model, data, batch_size)
+        targets = torch.tensor(
+            data.targets, dtype=torch.float32 if self.multi_label else torch.long
+        )
+        metrics = self.metrics(logits, targets)
+        metrics["loss"] = float(self.loss(logits, targets))
+        return metrics
+
     def metrics(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
         from sklearn.metrics import (
             accuracy_score,
@@ -243,6 +266,32 @@ class ClassificationTask:
             results.append(item)
         return results
 
+    def predict(
+        self,
+        model: torch.nn.Module,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        top_k: int = 1,
+        batch_size: int = 64,
+    ) -> list[dict[str, Any]]:
+        """Labels with scores for raw texts (and their second texts for a pair model)."""
+        if self.pair and pairs is None:
+            raise DataError("this model classifies text pairs; pass a second text for each input")
+        if pairs is not None and len(pairs) != len(texts):
+            raise DataError(f"got {len(texts)} texts but {len(pairs)} second texts")
+        if not texts:
+            return []
+        data = self.encode(list(texts), list(pairs) if pairs is not None else None)
+        return self.decode(self.logits_for(model, data, batch_size), top_k=top_k)
+
+    def encode_source(self, source: str, columns: dict[str, Any], drop_invalid: bool) -> Encoded:
+        table = read_table(source)
+        text = {"text": (columns["text_column"], "--text-column")}
+        if columns.get("text_pair_column"):
+            text["pair"] = (columns["text_pair_column"], "--text-pair-column")
+        label = {"label": (columns["label_column"], "--label-column")}
+        return self.encode_selected(select_columns(table, text, label, drop_invalid), table.source)
+
     def state(self) -> dict[str, Any]:
         return {
             "task": self.name,
@@ -262,3 +311,91 @@ def balanced_weights(targets: Sequence[Any], n_labels: int, multi_label: bool) -
         return ((len(arr) - pos) / pos).tolist()
     counts = np.bincount(np.asarray(targets), minlength=n_labels).clip(min=1)
     return (len(targets) / (n_labels * counts)).astype(float).tolist()
+
+
+def task_from_state(state: dict[str, Any], tokenizer: Any) -> ClassificationTask:
+    """Rebuild the task a finished run used from its ``labels.json``."""
+    return ClassificationTask(
+        tokenizer=tokenizer,
+        labels=state["labels"],
+        max_seq_len=state["max_seq_len"],
+        multi_label=state["multi_label"],
+        pair=state["pair"],
+        label_separator=state.get("label_separator"),
+    )
+
+
+def _select(table: Table, cfg: RunConfig, columns: dict[str, str]) -> Selected:
+    text = {"text": (columns["text_column"], "--text-column / data.text_column")}
+    if cfg.data.text_pair_column:
+        text["pair"] = (cfg.data.text_pair_column, "--text-pair-column / data.text_pair_column")
+    label = {"label": (columns["label_column"], "--label-column / data.label_column")}
+    return select_columns(table, text, label, cfg.data.drop_invalid_rows)
+
+
+def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
+    """Read, validate, split and tokenize the data named by ``cfg.data``.
+
+    Raises:
+        ConfigError: no training data given.
+        DataError: any problem in any file: missing columns, bad rows, one class, unknown labels.
+    """
+    d = cfg.data
+    if not d.train:
+        raise ConfigError("no training data: set data.train or pass --train FILE")
+    # a builtin dataset brings its own column names unless the user set them
+    columns = {"text_column": d.text_column, "label_column": d.label_column}
+    columns.update(
+        {k: v for k, v in builtin_columns(d.train).items() if k not in d.model_fields_set}
+    )
+    train_table = read_table(d.train)
+    train_sel = _select(train_table, cfg, columns)
+    dropped: dict[str, Any] = {}
+    labels = parse_labels(train_sel.values["label"], d.multi_label, d.label_separator)
+    label_names = label_set(labels, d.multi_label, train_table.source)
+
+    if d.validation:
+        val_table = read_table(d.validation)
+        val_sel = _select(val_table, cfg, columns)
+        val_source = val_table.source
+    else:
+        strata = ["|".join(ls) for ls in labels] if d.multi_label else labels
+        keep, held = stratified_split(strata, d.val_fraction, cfg.train.seed)
+        val_sel, train_sel = subset(train_sel, held), subset(train_sel, keep)
+        val_source = f"{train_table.source} (held-out {d.val_fraction:.0%}, stratified, seed {cfg.train.seed})"
+    test_source = d.test or default_test_split(train_table.source)
+    test_sel = _select(read_table(test_source), cfg, columns) if test_source else None
+    for name, sel in (("train", train_sel), ("validation", val_sel), ("test", test_sel)):
+        if sel is not None and sel.dropped:
+            dropped[name] = {k: len(v) for k, v in sel.dropped.items()}
+
+    task = ClassificationTask(
+        tokenizer=tokenizer,
+        labels=label_names,
+        max_seq_len=cfg.train.max_seq_len,
+        multi_label=d.multi_label,
+        pair=d.text_pair_column is not None,
+        label_separator=d.label_separator,
+    )
+    train = task.encode_selected(train_sel, train_table.source)
+    validation = task.encode_selected(val_sel, val_source)
+    test = task.encode_selected(test_sel, test_source) if test_sel and test_source else None
+    if cfg.train.class_weights == "balanced":
+        task.class_weights = balanced_weights(train.targets, len(label_names), d.multi_label)
+    summary = {
+        "train_source": train_table.source,
+        "validation_source": val_source,
+        "test_source": test_source,
+        "n_train": len(train),
+        "n_validation": len(validation),
+        "n_test": len(test) if test is not None else 0,
+        "labels": label_names,
+        "dropped_rows": dropped,
+        "truncated": {
+            "max_seq_len": cfg.train.max_seq_len,
+            "train": train.n_truncated,
+            "validation": validation.n_truncated,
+            "test": test.n_truncated if test is not None else 0,
+        },
+    }
+    return Splits(task=task, train=train, validation=validation, test=test, summary=summary)

@@ -102,7 +102,7 @@ def train_steps(
     *,
     batches_for_epoch: Callable[[int], Sequence[Sequence[int]]],
     collate: Callable[[Sequence[int]], dict[str, torch.Tensor]],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     evaluate: Callable[[], dict[str, Any]],
     state: LoopState,
     epochs: int,
@@ -117,7 +117,9 @@ def train_steps(
 ) -> Iterator[StepInfo]:
     """Train until ``epochs`` (or ``max_steps``) are done, yielding after each step and eval.
 
-    ``evaluate`` returns a metrics dict holding ``metric_for_best``; it must not consume RNG.
+    ``collate`` builds a batch (model inputs + targets) from example indices; ``loss_fn`` runs the
+    model on it and returns the mean loss. ``evaluate`` returns a metrics dict holding
+    ``metric_for_best``; it must not consume RNG.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     device_type = next(model.parameters()).device.type
@@ -151,15 +153,13 @@ def train_steps(
             n_examples = n_tokens = 0
             for indices in group:
                 batch = collate(indices)
-                targets = batch.pop("targets")
+                n_tokens += int(batch["attention_mask"].sum())
                 with autocast:
-                    logits = model(**batch).logits  # (B, C)
-                loss = loss_fn(logits.float(), targets)
+                    loss = loss_fn(batch)
                 (loss / len(group)).backward()
                 loss_sum = loss_sum + loss.detach()
                 loss_count += 1
                 n_examples += len(indices)
-                n_tokens += int(batch["attention_mask"].sum())
             grad_norm = clip_gradients(params, grad_clip)
             optimizer.step()
             scheduler.step()

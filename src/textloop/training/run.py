@@ -26,6 +26,8 @@ from textloop.data.batching import bucketed_batches
 from textloop.errors import CheckpointError, ConfigError, ModelError, RunDirError, TextloopError
 from textloop.evaluation.report import write_report
 from textloop.models.resolve import resolve_model
+from textloop.tasks import task_module
+from textloop.tasks.base import Encoded, Task
 from textloop.training.callbacks import fire
 from textloop.training.checkpoint import (
     copy_weights,
@@ -33,7 +35,6 @@ from textloop.training.checkpoint import (
     load_weights,
     save_checkpoint,
 )
-from textloop.training.data import Splits, build_splits
 from textloop.training.loop import (
     LoopState,
     restore_rng,
@@ -184,17 +185,6 @@ def _set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def _evaluator(
-    model: torch.nn.Module, splits: Splits, eval_batch_size: int, data: Any
-) -> dict[str, Any]:
-    logits = splits.task.logits_for(model, data, eval_batch_size)
-    dtype = torch.float32 if splits.task.multi_label else torch.long
-    targets = torch.tensor(data.targets, dtype=dtype)
-    metrics = splits.task.metrics(logits, targets)
-    metrics["loss"] = float(splits.task.loss(logits, targets))
-    return metrics
-
-
 def train(
     config: RunConfig | str | Path,
     *,
@@ -226,20 +216,17 @@ def train(
     out = Path(cfg.output)
     resuming = _check_output(out, cfg, resume)
     t = cfg.train
+    module = task_module(cfg.task)
+    metric_for_best = t.metric_for_best or module.METRIC_NAMES[0]
+    if metric_for_best not in ("loss", *module.METRIC_NAMES):
+        raise ConfigError(
+            f"train.metric_for_best: {metric_for_best!r} is not a {cfg.task} metric; use one of: "
+            + ", ".join(("loss", *module.METRIC_NAMES))
+        )
     model_dir = resolve_model(cfg.model)
     tokenizer = _load_tokenizer(model_dir)
-    splits = build_splits(cfg, tokenizer)
-    task = splits.task
-    if t.metric_for_best != "loss" and t.metric_for_best not in (
-        "accuracy",
-        "macro_f1",
-        "micro_f1",
-        "weighted_f1",
-    ):
-        raise ConfigError(
-            f"train.metric_for_best: {t.metric_for_best!r} is not a metric; use one of: "
-            "loss, accuracy, macro_f1, micro_f1, weighted_f1"
-        )
+    splits = module.build_splits(cfg, tokenizer)
+    task: Task = splits.task
 
     threads = _set_threads(t.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -255,8 +242,7 @@ def train(
         raise ModelError(f"cannot load model from {model_dir}: {exc}") from None
     if t.embedding_update == "lazy":
         make_embeddings_sparse(model)
-    head_prefixes = ("classifier", "score", "pre_classifier")
-    optimizer = build_optimizer(model, t.lr, t.weight_decay, t.head_lr, head_prefixes)
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, t.head_lr, task.head_prefixes)
     n_batches = -(-len(splits.train) // t.batch_size)
     total_steps = t.max_steps or t.epochs * steps_per_epoch(n_batches, t.grad_accum_steps)
     epochs = (
@@ -290,8 +276,13 @@ def train(
     def collate(indices: Sequence[int]) -> dict[str, torch.Tensor]:
         return {k: v.to(device) for k, v in task.collate(splits.train, indices).items()}
 
-    model_cpu_eval = lambda: _evaluator(model, splits, t.eval_batch_size, splits.validation)  # noqa: E731
-    higher = t.metric_for_best != "loss"
+    def evaluate(data: Encoded) -> dict[str, Any]:
+        return task.evaluate(model, data, t.eval_batch_size)
+
+    def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return task.training_loss(model, batch)
+
+    higher = metric_for_best != "loss"
     callbacks = list(callbacks)
     fire(
         callbacks,
@@ -308,15 +299,15 @@ def train(
             scheduler,
             batches_for_epoch=batches_for_epoch,
             collate=collate,
-            loss_fn=task.loss,
-            evaluate=model_cpu_eval,
+            loss_fn=loss_fn,
+            evaluate=lambda: evaluate(splits.validation),
             state=state,
             epochs=epochs,
             max_steps=t.max_steps,
             grad_accum_steps=t.grad_accum_steps,
             grad_clip=t.grad_clip,
             eval_every_steps=t.eval_every_steps,
-            metric_for_best=t.metric_for_best,
+            metric_for_best=metric_for_best,
             higher_is_better=higher,
             log_every_steps=t.log_every_steps,
             autocast_dtype=autocast,
@@ -376,13 +367,13 @@ def train(
     # -- finish: best weights, final metrics, artifacts ------------------------------------
     if (ckpt / "best").is_dir():
         load_weights(ckpt / "best", model)
-    final = {"validation": _evaluator(model, splits, t.eval_batch_size, splits.validation)}
+    final = {"validation": evaluate(splits.validation)}
     if splits.test is not None:
-        final["test"] = _evaluator(model, splits, t.eval_batch_size, splits.test)
+        final["test"] = evaluate(splits.test)
     final["train"] = {
         "steps": state.step,
         "best_step": state.best_step,
-        "best_metric": {t.metric_for_best: state.best_metric},
+        "best_metric": {metric_for_best: state.best_metric},
         "seconds": round(train_seconds, 2),
         "examples_per_s": round(
             (state.examples_seen - examples_at_start) / max(train_seconds, 1e-9), 2
@@ -437,4 +428,4 @@ def _write_artifacts(
     write_atomic(out / "labels.json", json.dumps(task.state(), indent=2, ensure_ascii=False))
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False))
     write_atomic(out / "env.json", json.dumps(environment(seed, precision, threads), indent=2))
-    write_report(out, metrics, task.labels)
+    write_report(out, metrics, list(task.state().get("labels", [])))

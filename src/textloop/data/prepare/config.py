@@ -1,0 +1,226 @@
+"""The ``textloop prepare`` config: inputs, cleaning stages, dedup, splits, label checks, output.
+
+A YAML file holds only what differs from the defaults below; every problem in it is reported at
+once with its key path and, for a misspelt key, the closest valid one (as run configs are).
+
+Example:
+    >>> cfg = load_prepare_config("configs/prepare/news.yaml", ["dedup.threshold=0.9"])
+    >>> cfg.dedup.mode
+    'near'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from textloop.config import _set_dotted, parse_override, read_yaml, validate_tree
+from textloop.errors import ConfigError
+
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CleanConfig(_Strict):
+    """Cleaning stages, applied in this fixed order; each can be switched off."""
+
+    nfkc: bool = Field(True, description="1. Unicode NFKC normalisation (full-width → ASCII, ligatures).")
+    strip_control: bool = Field(
+        True, description="2. Remove control, zero-width and other invisible format characters."
+    )
+    strip_html: bool = Field(
+        True, description="3. Remove HTML/XML tags, comments, script/style blocks; decode entities."
+    )
+    normalize_whitespace: bool = Field(
+        True, description="4. Collapse runs of spaces, strip lines, at most one blank line."
+    )
+    mask_emails: bool = Field(False, description="5. Replace e-mail addresses with <EMAIL>.")
+    mask_phones: bool = Field(False, description="5. Replace phone numbers with <PHONE>.")
+    mask_urls: bool = Field(False, description="5. Replace URLs with <URL>.")
+    mask_ips: bool = Field(False, description="5. Replace IPv4/IPv6 addresses with <IP>.")
+    boilerplate_patterns: list[str] = Field(
+        default_factory=list,
+        description="6. Regexes (case-insensitive); a line matching one is removed, e.g. "
+        "'^(share|tweet|subscribe)\\b'.",
+    )
+    max_duplicate_line_fraction: float | None = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="7. Drop a document when more than this share of its lines (3+ lines) "
+        "repeat an earlier line of it; null turns it off.",
+    )
+    min_chars: int = Field(1, ge=0, description="8. Drop documents shorter than this (chars).")
+    max_chars: int | None = Field(None, ge=1, description="8. Drop documents longer than this.")
+    min_words: int = Field(
+        0, ge=0, description="8. Drop documents with fewer words (a CJK/Thai character is a word)."
+    )
+    max_words: int | None = Field(None, ge=1, description="8. Drop documents with more words.")
+    custom_filter: str | None = Field(
+        None,
+        description="9. 'module:function' or 'path/file.py:function'; called with the cleaned "
+        "text, returns True (keep), False/None (drop) or a str (the new text).",
+    )
+
+    @field_validator("boilerplate_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: list[str]) -> list[str]:
+        import re
+
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r} ({exc})") from None
+        return value
+
+
+class DedupConfig(_Strict):
+    """Duplicate removal; the first occurrence (input order) is always the one kept."""
+
+    mode: Literal["none", "exact", "near"] = Field(
+        "near",
+        description="exact: same normalised text (case, punctuation and spacing ignored); "
+        "near: exact, then MinHash LSH near-duplicates.",
+    )
+    threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="Jaccard similarity of word shingles at which two "
+        "documents are near-duplicates (checked exactly on every LSH candidate pair).",
+    )
+    shingle_size: int = Field(5, ge=1, le=32, description="Words per shingle.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
+    seed: int = Field(1, ge=0, description="Seed of the MinHash permutations.")
+
+
+class SplitConfig(_Strict):
+    """Deterministic splits by content hash: appending data never moves an old record."""
+
+    fractions: list[float] = Field(
+        default_factory=lambda: [0.8, 0.1, 0.1],
+        description="Shares of train, validation[, test]; one to three numbers summing to 1.",
+    )
+    salt: str = Field("", description="Mixed into the hash; change it to draw another split.")
+    leakage_check: Literal["near", "exact", "off"] = Field(
+        "near",
+        description="Remove evaluation records that duplicate a record of an earlier split "
+        "(near also runs MinHash when dedup.mode is not near).",
+    )
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, value: list[float]) -> list[float]:
+        if not 1 <= len(value) <= 3:
+            raise ValueError(f"expected 1 to 3 fractions (train, validation, test), got {value}")
+        if any(f < 0 for f in value) or abs(sum(value) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must be >= 0 and sum to 1, got {value} (sum {sum(value)})")
+        return value
+
+
+class LabelsConfig(_Strict):
+    """Label checks, used when ``label_column`` is set."""
+
+    conflicts: Literal["drop", "keep_first"] = Field(
+        "drop",
+        description="Same normalised text with different labels: drop every copy, or keep the first.",
+    )
+    min_per_class: int = Field(
+        10, ge=0, description="Classes with fewer records are too rare to split."
+    )
+    rare_classes: Literal["train", "drop"] = Field(
+        "train", description="Rare classes go wholly to train, or are dropped."
+    )
+
+
+class PrepareConfig(_Strict):
+    """A whole ``textloop prepare`` run."""
+
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Files, directories, globs ('raw/**/*.jsonl.gz') or builtin:NAME[:SPLIT].",
+    )
+    output: str | None = Field(None, description="Corpus directory to create.")
+    overwrite: bool = Field(False, description="Replace an existing corpus in output.")
+    format: Literal["auto", "txt", "jsonl", "json", "csv", "tsv", "parquet"] = Field(
+        "auto", description="Input format; auto: from each file's suffix."
+    )
+    txt_mode: Literal["line", "file"] = Field(
+        "line", description="txt files: one document per line, or one per file."
+    )
+    text_column: str = Field("text", description="Field holding the text (not used for txt).")
+    label_column: str | None = Field(
+        None, description="Field holding the label; set it for labelled data."
+    )
+    encoding: str = Field("utf-8", description="Encoding of text inputs.")
+    on_error: Literal["skip", "fail"] = Field(
+        "skip", description="Bad records/files: skip and report them, or stop at the first."
+    )
+    num_proc: int = Field(1, ge=1, le=512, description="Worker processes on this machine.")
+    num_shards: int = Field(1, ge=1, description="Machines sharing the inputs (then merge).")
+    shard_index: int = Field(0, ge=0, description="Which slice of the inputs this machine runs.")
+    shard_rows: int = Field(100_000, ge=1, description="Records per output Parquet file.")
+    examples_per_stage: int = Field(3, ge=0, le=100, description="Examples shown in report.md.")
+    clean: CleanConfig = Field(default_factory=lambda: CleanConfig())
+    dedup: DedupConfig = Field(default_factory=lambda: DedupConfig())
+    split: SplitConfig = Field(default_factory=lambda: SplitConfig())
+    labels: LabelsConfig = Field(default_factory=lambda: LabelsConfig())
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> PrepareConfig:
+        if self.shard_index >= self.num_shards:
+            raise ValueError(
+                f"shard_index {self.shard_index} must be < num_shards {self.num_shards}"
+            )
+        return self
+
+
+def _parse_fractions(value: Any) -> Any:
+    """Accept '0.8,0.1,0.1' from the command line as well as a YAML list."""
+    if isinstance(value, str):
+        try:
+            return [float(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"--split {value!r}: expected comma-separated fractions, e.g. 0.8,0.1,0.1"
+            ) from None
+    return value
+
+
+def load_prepare_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> PrepareConfig:
+    """Load a prepare config from YAML, apply ``extra`` (dotted keys from flags), then ``--set``.
+
+    Args:
+        path: YAML file, or None to start from defaults.
+        overrides: ``key.path=value`` strings, applied last.
+        extra: dotted keys from CLI flags, applied before overrides.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: a missing/invalid file or any invalid key or value (all listed at once).
+    """
+    tree = read_yaml(path) if path is not None else {}
+    for key, value in (extra or {}).items():
+        _set_dotted(tree, key, value)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    split = tree.get("split")
+    if isinstance(split, dict) and "fractions" in split:
+        split["fractions"] = _parse_fractions(split["fractions"])
+    return validate_tree(PrepareConfig, tree, str(path) if path is not None else "prepare config")
+
+
+def prepare_config_to_yaml(cfg: PrepareConfig) -> str:
+    """The fully resolved config as YAML."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,369 @@
+"""Stream records out of many files in bounded memory; a bad record is reported, never lost.
+
+Inputs are files, directories, globs and ``builtin:NAME[:SPLIT]``, compressed or not (``.gz``,
+``.bz2``, ``.zst``). Every record keeps its file id and line (or row) number. A record or file that
+cannot be read becomes an *error record* carrying ``file:line`` and the reason, so the pipeline can
+count and report it (``on_error: skip``) -- or reading stops at it with a ``DataError``
+(``on_error: fail``). Each file ends with one *trailer* record holding its size, SHA-256 and counts.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import difflib
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from textloop.data.readers import _SUFFIX_FORMAT
+from textloop.errors import DataError
+
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
+INPUT_FORMATS = ("txt", "jsonl", "json", "csv", "tsv", "parquet")
+_PARQUET_BATCH = 1024
+
+
+def detect_format(path: str) -> str | None:
+    """The format of a file from its suffix, looking through a compression suffix."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return _SUFFIX_FORMAT.get(suffixes[-1]) if suffixes else None
+
+
+def _walk(root: str) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield os.path.join(dirpath, name)
+
+
+def expand_inputs(inputs: list[str], fmt: str = "auto") -> tuple[list[str], list[str]]:
+    """Resolve inputs into an ordered list of files (and the files ignored in directories).
+
+    Each input's files are sorted; inputs keep the order given, so "first occurrence" in
+    deduplication follows the order a user lists sources in.
+
+    Raises:
+        DataError: an input matches nothing, or names a file of unknown type.
+    """
+    files: dict[str, None] = {}
+    ignored: list[str] = []
+    for source in inputs:
+        if source.startswith("builtin:"):
+            from textloop.data.builtin import parse_builtin
+
+            name, split = parse_builtin(source)
+            files[f"builtin:{name}:{split}"] = None
+            continue
+        if any(ch in source for ch in "*?["):
+            found = sorted(p for p in glob.iglob(source, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise DataError(f"no files match {source!r}")
+        elif os.path.isdir(source):
+            found = []
+            for p in _walk(source):
+                (found if fmt != "auto" or detect_format(p) else ignored).append(p)
+            if not found:
+                raise DataError(
+                    f"directory {source} holds no readable files ({', '.join(INPUT_FORMATS)}, "
+                    "optionally .gz/.bz2/.zst); set format to read other suffixes"
+                )
+        elif os.path.isfile(source):
+            found = [source]
+        else:
+            raise DataError(f"input not found: {source}")
+        for p in found:
+            if fmt == "auto" and detect_format(p) is None:
+                raise DataError(
+                    f"{p}: unknown file type; use one of {', '.join(INPUT_FORMATS)} "
+                    "(optionally .gz/.bz2/.zst) or set format"
+                )
+            files[p] = None
+    return list(files), ignored
+
+
+def shard_files(files: list[str], num_shards: int, shard_index: int) -> list[int]:
+    """Indices of the contiguous slice of ``files`` (balanced by bytes) one machine reads."""
+    if num_shards == 1:
+        return list(range(len(files)))
+    sizes = [1 if f.startswith("builtin:") else max(os.path.getsize(f), 1) for f in files]
+    total = sum(sizes)
+    lo, hi = total * shard_index / num_shards, total * (shard_index + 1) / num_shards
+    chosen, seen = [], 0
+    for i, size in enumerate(sizes):
+        middle = seen + size / 2  # a file belongs to the shard holding its midpoint
+        if lo <= middle < hi:
+            chosen.append(i)
+        seen += size
+    return chosen
+
+
+def _open_binary(path: str) -> IO[bytes]:
+    kind = COMPRESSIONS.get(Path(path).suffix.lower())
+    if kind == "gzip":
+        return gzip.open(path, "rb")
+    if kind == "bz2":
+        return bz2.open(path, "rb")
+    if kind == "zstd":
+        import zstandard
+
+        raw = open(path, "rb")  # noqa: SIM115 -- closed with the stream reader
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))  # type: ignore[arg-type]
+    return open(path, "rb")
+
+
+def _file_digest(path: str) -> tuple[int, str]:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return os.path.getsize(path), h.hexdigest()
+
+
+def _is_bad_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+class _BadRecord(Exception):
+    """One record cannot be used; the reading goes on."""
+
+
+def _missing_field(record: dict[str, Any], name: str, role: str) -> str:
+    fields = [str(k) for k in record]
+    close = difflib.get_close_matches(name, fields, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"no {role} field {name!r} (fields: {', '.join(fields[:20])}){hint}"
+
+
+def _pick(record: dict[str, Any], settings: dict[str, Any]) -> tuple[str, str | None]:
+    text_col, label_col = settings["text_column"], settings["label_column"]
+    if text_col not in record:
+        raise _BadRecord(_missing_field(record, text_col, "text"))
+    text = record[text_col]
+    if text is None:
+        raise _BadRecord(f"null text in {text_col!r}")
+    if not isinstance(text, str):
+        raise _BadRecord(f"text in {text_col!r} is {type(text).__name__}, not a string")
+    if _is_bad_unicode(text):
+        raise _BadRecord(f"text is not valid {settings['encoding']} (undecodable bytes)")
+    label = None
+    if label_col:
+        if label_col not in record:
+            raise _BadRecord(_missing_field(record, label_col, "label"))
+        value = record[label_col]
+        if isinstance(value, (list, dict)):
+            raise _BadRecord(f"label in {label_col!r} is a {type(value).__name__}; expected one value")
+        label = "" if value is None else str(value).strip()
+        if not label:
+            raise _BadRecord(f"empty label in {label_col!r}")
+        if _is_bad_unicode(label):
+            raise _BadRecord("label is not valid text (undecodable bytes)")
+    return text, label
+
+
+def _rows_txt(stream: IO[str], mode: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    if mode == "file":
+        yield 1, {"text": stream.read().lstrip("\ufeff")}
+        return
+    for n, line in enumerate(stream, start=1):
+        line = line.rstrip("\r\n")
+        if n == 1:
+            line = line.lstrip("\ufeff")
+        if line.strip():  # a blank line separates documents; it is not one
+            yield n, {"text": line}
+
+
+def _rows_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    for n, line in enumerate(stream, start=1):
+        if n == 1:
+            line = line.lstrip("\ufeff")
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield n, f"invalid JSON ({exc.msg}, column {exc.colno})"
+            continue
+        yield n, record if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
+
+
+def _rows_json(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    # a .json file is one document, read whole: keep big data in jsonl
+    try:
+        data = json.loads(stream.read().lstrip("\ufeff"))
+    except json.JSONDecodeError as exc:
+        raise _FileError(exc.lineno, f"invalid JSON ({exc.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise _FileError(1, "expected a JSON list of records (objects)")
+    for n, record in enumerate(data, start=1):
+        yield n, record if isinstance(record, dict) else f"record {n} is not a JSON object"
+
+
+def _rows_delimited(stream: IO[str], delimiter: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    csv.field_size_limit(2**31 - 1)  # documents can exceed csv's 128 KiB default field limit
+    reader = csv.DictReader(stream, delimiter=delimiter)
+    for row in reader:
+        if None in row:
+            yield reader.line_num, f"more fields than the header has ({len(reader.fieldnames or [])})"
+        else:
+            yield reader.line_num, row
+
+
+def _rows_parquet(path: str, settings: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    wanted = [c for c in (settings["text_column"], settings["label_column"]) if c and c in names]
+    n = 0
+    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted or None):
+        for record in batch.to_pylist():
+            n += 1
+            yield n, record if wanted else {k: record[k] for k in list(record)[:20]}
+
+
+class _FileError(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _rows_builtin(source: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    from textloop.data.builtin import BUILTIN_DATASETS, parse_builtin, read_builtin
+
+    name, _ = parse_builtin(source)
+    facts = BUILTIN_DATASETS[name]
+    for n, row in enumerate(read_builtin(source).rows, start=1):
+        # the builtin's own column names, reachable under the default names too
+        yield n, {"text": row[facts["text_column"]], "label": row[facts["label_column"]], **row}
+
+
+def _records(path: str, settings: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    if path.startswith("builtin:"):
+        yield from _rows_builtin(path)
+        return
+    fmt = settings["format"] if settings["format"] != "auto" else detect_format(path)
+    if fmt == "parquet":
+        yield from _rows_parquet(path, settings)
+        return
+    with _open_binary(path) as binary:
+        stream = io.TextIOWrapper(
+            binary, encoding=settings["encoding"], errors="surrogateescape", newline=""
+        )
+        if fmt == "jsonl":
+            yield from _rows_jsonl(stream)
+        elif fmt == "json":
+            yield from _rows_json(stream)
+        elif fmt in ("csv", "tsv"):
+            yield from _rows_delimited(stream, "," if fmt == "csv" else "\t")
+        else:
+            yield from _rows_txt(stream, settings["txt_mode"])
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, EOFError, zlib.error, csv.Error, _FileError]
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:  # pragma: no cover - zstandard is a dependency
+        pass
+    import pyarrow as pa
+
+    errors.append(pa.ArrowException)
+    return tuple(errors)
+
+
+def record(
+    file_id: int,
+    row: int,
+    text: str | None = None,
+    label: str | None = None,
+    error: str | None = None,
+    meta: str | None = None,
+) -> dict[str, Any]:
+    """One row of the ingest table (the schema ``INGEST_FEATURES`` describes)."""
+    return {"text": text, "label": label, "_file": file_id, "_row": row, "_error": error, "_meta": meta}
+
+
+def generate_records(files: list[tuple[int, str]], settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Yield every record of ``files`` (id, path) in order, then one trailer per file.
+
+    Args:
+        files: (file id, path) pairs; the id is the file's index in the whole input list.
+        settings: format, txt_mode, text_column, label_column, encoding, on_error.
+
+    Raises:
+        DataError: the first bad record or file, when ``settings['on_error'] == 'fail'``.
+    """
+    fail = settings["on_error"] == "fail"
+    read_errors = _read_errors()
+    for file_id, path in files:
+        n_records = n_errors = last = 0
+        try:
+            for row, rec in _records(path, settings):
+                last = row
+                try:
+                    if isinstance(rec, str):
+                        raise _BadRecord(rec)
+                    text, label = _pick(rec, settings)
+                except _BadRecord as exc:
+                    if fail:
+                        raise DataError(f"{path}:{row}: {exc} (on_error: fail)") from None
+                    n_errors += 1
+                    yield record(file_id, row, error=str(exc))
+                    continue
+                n_records += 1
+                yield record(file_id, row, text, label)
+        except read_errors as exc:
+            line = exc.line if isinstance(exc, _FileError) else last + 1
+            what = exc if isinstance(exc, _FileError) else f"{type(exc).__name__}: {exc}"
+            message = f"unreadable from here on: {what}"
+            if fail:
+                raise DataError(f"{path}:{line}: {message} (on_error: fail)") from None
+            n_errors += 1
+            yield record(file_id, line, error=message)
+        size, digest = (0, None) if path.startswith("builtin:") else _file_digest(path)
+        meta = {"bytes": size, "sha256": digest, "records": n_records, "errors": n_errors}
+        yield record(file_id, 0, meta=json.dumps(meta))
+
+
+def check_fields(files: list[str], settings: dict[str, Any]) -> None:
+    """Fail fast when the first record of the first file lacks the text or label field.
+
+    Raises:
+        DataError: naming the file, the missing field, the fields found and the flag to set.
+    """
+    for path in files[:1]:
+        fmt = settings["format"] if settings["format"] != "auto" else detect_format(path)
+        if fmt == "txt" and not path.startswith("builtin:"):
+            if settings["label_column"]:
+                raise DataError(
+                    f"{path}: txt files hold no labels; drop --label-column or use jsonl/csv"
+                )
+            return
+        try:
+            first = next((r for _, r in _records(path, settings) if isinstance(r, dict)), None)
+        except _read_errors():
+            return  # reported with its line by the reading itself
+        if first is None:
+            return
+        for name, flag in ((settings["text_column"], "--text-column"), (settings["label_column"], "--label-column")):
+            if name and name not in first:
+                raise DataError(f"{path}: first record has {_missing_field(first, name, 'the')} — set {flag}")
