@@ -163,7 +163,8 @@ def read_table(source: str) -> Table:
     """Read every row of a source into memory.
 
     Args:
-        source: a file, directory, glob, or ``builtin:NAME`` (see ``textloop.data.builtin``).
+        source: a file, directory, glob, ``builtin:NAME`` (see ``textloop.data.builtin``), or a
+            corpus written by ``textloop prepare``: ``DIR`` (its train split) or ``DIR:SPLIT``.
 
     Returns:
         The rows with their locations.
@@ -175,6 +176,11 @@ def read_table(source: str) -> Table:
         from textloop.data.builtin import read_builtin
 
         return read_builtin(source)
+    from textloop.data.prepare.corpus import read_prepared
+
+    prepared = read_prepared(source)
+    if prepared is not None:
+        return prepared
     table = Table(source=source)
     for path in expand_source(source):
         fmt = detect_format(path)

@@ -16,6 +16,7 @@ from textloop.config import RunConfig
 from textloop.data.batching import pad_batch, sorted_batches
 from textloop.data.builtin import builtin_columns, default_test_split
 from textloop.data.examples import Selected, select_columns, subset
+from textloop.data.prepare.corpus import with_prepared_splits
 from textloop.data.readers import Table, read_table
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
@@ -340,7 +341,7 @@ def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
         ConfigError: no training data given.
         DataError: any problem in any file: missing columns, bad rows, one class, unknown labels.
     """
-    d = cfg.data
+    d = with_prepared_splits(cfg.data)  # a prepared corpus brings its validation/test splits
     if not d.train:
         raise ConfigError("no training data: set data.train or pass --train FILE")
     # a builtin dataset brings its own column names unless the user set them

@@ -31,7 +31,14 @@ _NO_SPACE = (
 WORD_RE = re.compile(rf"[{_NO_SPACE}]|[^\W{_NO_SPACE}]+")
 
 # change stages (bit i of a record's ``_changed``) and drop reasons, in pipeline order
-CHANGE_STAGES = ("nfkc", "strip_control", "strip_html", "normalize_whitespace", "mask_pii", "boilerplate_lines")
+CHANGE_STAGES = (
+    "nfkc",
+    "strip_control",
+    "strip_html",
+    "normalize_whitespace",
+    "mask_pii",
+    "boilerplate_lines",
+)
 DROP_STAGES = ("repeated_lines", "too_short", "too_long", "custom_filter")
 
 _CONTROL = re.compile(
@@ -52,7 +59,9 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 
 _URL = re.compile(r"\b(?:https?://|ftp://|www\.)[^\s<>\"']+", re.IGNORECASE)
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
-_IPV4 = re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b")
+_IPV4 = re.compile(
+    r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b"
+)
 _IPV6 = re.compile(
     r"(?<![\w:])(?:(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}"
     r"|(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}"

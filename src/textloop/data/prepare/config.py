@@ -30,7 +30,9 @@ class _Strict(BaseModel):
 class CleanConfig(_Strict):
     """Cleaning stages, applied in this fixed order; each can be switched off."""
 
-    nfkc: bool = Field(True, description="1. Unicode NFKC normalisation (full-width → ASCII, ligatures).")
+    nfkc: bool = Field(
+        True, description="1. Unicode NFKC normalisation (full-width → ASCII, ligatures)."
+    )
     strip_control: bool = Field(
         True, description="2. Remove control, zero-width and other invisible format characters."
     )
@@ -90,7 +92,10 @@ class DedupConfig(_Strict):
         "near: exact, then MinHash LSH near-duplicates.",
     )
     threshold: float = Field(
-        0.8, gt=0.0, le=1.0, description="Jaccard similarity of word shingles at which two "
+        0.8,
+        gt=0.0,
+        le=1.0,
+        description="Jaccard similarity of word shingles at which two "
         "documents are near-duplicates (checked exactly on every LSH candidate pair).",
     )
     shingle_size: int = Field(5, ge=1, le=32, description="Words per shingle.")

@@ -33,7 +33,9 @@ def dedup_tokens(text: str) -> list[str]:
 
 def content_digest(tokens: list[str]) -> tuple[int, int]:
     """A 128-bit digest of the normalised text, as two unsigned 64-bit halves."""
-    raw = hashlib.blake2b(" ".join(tokens).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    raw = hashlib.blake2b(
+        " ".join(tokens).encode("utf-8", "surrogatepass"), digest_size=16
+    ).digest()
     return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
 
 
@@ -42,7 +44,9 @@ def shingle_hashes(tokens: list[str], size: int) -> np.ndarray:
     if not tokens:
         return np.zeros(1, dtype=np.uint64)
     words = np.fromiter(
-        (xxhash.xxh64_intdigest(t) for t in tokens), dtype=np.uint64, count=len(tokens)
+        (xxhash.xxh64_intdigest(t.encode("utf-8", "surrogatepass")) for t in tokens),
+        dtype=np.uint64,
+        count=len(tokens),
     )
     n = max(len(words) - size + 1, 1)
     mixed = np.zeros(n, dtype=np.uint64)
@@ -77,7 +81,9 @@ def _minhash_setup(num_perm: int, seed: int, bands: int, rows: int) -> tuple[Any
     from datasketch import MinHash
 
     perms = MinHash(num_perm=num_perm, seed=seed).permutations
-    band_mult = np.random.default_rng(seed).integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)
+    band_mult = np.random.default_rng(seed).integers(
+        1, 2**63, size=rows, dtype=np.uint64
+    ) | np.uint64(1)
     return perms, band_mult
 
 

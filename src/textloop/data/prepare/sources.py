@@ -111,7 +111,7 @@ def shard_files(files: list[str], num_shards: int, shard_index: int) -> list[int
 def _open_binary(path: str) -> IO[bytes]:
     kind = COMPRESSIONS.get(Path(path).suffix.lower())
     if kind == "gzip":
-        return gzip.open(path, "rb")
+        return gzip.open(path, "rb")  # type: ignore[return-value]
     if kind == "bz2":
         return bz2.open(path, "rb")
     if kind == "zstd":
@@ -166,7 +166,9 @@ def _pick(record: dict[str, Any], settings: dict[str, Any]) -> tuple[str, str | 
             raise _BadRecord(_missing_field(record, label_col, "label"))
         value = record[label_col]
         if isinstance(value, (list, dict)):
-            raise _BadRecord(f"label in {label_col!r} is a {type(value).__name__}; expected one value")
+            raise _BadRecord(
+                f"label in {label_col!r} is a {type(value).__name__}; expected one value"
+            )
         label = "" if value is None else str(value).strip()
         if not label:
             raise _BadRecord(f"empty label in {label_col!r}")
@@ -198,7 +200,12 @@ def _rows_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
         except json.JSONDecodeError as exc:
             yield n, f"invalid JSON ({exc.msg}, column {exc.colno})"
             continue
-        yield n, record if isinstance(record, dict) else f"expected a JSON object, got {type(record).__name__}"
+        yield (
+            n,
+            record
+            if isinstance(record, dict)
+            else f"expected a JSON object, got {type(record).__name__}",
+        )
 
 
 def _rows_json(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
@@ -220,12 +227,17 @@ def _rows_delimited(stream: IO[str], delimiter: str) -> Iterator[tuple[int, dict
     reader = csv.DictReader(stream, delimiter=delimiter)
     for row in reader:
         if None in row:
-            yield reader.line_num, f"more fields than the header has ({len(reader.fieldnames or [])})"
+            yield (
+                reader.line_num,
+                f"more fields than the header has ({len(reader.fieldnames or [])})",
+            )
         else:
             yield reader.line_num, row
 
 
-def _rows_parquet(path: str, settings: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def _rows_parquet(
+    path: str, settings: dict[str, Any]
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
@@ -299,10 +311,19 @@ def record(
     meta: str | None = None,
 ) -> dict[str, Any]:
     """One row of the ingest table (the schema ``INGEST_FEATURES`` describes)."""
-    return {"text": text, "label": label, "_file": file_id, "_row": row, "_error": error, "_meta": meta}
+    return {
+        "text": text,
+        "label": label,
+        "_file": file_id,
+        "_row": row,
+        "_error": error,
+        "_meta": meta,
+    }
 
 
-def generate_records(files: list[tuple[int, str]], settings: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def generate_records(
+    files: list[tuple[int, str]], settings: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
     """Yield every record of ``files`` (id, path) in order, then one trailer per file.
 
     Args:
@@ -364,6 +385,11 @@ def check_fields(files: list[str], settings: dict[str, Any]) -> None:
             return  # reported with its line by the reading itself
         if first is None:
             return
-        for name, flag in ((settings["text_column"], "--text-column"), (settings["label_column"], "--label-column")):
+        for name, flag in (
+            (settings["text_column"], "--text-column"),
+            (settings["label_column"], "--label-column"),
+        ):
             if name and name not in first:
-                raise DataError(f"{path}: first record has {_missing_field(first, name, 'the')} — set {flag}")
+                raise DataError(
+                    f"{path}: first record has {_missing_field(first, name, 'the')} — set {flag}"
+                )

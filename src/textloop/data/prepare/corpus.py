@@ -1,0 +1,93 @@
+"""Read a prepared corpus back: ``textloop train --train corpus/news`` and friends.
+
+A prepared corpus is a directory holding ``manifest.json`` (format ``textloop-prepared-corpus``)
+and one folder of Parquet shards per split. ``DIR`` names its train split, ``DIR:validation`` and
+``DIR:test`` the others. Rows keep their origin: a data error in training names the raw file and
+line the record came from.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from textloop.data.readers import Table
+from textloop.errors import DataError
+
+MANIFEST = "manifest.json"
+_FORMAT = "textloop-prepared-corpus"
+
+
+def _split_source(source: str) -> tuple[Path, str]:
+    base, sep, split = source.rpartition(":")
+    if sep and split in ("train", "validation", "test") and base:
+        return Path(base), split
+    return Path(source), "train"
+
+
+def read_manifest(path: str | Path) -> dict[str, Any] | None:
+    """The manifest of a prepared corpus directory, or None when ``path`` is not one."""
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == _FORMAT else None
+
+
+def is_prepared_corpus(source: str) -> bool:
+    """Whether ``source`` (``DIR`` or ``DIR:SPLIT``) names a prepared corpus."""
+    return read_manifest(_split_source(source)[0]) is not None
+
+
+def prepared_split(path: str | Path, split: str = "train") -> Table:
+    """Read one split of a prepared corpus into a ``Table`` (columns text, label, id, source).
+
+    Raises:
+        DataError: not a prepared corpus, or the corpus has no such split.
+    """
+    import pyarrow.parquet as pq
+
+    root = Path(path)
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise DataError(f"{root} is not a prepared corpus (no textloop {MANIFEST})")
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise DataError(f"{root} has no split {split!r}; splits: {', '.join(splits)}")
+    table = Table(source=f"{root}:{split}")
+    for rel in splits[split]["files"]:
+        rows = pq.read_table(root / rel).to_pylist()
+        table.rows.extend(rows)
+        table.locations.extend(f"{r['source']} (via {root / rel})" for r in rows)
+    return table
+
+
+def read_prepared(source: str) -> Table | None:
+    """The split a ``DIR`` / ``DIR:SPLIT`` source names, or None when it is no prepared corpus."""
+    root, split = _split_source(source)
+    if read_manifest(root) is None:
+        return None
+    return prepared_split(root, split)
+
+
+def with_prepared_splits(data: Any) -> Any:
+    """A data config whose unset validation/test point at a prepared train corpus's own splits.
+
+    Args:
+        data: a ``DataConfig`` (any object with train/validation/test attributes and model_copy).
+    """
+    train = getattr(data, "train", None)
+    if not train or not is_prepared_corpus(train):
+        return data
+    root, _ = _split_source(train)
+    splits = (read_manifest(root) or {}).get("splits", {})
+    update = {
+        name: f"{root}:{name}"
+        for name in ("validation", "test")
+        if getattr(data, name) is None and splits.get(name, {}).get("records", 0) > 0
+    }
+    return data.model_copy(update=update) if update else data

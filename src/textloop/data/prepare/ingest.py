@@ -1,0 +1,310 @@
+"""Read and clean one machine's slice of the inputs into Arrow files: the *partial* corpus.
+
+Reading runs in ``num_proc`` processes (``datasets.Dataset.from_generator`` over shards of the file
+list), cleaning and fingerprinting in ``num_proc`` processes (``Dataset.map``); both write Arrow
+files to disk batch by batch, so memory stays bounded whatever the input size. Every record read
+keeps a row: dropped ones carry the reason, so counts and examples come from the table itself.
+The surviving records, with their digests and LSH band keys, are what global deduplication
+(one machine, or ``merge`` over many) works on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textloop.data.prepare.clean import CHANGE_STAGES, DROP_STAGES, Cleaner, build_cleaner
+from textloop.data.prepare.config import PrepareConfig
+from textloop.data.prepare.fingerprint import (
+    band_keys,
+    content_digest,
+    dedup_tokens,
+    lsh_params,
+    shingle_hashes,
+)
+from textloop.data.prepare.sources import check_fields, expand_inputs, generate_records, shard_files
+from textloop.errors import DataError, TextloopError
+
+log = logging.getLogger(__name__)
+
+# _drop codes written by the clean map; 0 keeps the record
+READ_ERROR, TRAILER = 1, 2
+DROP_CODES = {name: 3 + i for i, name in enumerate(DROP_STAGES)}
+LENGTH_BINS = np.unique(np.round(np.logspace(0, 7, 57)).astype(np.int64))  # 1 .. 10M chars
+
+
+@dataclass
+class Partial:
+    """Cleaned survivors of one slice of the inputs plus what happened on the way."""
+
+    records: Any  # datasets.Dataset
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def needs_near(cfg: PrepareConfig) -> bool:
+    """Whether MinHash band keys are needed (near dedup, or the near leakage check)."""
+    return cfg.dedup.mode == "near" or (
+        cfg.split.leakage_check == "near" and len(cfg.split.fractions) > 1
+    )
+
+
+def _ingest_features() -> Any:
+    from datasets import Features, Value
+
+    return Features(
+        {
+            "text": Value("string"),
+            "label": Value("string"),
+            "_file": Value("int32"),
+            "_row": Value("int64"),
+            "_error": Value("string"),
+            "_meta": Value("string"),
+        }
+    )
+
+
+def _features(bands: int) -> Any:
+    from datasets import Value
+
+    cols = dict(_ingest_features())
+    cols.update(
+        {
+            "_drop": Value("int8"),
+            "_changed": Value("int16"),
+            "_chars_in": Value("int64"),
+            "_words": Value("int64"),
+            "_h1": Value("uint64"),
+            "_h2": Value("uint64"),
+        }
+    )
+    cols.update({f"_b{j}": Value("uint64") for j in range(bands)})
+    from datasets import Features
+
+    return Features(cols)
+
+
+def _clean_batch(
+    batch: dict[str, list[Any]], cleaner: Cleaner, fp: tuple[int, int, int, int, int]
+) -> dict[str, Any]:
+    """The ``Dataset.map`` function: clean, filter and fingerprint a batch of records."""
+    shingle_size, num_perm, seed, bands, rows = fp
+    n = len(batch["text"])
+    out_text: list[str | None] = list(batch["text"])
+    drop = np.zeros(n, dtype=np.int8)
+    changed = np.zeros(n, dtype=np.int16)
+    chars_in = np.zeros(n, dtype=np.int64)
+    words = np.zeros(n, dtype=np.int64)
+    h1 = np.zeros(n, dtype=np.uint64)
+    h2 = np.zeros(n, dtype=np.uint64)
+    shingles: list[np.ndarray] = []
+    shingled: list[int] = []
+    for i, text in enumerate(batch["text"]):
+        if batch["_meta"][i] is not None:
+            drop[i] = TRAILER
+            continue
+        if text is None:
+            drop[i] = READ_ERROR
+            continue
+        chars_in[i] = len(text)
+        clean, bits, reason = cleaner.clean(text)
+        changed[i] = bits
+        if reason is None and cleaner.custom_filter is not None:
+            custom = cleaner.custom(clean)
+            reason = "custom_filter" if custom is None else None
+            if custom is not None and custom != clean:
+                clean, reason = custom, cleaner.check(custom)
+        if reason is not None:
+            drop[i] = DROP_CODES[reason]
+            continue  # a dropped record keeps its original text for the report
+        tokens = dedup_tokens(clean)
+        out_text[i] = clean
+        words[i] = len(tokens)
+        a, b = content_digest(tokens)
+        h1[i], h2[i] = a, b
+        if bands:
+            shingles.append(shingle_hashes(tokens, shingle_size))
+            shingled.append(i)
+    out: dict[str, Any] = {
+        "text": out_text,
+        "_drop": drop,
+        "_changed": changed,
+        "_chars_in": chars_in,
+        "_words": words,
+        "_h1": h1,
+        "_h2": h2,
+    }
+    if bands:
+        keys = np.zeros((n, bands), dtype=np.uint64)
+        if shingled:
+            keys[shingled] = band_keys(shingles, num_perm, seed, bands, rows)
+        out.update({f"_b{j}": keys[:, j] for j in range(bands)})
+    return out
+
+
+def _first(mask: np.ndarray, k: int) -> list[int]:
+    return [int(i) for i in np.flatnonzero(mask)[:k]]
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The TextloopError a worker raised, from under ``datasets``' wrapping, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TextloopError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return exc
+
+
+def clean_partial(cfg: PrepareConfig, workdir: Path) -> Partial:
+    """Read and clean this machine's slice of ``cfg.inputs`` (all of them when not sharded).
+
+    Args:
+        cfg: the prepare config (its shard fields choose the slice).
+        workdir: a scratch directory for Arrow files, inside the output's temp dir.
+
+    Raises:
+        DataError: inputs missing, fields missing, or a bad record with ``on_error: fail``.
+        ConfigError: the custom filter cannot be loaded.
+    """
+    from datasets import Dataset
+
+    files, ignored = expand_inputs(cfg.inputs, cfg.format)
+    chosen = shard_files(files, cfg.num_shards, cfg.shard_index)
+    settings = {
+        "format": cfg.format,
+        "txt_mode": cfg.txt_mode,
+        "text_column": cfg.text_column,
+        "label_column": cfg.label_column,
+        "encoding": cfg.encoding,
+        "on_error": cfg.on_error,
+    }
+    check_fields([files[i] for i in chosen], settings)
+    cleaner = build_cleaner(cfg.clean)
+    bands, rows = lsh_params(cfg.dedup.threshold, cfg.dedup.num_perm) if needs_near(cfg) else (0, 0)
+    tasks = [(i, files[i]) for i in chosen]
+    procs = max(1, min(cfg.num_proc, len(tasks)))
+    cache = workdir / "cache"
+    log.info("reading %d file(s) with %d process(es)", len(tasks), procs)
+    try:
+        raw = (
+            Dataset.from_generator(
+                generate_records,
+                features=_ingest_features(),
+                gen_kwargs={"files": tasks, "settings": settings},
+                num_proc=procs if procs > 1 else None,
+                cache_dir=str(cache),
+                fingerprint=uuid.uuid4().hex,  # hashing a million-file list is slow and pointless
+            )
+            if tasks
+            else None
+        )
+    except Exception as exc:  # datasets wraps what a generator raises
+        cause = _unwrap(exc)
+        if cause is not exc:
+            raise cause from None
+        raise
+    if raw is None or len(raw) == 0:
+        raise DataError(f"no records in this slice of the inputs ({len(tasks)} file(s))")
+    feats = _features(bands)
+    cleaned = raw.map(
+        _clean_batch,
+        batched=True,
+        batch_size=256,
+        fn_kwargs={
+            "cleaner": cleaner,
+            "fp": (cfg.dedup.shingle_size, cfg.dedup.num_perm, cfg.dedup.seed, bands, rows),
+        },
+        num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
+        features=feats,
+        cache_file_name=str(workdir / "clean.arrow"),
+        desc="clean",
+    )
+    info = _summarise(raw, cleaned, cfg, files, tasks, ignored, workdir)
+    info["lsh"] = {"bands": bands, "rows": rows}
+    keep = np.flatnonzero(cleaned.data.table.column("_drop").to_numpy() == 0)
+    survivors = cleaned.select(keep).flatten_indices(
+        cache_file_name=str(workdir / "survivors.arrow")
+    )
+    survivors = survivors.remove_columns(["_error", "_meta", "_drop", "_changed", "_chars_in"])
+    return Partial(records=survivors, info=info)
+
+
+def _summarise(
+    raw: Any,
+    cleaned: Any,
+    cfg: PrepareConfig,
+    files: list[str],
+    tasks: list[tuple[int, str]],
+    ignored: list[str],
+    workdir: Path,
+) -> dict[str, Any]:
+    """Counts, examples, file table and errors of the clean phase, from the table's columns."""
+    table = cleaned.data.table
+    drop = table.column("_drop").to_numpy()
+    changed = table.column("_changed").to_numpy()
+    chars_in = table.column("_chars_in").to_numpy()
+    real = drop != TRAILER
+    read_ok = real & (drop != READ_ERROR)
+    k = cfg.examples_per_stage
+    raw_text = raw.data.table.column("text")
+    clean_text = table.column("text")
+    file_col = table.column("_file").to_numpy()
+    row_col = table.column("_row").to_numpy()
+
+    def loc(i: int) -> str:
+        return f"{files[file_col[i]]}:{row_col[i]}"
+
+    examples: dict[str, list[dict[str, Any]]] = {}
+    counts: dict[str, int] = {
+        "read": int(real.sum()),
+        "read_errors": int((drop == READ_ERROR).sum()),
+    }
+    for bit, name in enumerate(CHANGE_STAGES):
+        hit = read_ok & ((changed & (1 << bit)) != 0)
+        counts[name] = int(hit.sum())
+        examples[name] = [
+            {"location": loc(i), "before": raw_text[i].as_py(), "after": clean_text[i].as_py()}
+            for i in _first(hit & (drop == 0), k)
+        ]
+    for name, code in DROP_CODES.items():
+        hit = drop == code
+        counts[name] = int(hit.sum())
+        examples[name] = [{"location": loc(i), "text": raw_text[i].as_py()} for i in _first(hit, k)]
+    counts["clean_out"] = int((drop == 0).sum())
+
+    errors_path = workdir / "errors.jsonl"
+    err_idx = np.flatnonzero(drop == READ_ERROR)
+    error_col = table.column("_error")
+    first_errors: list[dict[str, Any]] = []
+    with errors_path.open("w", encoding="utf-8") as f:
+        for i in err_idx:
+            entry = {"location": loc(int(i)), "error": error_col[int(i)].as_py()}
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            if len(first_errors) < 100:
+                first_errors.append(entry)
+
+    meta_col = table.column("_meta")
+    inputs = []
+    for i in np.flatnonzero(drop == TRAILER):
+        meta = json.loads(meta_col[int(i)].as_py())
+        inputs.append({"id": int(file_col[i]), "path": files[file_col[i]], **meta})
+    hist, _ = np.histogram(chars_in[read_ok], bins=LENGTH_BINS)
+    return {
+        "shard_index": cfg.shard_index,
+        "num_shards": cfg.num_shards,
+        "all_files": files,
+        "files": inputs,
+        "ignored_files": ignored[:100],
+        "n_ignored_files": len(ignored),
+        "counts": counts,
+        "examples": examples,
+        "errors": first_errors,
+        "errors_file": str(errors_path),
+        "input_chars_hist": hist.tolist(),
+    }

@@ -1,0 +1,256 @@
+"""``prepare`` and ``merge``: raw files in, a clean, deduplicated, split corpus directory out.
+
+One machine: read + clean (``ingest``), then the global stages and the output (``finalize``).
+K machines: each runs ``prepare`` with ``num_shards=K, shard_index=i`` and writes a *shard*
+directory (its cleaned records with digests and MinHash band keys, and its counts); ``merge``
+concatenates the shards in input order and runs the same global stages, so the corpus is the one
+a single machine would have written.
+
+Output is written to a temporary sibling directory and renamed into place at the end: an
+interrupted run leaves no half-written corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from textloop.data.prepare.config import PrepareConfig, load_prepare_config
+from textloop.data.prepare.finalize import decide, write_splits
+from textloop.data.prepare.ingest import Partial, clean_partial
+from textloop.data.prepare.report import build_manifest, write_histogram, write_report
+from textloop.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SHARD_MARKER = "shard.json"
+# config keys that may differ between the shards of one corpus
+_PER_MACHINE = ("output", "overwrite", "num_proc", "shard_index")
+
+
+@dataclass
+class PrepareResult:
+    """Where the corpus (or shard) went and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+    is_shard: bool = False
+
+
+@contextmanager
+def _atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
+    """A temp dir next to ``target`` that replaces it only when the block succeeds."""
+    if target.exists():
+        if not target.is_dir():
+            raise ConfigError(f"output {target} is a file; choose a directory path")
+        known = (target / "manifest.json").exists() or (target / SHARD_MARKER).exists()
+        if any(target.iterdir()):
+            if not overwrite:
+                raise ConfigError(
+                    f"output {target} already exists; pass --overwrite (overwrite: true) to replace it"
+                )
+            if not known:
+                raise ConfigError(
+                    f"output {target} is not a prepared corpus or shard; refusing to replace it"
+                )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        shutil.rmtree(tmp / ".work", ignore_errors=True)
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(old)
+        tmp.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _shared_config(cfg: PrepareConfig) -> dict[str, Any]:
+    tree = cfg.model_dump(mode="json")
+    for key in _PER_MACHINE:
+        tree.pop(key, None)
+    return tree
+
+
+def prepare(config: PrepareConfig | str | os.PathLike[str]) -> PrepareResult:
+    """Clean, deduplicate and split the inputs of ``config`` into a corpus directory.
+
+    With ``num_shards > 1`` this machine's slice becomes a shard directory for ``merge``.
+
+    Args:
+        config: a ``PrepareConfig`` or the path of a prepare YAML.
+
+    Returns:
+        The output path and its manifest.
+
+    Raises:
+        ConfigError: no inputs or output, an existing output without overwrite.
+        DataError: unreadable inputs (with ``on_error: fail``) or nothing left to write.
+
+    Example:
+        >>> cfg = load_prepare_config(None, extra={"inputs": ["raw/"], "output": "corpus/web"})
+        >>> prepare(cfg).manifest["records_out"]
+    """
+    cfg = config if isinstance(config, PrepareConfig) else load_prepare_config(Path(config))
+    if not cfg.inputs:
+        raise ConfigError(
+            "no inputs: give files, directories or globs (or set inputs: in the config)"
+        )
+    if not cfg.output:
+        raise ConfigError("no output: pass --output DIR (or set output: in the config)")
+    target = Path(cfg.output)
+    with _atomic_dir(target, cfg.overwrite) as tmp:
+        started = time.perf_counter()
+        partial = clean_partial(cfg, tmp / ".work")
+        clean_s = time.perf_counter() - started
+        if cfg.num_shards > 1:
+            manifest = _write_shard(partial, cfg, tmp, clean_s)
+            return_value = PrepareResult(target, manifest, is_shard=True)
+        else:
+            manifest = _finalize([partial], cfg, tmp, {"read_and_clean": clean_s})
+            return_value = PrepareResult(target, manifest)
+    return return_value
+
+
+def _write_shard(partial: Partial, cfg: PrepareConfig, out: Path, seconds: float) -> dict[str, Any]:
+    partial.records.save_to_disk(str(out / "records"))
+    shutil.copy(partial.info["errors_file"], out / "errors.jsonl")
+    info = {k: v for k, v in partial.info.items() if k != "errors_file"}
+    manifest = {
+        "format": "textloop-prepare-shard",
+        "config": _shared_config(cfg),
+        "info": info,
+        "seconds": seconds,
+    }
+    (out / SHARD_MARKER).write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
+    return manifest
+
+
+def _merge_infos(infos: list[dict[str, Any]], k: int) -> dict[str, Any]:
+    merged = dict(infos[0])
+    merged["files"] = [f for info in infos for f in info["files"]]
+    merged["counts"] = {
+        key: sum(info["counts"].get(key, 0) for info in infos) for key in infos[0]["counts"]
+    }
+    merged["examples"] = {
+        stage: [ex for info in infos for ex in info["examples"].get(stage, [])][:k]
+        for stage in infos[0]["examples"]
+    }
+    merged["errors"] = [e for info in infos for e in info["errors"]][:100]
+    merged["input_chars_hist"] = [
+        sum(col) for col in zip(*(info["input_chars_hist"] for info in infos))
+    ]
+    merged["n_ignored_files"] = sum(info["n_ignored_files"] for info in infos)
+    return merged
+
+
+def _finalize(
+    partials: list[Partial], cfg: PrepareConfig, out: Path, seconds: dict[str, float]
+) -> dict[str, Any]:
+    from datasets import concatenate_datasets
+
+    info = _merge_infos([p.info for p in partials], cfg.examples_per_stage)
+    records = (
+        concatenate_datasets([p.records for p in partials])
+        if len(partials) > 1
+        else partials[0].records
+    )
+    table = records.data.table
+    if table.num_rows == 0:
+        raise DataError(
+            f"nothing left after cleaning: {info['counts']['read']} record(s) read, "
+            f"{info['counts']['read_errors']} unreadable; see the counts per stage with -v"
+        )
+    started = time.perf_counter()
+    with (out / "errors.jsonl").open("w", encoding="utf-8") as f:
+        for p in partials:
+            f.write(Path(p.info["errors_file"]).read_text(encoding="utf-8"))
+    status, split, outcome = decide(table, info["all_files"], cfg, out)
+    seconds["dedup_and_split"] = time.perf_counter() - started
+    started = time.perf_counter()
+    n_splits = len(cfg.split.fractions)
+    files = write_splits(
+        table,
+        info["all_files"],
+        status,
+        split,
+        n_splits,
+        out,
+        cfg.shard_rows,
+        cfg.label_column is not None,
+    )
+    seconds["write"] = time.perf_counter() - started
+    config = _shared_config(cfg)
+    manifest = build_manifest(config, info, outcome, files, out, seconds)
+    write_histogram(info, outcome, out / "length_histogram.png")
+    write_report(manifest, info, outcome, out / "report.md")
+    (out / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8"
+    )
+    return manifest
+
+
+def merge(
+    output: str | os.PathLike[str], shards: list[str | os.PathLike[str]], overwrite: bool = False
+) -> PrepareResult:
+    """Combine the shard directories of one sharded run into the corpus one machine would write.
+
+    Args:
+        output: the corpus directory to create.
+        shards: every shard directory (``num_shards`` of them, any order).
+        overwrite: replace an existing corpus at ``output``.
+
+    Raises:
+        DataError: a directory is not a shard, shards are missing or come from different runs.
+    """
+    from datasets import load_from_disk
+
+    loaded = []
+    for d in shards:
+        marker = Path(d) / SHARD_MARKER
+        if not marker.is_file():
+            raise DataError(
+                f"{d} is not a prepare shard (no {SHARD_MARKER}); run `textloop prepare ... --num-shards K --shard-index i` first"
+            )
+        loaded.append((Path(d), json.loads(marker.read_text(encoding="utf-8"))))
+    loaded.sort(key=lambda dm: dm[1]["info"]["shard_index"])
+    first = loaded[0][1]
+    k = first["info"]["num_shards"]
+    indices = [m["info"]["shard_index"] for _, m in loaded]
+    if indices != list(range(k)):
+        missing = sorted(set(range(k)) - set(indices))
+        raise DataError(
+            f"merge needs shards 0..{k - 1} once each; got {indices}"
+            + (f" (missing {missing})" if missing else "")
+        )
+    for d, m in loaded[1:]:
+        if m["config"] != first["config"] or m["info"]["all_files"] != first["info"]["all_files"]:
+            raise DataError(
+                f"{d} comes from another run than {loaded[0][0]} (different config or inputs)"
+            )
+    cfg = PrepareConfig.model_validate(
+        {**first["config"], "output": str(output), "overwrite": overwrite}
+    )
+    with _atomic_dir(Path(output), overwrite) as tmp:
+        partials = []
+        for d, m in loaded:
+            info = {**m["info"], "errors_file": str(d / "errors.jsonl")}
+            partials.append(Partial(records=load_from_disk(str(d / "records")), info=info))
+        seconds = {"read_and_clean_max_shard": max(m["seconds"] for _, m in loaded)}
+        manifest = _finalize(partials, cfg, tmp, seconds)
+    return PrepareResult(Path(output), manifest)
