@@ -54,6 +54,7 @@ class StepInfo:
     grad_norm: float | None = None
     examples: int = 0  # examples in this step
     tokens: int = 0  # real (non-pad) tokens in this step
+    padded_tokens: int = 0  # batch positions computed, padding included
     seconds: float = 0.0  # wall time of this step
     metrics: dict[str, Any] | None = None
     is_best: bool = False
@@ -150,10 +151,11 @@ def train_steps(
         for group in groups[state.batches_done_in_epoch // grad_accum_steps :]:
             t0 = time.perf_counter()
             model.train()
-            n_examples = n_tokens = 0
+            n_examples = n_tokens = n_padded = 0
             for indices in group:
                 batch = collate(indices)
                 n_tokens += int(batch["attention_mask"].sum())
+                n_padded += batch["attention_mask"].numel()
                 with autocast:
                     loss = loss_fn(batch)
                 (loss / len(group)).backward()
@@ -181,6 +183,7 @@ def train_steps(
                 float(scheduler.get_last_lr()[0]),
                 examples=n_examples,
                 tokens=n_tokens,
+                padded_tokens=n_padded,
                 seconds=time.perf_counter() - t0,
                 grad_norm=float(grad_norm) if report else None,
             )
