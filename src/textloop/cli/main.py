@@ -207,7 +207,7 @@ _COMMANDS = {
 
 # Other commands live in their own modules, each with ``add_parser(sub) -> list[str]``
 # (registering its subcommands) and ``run(args) -> int``; list the module here to add it.
-COMMAND_MODULES: tuple[str, ...] = ("textloop.cli.prepare",)
+COMMAND_MODULES: tuple[str, ...] = ("textloop.cli.deploy", "textloop.cli.prepare")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:

@@ -151,7 +151,8 @@ def export_run(
         if format == "safetensors":
             model.save_pretrained(model_dir, safe_serialization=True)  # type: ignore[operator]
         elif format == "onnx":
-            model.config.save_pretrained(model_dir)  # type: ignore[union-attr]  # id2label etc.
+            config: Any = model.config  # id2label etc. come with it
+            config.save_pretrained(model_dir)
             report.opset = opset
             report.fused_ops = write_onnx(
                 model, run.task.tokenizer, model_dir, opset, quantize, optimize, tmp / "work"
@@ -234,10 +235,11 @@ def write_onnx(
     import onnx
 
     work.mkdir(parents=True, exist_ok=True)
-    config = model.config  # type: ignore[union-attr]
+    config: Any = model.config
     # SDPA traces to a graph onnxruntime cannot fuse into its Attention op; eager attention can be
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("eager")
+    set_attn = getattr(model, "set_attn_implementation", None)
+    if callable(set_attn):
+        set_attn("eager")
     else:
         config._attn_implementation = "eager"
     with_types = getattr(config, "type_vocab_size", 0) > 0 and config.model_type != "distilbert"
@@ -314,7 +316,7 @@ def compare_predictions(
     """
     if len(reference) != len(exported):
         raise ExportError(f"{len(exported)} predictions for {len(reference)} texts")
-    same, diffs = 0, []
+    same, diffs = 0, list[float]()
     for a, b in zip(reference, exported):
         la = a.get("label", a.get("labels"))
         lb = b.get("label", b.get("labels"))
@@ -348,7 +350,9 @@ def _sample_inputs(
         except (TextloopError, OSError) as exc:
             if sample:
                 raise
-            log.info("cannot read %s for the export check (%s); trying the next source", source, exc)
+            log.info(
+                "cannot read %s for the export check (%s); trying the next source", source, exc
+            )
             continue
         text_col = d.text_column if d.text_column in table.columns else "text"
         pair_col = d.text_pair_column
@@ -361,7 +365,9 @@ def _sample_inputs(
         ]
         if not rows:
             if sample:
-                raise ExportError(f"{source}: no text in column {text_col!r} to verify the export on")
+                raise ExportError(
+                    f"{source}: no text in column {text_col!r} to verify the export on"
+                )
             continue
         rows = random.Random(0).sample(rows, min(size, len(rows)))
         texts = [r[text_col] for r in rows]

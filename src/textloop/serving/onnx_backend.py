@@ -78,7 +78,9 @@ class OnnxSequenceClassifier(torch.nn.Module):
             if token_type_ids is not None
             else torch.zeros_like(input_ids),
         }
-        feeds = {name: given[name].numpy().astype(np.int64, copy=False) for name in self.input_names}
+        feeds = {
+            name: given[name].numpy().astype(np.int64, copy=False) for name in self.input_names
+        }
         (logits,) = self.session.run(["logits"], feeds)  # (B, C)
         return SimpleNamespace(logits=torch.from_numpy(logits))
 

@@ -1,0 +1,518 @@
+"""A model registry: a directory of immutable model versions with a SQLite index.
+
+Layout::
+
+    registry/
+      registry.sqlite          # versions, stages, file hashes, audit log
+      models/<name>/<version>/ # a copy of the run or export folder (no checkpoints/)
+
+Every version records its source run, metrics, a hash of its resolved config and the sha256 of
+every file; loading re-hashes the files and refuses a version whose files were changed, removed
+or added. Stages are ``staging`` (new versions), ``production`` (at most one per name) and
+``archived``. ``promote`` moves a version to a stage; ``rollback`` returns production to the
+version that held it before the current one. Every change is in the audit log with who, when and
+why.
+
+Example:
+    >>> reg = Registry("registry")
+    >>> v = reg.add("runs/reviews", "reviews")            # version 1, staging
+    >>> reg.promote("reviews", v.version, reason="beats v0 on the March test set")
+    >>> reg.production("reviews").path
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from textloop.errors import RegistryError
+
+Stage = Literal["staging", "production", "archived"]
+STAGES: tuple[str, ...] = ("staging", "production", "archived")
+DB_FILE = "registry.sqlite"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# what a registered folder holds; checkpoints/ (optimizer state, pickled) is never copied
+_COPIED = ("config.yaml", "labels.json", "metrics.json", "env.json", "report.md", "export.json")
+# weights formats that load without unpickling
+_SAFE_WEIGHTS = ("model.safetensors", "model.onnx")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    files TEXT NOT NULL,
+    format TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    from_stage TEXT,
+    to_stage TEXT,
+    reason TEXT NOT NULL
+);
+"""
+
+
+@dataclass
+class ModelVersion:
+    """One registered version of a model."""
+
+    name: str
+    version: int
+    stage: str
+    source: str
+    created_at: str
+    config_hash: str
+    metrics: dict[str, Any]
+    files: dict[str, str]
+    format: str
+    path: Path
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able view (without the per-file hashes)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "stage": self.stage,
+            "format": self.format,
+            "source": self.source,
+            "created_at": self.created_at,
+            "config_hash": self.config_hash,
+            "path": str(self.path),
+            "n_files": len(self.files),
+            "metrics": self.metrics,
+        }
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, keyed by its relative POSIX path."""
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def config_hash(config_yaml: Path) -> str:
+    """sha256 of the resolved config, canonicalised (key order and formatting do not matter)."""
+    data = yaml.safe_load(config_yaml.read_text(encoding="utf-8"))
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def check_model_folder(src: Path) -> str:
+    """Check that a folder is a loadable run or export with pickle-free weights; its format.
+
+    Raises:
+        RegistryError: not a finished run, no safetensors/ONNX weights, or pickle files in it.
+    """
+    for name in ("config.yaml", "labels.json", "model"):
+        if not (src / name).exists():
+            raise RegistryError(
+                f"{src} is not a finished run or export: {name} missing "
+                "(register a folder written by `textloop train` or `textloop export`)"
+            )
+    model_dir = src / "model"
+    pickled = sorted(p.name for p in model_dir.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickled:
+        raise RegistryError(
+            f"{model_dir} holds pickle files ({', '.join(pickled)}); the registry only takes "
+            "safetensors or ONNX weights — re-save with save_pretrained(safe_serialization=True)"
+        )
+    weights = [w for w in _SAFE_WEIGHTS if (model_dir / w).is_file()]
+    if not weights:
+        raise RegistryError(
+            f"{model_dir} has no {' or '.join(_SAFE_WEIGHTS)}; export the run first "
+            "(`textloop export RUN --output DIR`)"
+        )
+    if "model.onnx" not in weights:
+        return "safetensors"
+    export = src / "export.json"
+    quant = json.loads(export.read_text()).get("quantize") if export.is_file() else None
+    return f"onnx-{quant}" if quant else "onnx"
+
+
+class Registry:
+    """A registry directory: add, promote, roll back, list and load verified model versions.
+
+    Args:
+        root: the registry directory (created on first use).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    # ---- storage -------------------------------------------------------------------------
+    @contextmanager
+    def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.root / DB_FILE, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            if write:
+                db.execute("BEGIN IMMEDIATE")  # one writer at a time: version numbers stay unique
+            yield db
+            if write:
+                db.execute("COMMIT")
+        except BaseException:
+            if write and db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def _row_to_version(self, row: sqlite3.Row) -> ModelVersion:
+        return ModelVersion(
+            name=row["name"],
+            version=row["version"],
+            stage=row["stage"],
+            source=row["source"],
+            created_at=row["created_at"],
+            config_hash=row["config_hash"],
+            metrics=json.loads(row["metrics"]),
+            files=json.loads(row["files"]),
+            format=row["format"],
+            path=self.root / "models" / row["name"] / str(row["version"]),
+        )
+
+    @staticmethod
+    def _audit(
+        db: sqlite3.Connection,
+        actor: str,
+        action: str,
+        name: str,
+        version: int,
+        from_stage: str | None,
+        to_stage: str | None,
+        reason: str,
+    ) -> None:
+        db.execute(
+            "INSERT INTO audit (at, actor, action, name, version, from_stage, to_stage, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (_now(), actor, action, name, version, from_stage, to_stage, reason),
+        )
+
+    # ---- queries -------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Registered model names, sorted."""
+        with self._connect() as db:
+            return [r[0] for r in db.execute("SELECT DISTINCT name FROM versions ORDER BY name")]
+
+    def versions(self, name: str | None = None) -> list[ModelVersion]:
+        """All versions (of one name), oldest first."""
+        query = "SELECT * FROM versions" + (" WHERE name = ?" if name else "")
+        with self._connect() as db:
+            rows = db.execute(query + " ORDER BY name, version", (name,) if name else ()).fetchall()
+        return [self._row_to_version(r) for r in rows]
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        """One version.
+
+        Raises:
+            RegistryError: unknown name or version (the known ones are listed).
+        """
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM versions WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+        if row is None:
+            raise self._unknown(name, version)
+        return self._row_to_version(row)
+
+    def production(self, name: str) -> ModelVersion | None:
+        """The production version of ``name``, or None when none is promoted."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM versions WHERE name = ? AND stage = 'production'", (name,)
+            ).fetchone()
+        return self._row_to_version(row) if row else None
+
+    def production_version(self, name: str) -> int | None:
+        """Just the production version number: a cheap query for a server polling for swaps."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT version FROM versions WHERE name = ? AND stage = 'production'", (name,)
+            ).fetchone()
+        return int(row[0]) if row else None
+
+    def audit_log(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every recorded change (of one name), oldest first."""
+        query = "SELECT * FROM audit" + (" WHERE name = ?" if name else "") + " ORDER BY id"
+        with self._connect() as db:
+            return [dict(r) for r in db.execute(query, (name,) if name else ())]
+
+    def _unknown(self, name: str, version: int | None = None) -> RegistryError:
+        known = self.versions(name)
+        if not known:
+            names = self.names()
+            listed = ", ".join(names) if names else "none yet"
+            return RegistryError(
+                f"no model named {name!r} in registry {self.root}; registered: {listed} "
+                "(add one with `textloop registry add RUN --name NAME`)"
+            )
+        versions = ", ".join(str(v.version) for v in known)
+        return RegistryError(f"{name!r} has no version {version}; versions: {versions}")
+
+    # ---- changes -------------------------------------------------------------------------
+    def add(
+        self,
+        source: str | Path,
+        name: str,
+        actor: str | None = None,
+        reason: str = "",
+    ) -> ModelVersion:
+        """Copy a run or export folder in as the next version of ``name``, in stage staging.
+
+        Raises:
+            RegistryError: an invalid name, or a folder that is not a pickle-free finished run.
+        """
+        if not _NAME.match(name):
+            raise RegistryError(
+                f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        src = Path(source)
+        if not src.is_dir():
+            raise RegistryError(f"run or export folder not found: {src}")
+        fmt = check_model_folder(src)
+        models = self.root / "models" / name
+        models.mkdir(parents=True, exist_ok=True)
+        tmp = models / f".incoming-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            for item in _COPIED:
+                if (src / item).is_file():
+                    tmp.mkdir(exist_ok=True)
+                    shutil.copy2(src / item, tmp / item)
+            shutil.copytree(src / "model", tmp / "model")
+            files = hash_tree(tmp)
+            metrics_file = tmp / "metrics.json"
+            metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+            with self._connect(write=True) as db:
+                row = db.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM versions WHERE name = ?", (name,)
+                ).fetchone()
+                version = int(row[0]) + 1
+                final = models / str(version)
+                if final.exists():  # left over by a crash between rename and commit
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                db.execute(
+                    "INSERT INTO versions VALUES (?, ?, 'staging', ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        version,
+                        str(src.resolve()),
+                        _now(),
+                        config_hash(final / "config.yaml"),
+                        json.dumps(metrics),
+                        json.dumps(files),
+                        fmt,
+                    ),
+                )
+                self._audit(db, _actor(actor), "add", name, version, None, "staging", reason)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.get(name, version)
+
+    def promote(
+        self,
+        name: str,
+        version: int,
+        stage: Stage = "production",
+        actor: str | None = None,
+        reason: str = "",
+    ) -> ModelVersion:
+        """Move a version to ``stage``; promoting to production archives the previous one.
+
+        Raises:
+            RegistryError: unknown name, version or stage.
+        """
+        if stage not in STAGES:
+            raise RegistryError(f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}")
+        who = _actor(actor)
+        with self._connect(write=True) as db:
+            row = db.execute(
+                "SELECT stage FROM versions WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+            if row is None:
+                raise self._unknown(name, version)
+            if row["stage"] == stage:
+                return self.get(name, version)
+            if stage == "production":
+                current = db.execute(
+                    "SELECT version FROM versions WHERE name = ? AND stage = 'production'",
+                    (name,),
+                ).fetchone()
+                if current is not None:
+                    self._set_stage(
+                        db,
+                        who,
+                        "archive",
+                        name,
+                        current[0],
+                        "production",
+                        "archived",
+                        f"replaced by version {version}",
+                    )
+            self._set_stage(db, who, "promote", name, version, row["stage"], stage, reason)
+        return self.get(name, version)
+
+    def rollback(self, name: str, actor: str | None = None, reason: str = "") -> ModelVersion:
+        """Put back the version that was in production before the current one.
+
+        Rollbacks stack: rolling back twice goes two production versions back.
+
+        Raises:
+            RegistryError: unknown name, or no earlier production version to return to.
+        """
+        who = _actor(actor)
+        with self._connect(write=True) as db:
+            history = self._production_history(db, name)
+            current = db.execute(
+                "SELECT version FROM versions WHERE name = ? AND stage = 'production'", (name,)
+            ).fetchone()
+            if current is None or len(history) < 2:
+                if not db.execute("SELECT 1 FROM versions WHERE name = ?", (name,)).fetchone():
+                    raise self._unknown(name)
+                raise RegistryError(
+                    f"{name!r} has no earlier production version to roll back to; "
+                    "promote a version instead (`textloop registry promote NAME VERSION`)"
+                )
+            target = history[-2]
+            prev = db.execute(
+                "SELECT stage FROM versions WHERE name = ? AND version = ?", (name, target)
+            ).fetchone()
+            self._set_stage(
+                db, who, "rollback-from", name, current[0], "production", "archived", reason
+            )
+            self._set_stage(db, who, "rollback", name, target, prev["stage"], "production", reason)
+        return self.get(name, target)
+
+    def _set_stage(
+        self,
+        db: sqlite3.Connection,
+        actor: str,
+        action: str,
+        name: str,
+        version: int,
+        from_stage: str,
+        to_stage: str,
+        reason: str,
+    ) -> None:
+        db.execute(
+            "UPDATE versions SET stage = ? WHERE name = ? AND version = ?",
+            (to_stage, name, version),
+        )
+        self._audit(db, actor, action, name, version, from_stage, to_stage, reason)
+
+    @staticmethod
+    def _production_history(db: sqlite3.Connection, name: str) -> list[int]:
+        """The stack of production versions: a promotion pushes, a rollback pops."""
+        stack: list[int] = []
+        rows = db.execute(
+            "SELECT action, version, to_stage FROM audit WHERE name = ? ORDER BY id", (name,)
+        )
+        for action, version, to_stage in rows:
+            if action == "promote" and to_stage == "production":
+                stack.append(version)
+            elif action == "rollback" and stack:
+                stack.pop()
+            elif action == "promote" and stack and stack[-1] == version:
+                stack.pop()  # production version moved to another stage by hand
+        return stack
+
+    # ---- loading -------------------------------------------------------------------------
+    def verify(self, name: str, version: int) -> ModelVersion:
+        """Re-hash a version's files against the hashes recorded when it was added.
+
+        Raises:
+            RegistryError: a file changed, went missing or was added (each one is named).
+        """
+        mv = self.get(name, version)
+        if not mv.path.is_dir():
+            raise RegistryError(f"{name} v{version}: its folder {mv.path} is missing")
+        found = hash_tree(mv.path)
+        problems = []
+        for rel, digest in mv.files.items():
+            if rel not in found:
+                problems.append(f"{rel} is missing")
+            elif found[rel] != digest:
+                problems.append(
+                    f"{rel} has sha256 {found[rel][:12]}…, recorded {digest[:12]}… (modified)"
+                )
+        problems += [f"{rel} was added" for rel in sorted(set(found) - set(mv.files))]
+        if problems:
+            raise RegistryError(
+                f"{name} v{version} in {mv.path} failed its integrity check: "
+                f"{'; '.join(problems[:5])}{' …' if len(problems) > 5 else ''}; refusing to load "
+                "it — restore the files or register the run again"
+            )
+        return mv
+
+    def load(self, name: str, version: int | None = None) -> tuple[ModelVersion, Any]:
+        """Verify and load a version (default: production) as a ``textloop.runs.Run``.
+
+        Raises:
+            RegistryError: unknown name/version, no production version, or a failed hash check.
+        """
+        from textloop.runs import load_run
+
+        if version is None:
+            version = self.production_version(name)
+            if version is None:
+                if not self.versions(name):
+                    raise self._unknown(name)
+                raise RegistryError(
+                    f"{name!r} has no production version; promote one with "
+                    f"`textloop registry promote {name} VERSION`"
+                )
+        mv = self.verify(name, version)
+        return mv, load_run(mv.path)

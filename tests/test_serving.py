@@ -1,0 +1,406 @@
+"""Deploy stage on a tiny local BERT: export agreement, registry, HTTP contract, hot swap."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("onnxruntime")
+httpx = pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from textloop.cli.main import main  # noqa: E402
+from textloop.errors import ExportError, RegistryError  # noqa: E402
+from textloop.runs import load_run  # noqa: E402
+from textloop.serving.app import create_app  # noqa: E402
+from textloop.serving.batcher import MicroBatcher, QueueFullError  # noqa: E402
+from textloop.serving.export import export_run  # noqa: E402
+from textloop.serving.registry import Registry  # noqa: E402
+from textloop.serving.sources import RegistrySource, RunDirSource, ServeOptions  # noqa: E402
+
+from .test_training import toy_config  # noqa: E402
+
+KEY = "k3y-for-tests-0123456789"
+TEXTS = [
+    "the food was excellent",
+    "overall the staff was really awful",
+    "i think the room was nice",
+]
+
+
+@pytest.fixture(scope="session")
+def served(tiny_bert: Path, toy_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """A trained tiny run with its safetensors and ONNX int8 exports."""
+    from textloop.training.run import train
+
+    base = tmp_path_factory.mktemp("serving")
+    run = train(toy_config(tiny_bert, toy_data, base / "run", **{"train.epochs": 4}))
+    assert run.metrics["test"]["accuracy"] >= 0.9
+    st = export_run(base / "run", base / "export-st", format="safetensors")
+    q8 = export_run(base / "run", base / "export-int8", format="onnx", quantize="int8")
+    return {
+        "run": base / "run",
+        "st": base / "export-st",
+        "int8": base / "export-int8",
+        "reports": {"st": st, "int8": q8},
+    }
+
+
+# ---- export --------------------------------------------------------------------------------
+def test_export_safetensors_is_exact_and_self_contained(served):
+    report = served["reports"]["st"]
+    assert report.label_agreement == 1.0 and report.max_prob_diff < 1e-5
+    out = served["st"]
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "checkpoints").exists()
+    saved = json.loads((out / "export.json").read_text())
+    assert saved["format"] == "safetensors" and saved["n_sample"] == 60  # the run's test split
+    assert load_run(out).predict(TEXTS) == load_run(served["run"]).predict(TEXTS)
+
+
+def test_export_onnx_int8_is_fused_quantized_and_agrees(served):
+    report = served["reports"]["int8"]
+    assert report.fused_ops.get("Attention") == 2  # eager attention export -> fused per layer
+    assert report.fused_ops.get("EmbedLayerNormalization") == 1
+    assert report.label_agreement >= 0.95 and 0 < report.max_prob_diff <= 0.15
+    run = load_run(served["int8"])
+    assert type(run.model).__name__ == "OnnxSequenceClassifier"
+    preds = run.predict(TEXTS, top_k=2)
+    assert [p["label"] for p in preds] == ["pos", "neg", "pos"]
+    assert all(abs(sum(t["score"] for t in p["top_k"]) - 1) < 1e-4 for p in preds)
+    # batch inference sorts by length and restores order: one-by-one equals batched
+    alone = [run.predict([t])[0]["label"] for t in TEXTS]
+    assert alone == [p["label"] for p in preds]
+    # and the CLI predicts from the exported folder like from a run
+    assert main(["predict", str(served["int8"]), TEXTS[1]]) == 0
+
+
+def test_export_refuses_disagreement_and_bad_options(served, tmp_path):
+    out = tmp_path / "strict"
+    with pytest.raises(ExportError, match=r"disagrees.*max probability difference"):
+        export_run(served["run"], out, format="onnx", quantize="int8", max_prob_diff=0.0)
+    assert not out.exists() and not list(tmp_path.iterdir())  # no partial output, no temp dir
+    with pytest.raises(ExportError, match="needs --format onnx"):
+        export_run(served["run"], out, quantize="int8")
+    with pytest.raises(ExportError, match="already exists"):
+        export_run(served["run"], served["st"])
+    with pytest.raises(ExportError, match="already an ONNX export"):
+        export_run(served["int8"], out, format="onnx")
+
+
+# ---- registry ------------------------------------------------------------------------------
+def test_registry_promote_rollback_and_audit(served, tmp_path):
+    reg = Registry(tmp_path / "reg")
+    v1 = reg.add(served["st"], "reviews", actor="ana", reason="first")
+    assert (v1.version, v1.stage, v1.format) == (1, "staging", "safetensors")
+    assert len(v1.config_hash) == 64 and v1.metrics["test"]["accuracy"] >= 0.9
+    assert set(v1.files) >= {"config.yaml", "labels.json", "model/model.safetensors"}
+    assert all(len(h) == 64 for h in v1.files.values())
+    assert reg.production("reviews") is None
+    reg.promote("reviews", 1, actor="ana", reason="good enough")
+    v2 = reg.add(served["int8"], "reviews", actor="bo")
+    assert (v2.version, v2.format) == (2, "onnx-int8")
+    reg.promote("reviews", 2, actor="bo", reason="faster")
+    assert reg.get("reviews", 1).stage == "archived" and reg.production_version("reviews") == 2
+    back = reg.rollback("reviews", actor="cy", reason="p99 regressed")
+    assert back.version == 1 and back.stage == "production"
+    assert reg.get("reviews", 2).stage == "archived"
+    with pytest.raises(RegistryError, match="no earlier production version"):
+        reg.rollback("reviews")
+    log = reg.audit_log("reviews")
+    assert [(e["action"], e["version"]) for e in log] == [
+        ("add", 1), ("promote", 1), ("add", 2), ("archive", 1), ("promote", 2),
+        ("rollback-from", 2), ("rollback", 1),
+    ]  # fmt: skip
+    assert log[-1]["actor"] == "cy" and log[-1]["reason"] == "p99 regressed" and log[-1]["at"]
+    mv, run = reg.load("reviews")
+    assert mv.version == 1 and run.predict(TEXTS[:1])[0]["label"] == "pos"
+    with pytest.raises(RegistryError, match=r"no version 7; versions: 1, 2"):
+        reg.promote("reviews", 7)
+    with pytest.raises(RegistryError, match=r"no model named 'nope'.*registered: reviews"):
+        reg.load("nope")
+    with pytest.raises(RegistryError, match="invalid model name"):
+        reg.add(served["st"], "../evil")
+
+
+@pytest.mark.parametrize("damage", ["modify", "remove", "add_pickle"])
+def test_registry_refuses_tampered_files(served, tmp_path, damage):
+    reg = Registry(tmp_path / "reg")
+    mv = reg.add(served["st"], "m")
+    reg.promote("m", 1)
+    weights = mv.path / "model" / "model.safetensors"
+    if damage == "modify":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 1  # one flipped bit in a weight
+        weights.write_bytes(bytes(data))
+        expected = "model/model.safetensors has sha256 .* \\(modified\\)"
+    elif damage == "remove":
+        (mv.path / "labels.json").unlink()
+        expected = "labels.json is missing"
+    else:
+        (mv.path / "model" / "pytorch_model.bin").write_bytes(b"not a pickle, but refused")
+        expected = "model/pytorch_model.bin was added"
+    with pytest.raises(RegistryError, match=expected):
+        reg.load("m")
+    with pytest.raises(RegistryError, match="integrity check"):
+        RegistrySource(reg, "m").load()
+
+
+def test_registry_add_refuses_pickle_and_unfinished_folders(served, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(served["st"], bad)
+    (bad / "model" / "pytorch_model.bin").write_bytes(b"x")
+    reg = Registry(tmp_path / "reg")
+    with pytest.raises(RegistryError, match=r"pickle files \(pytorch_model.bin\)"):
+        reg.add(bad, "m")
+    with pytest.raises(RegistryError, match=r"not a finished run or export: config.yaml missing"):
+        reg.add(tmp_path, "m")
+    assert reg.versions() == []
+
+
+def test_registry_cli(served, tmp_path, capsys):
+    r = ["--registry", str(tmp_path / "reg")]
+    assert main(["registry", "add", str(served["st"]), "--name", "reviews", *r]) == 0
+    assert "reviews version 1: staging" in capsys.readouterr().out
+    assert main(["registry", "promote", "reviews", "1", "--reason", "ship it", *r]) == 0
+    assert main(["registry", "list", *r]) == 0
+    out = capsys.readouterr().out
+    assert "production" in out and "macro-F1" in out
+    assert main(["registry", "show", "reviews", "--json", *r]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["audit"][-1]["reason"] == "ship it"
+    assert main(["registry", "verify", "reviews", *r]) == 0
+    assert main(["registry", "rollback", "reviews", *r]) == 2
+    assert "no earlier production version" in capsys.readouterr().err
+
+
+# ---- batcher -------------------------------------------------------------------------------
+def test_batcher_batches_concurrent_requests_in_order():
+    calls: list[int] = []
+
+    def predict(inputs, pairs, options):
+        calls.append(len(inputs))
+        time.sleep(0.01)
+        if "boom" in inputs:
+            raise ValueError("bad input")
+        return [f"{x}:{options['top_k']}" for x in inputs]
+
+    async def scenario() -> None:
+        b = MicroBatcher(predict, max_batch_size=8, max_wait_ms=5, max_queue=40)
+        await b.start()
+        reqs = [[f"r{i}a", f"r{i}b"] for i in range(12)]
+        results = await asyncio.gather(*(b.submit(r, None, {"top_k": 1}) for r in reqs))
+        assert results == [[f"{x}:1" for x in r] for r in reqs]
+        assert max(calls) == 8 and len(calls) < 12  # batched, never over max_batch_size
+        # different options never share a batch; a failing request does not fail its neighbours
+        calls.clear()
+        ok, bad, other = await asyncio.gather(
+            b.submit(["x"], None, {"top_k": 1}),
+            b.submit(["boom"], None, {"top_k": 1}),
+            b.submit(["y"], None, {"top_k": 2}),
+            return_exceptions=True,
+        )
+        assert ok == ["x:1"] and other == ["y:2"] and isinstance(bad, ValueError)
+        with pytest.raises(QueueFullError):
+            await b.submit(["z"] * 41)
+        await b.stop()
+
+    asyncio.run(scenario())
+
+
+# ---- HTTP API ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def client(served) -> Iterator[TestClient]:
+    opts = ServeOptions(max_texts=4, max_chars=200, max_body_bytes=4000, api_key=KEY)
+    with TestClient(create_app(RunDirSource(served["int8"]), opts)) as c:
+        yield c
+
+
+def test_api_predict_model_health_metrics(client):
+    r = client.post("/v1/predict", json={"inputs": TEXTS, "top_k": 2})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model"] == {"name": "export-int8", "version": 0}
+    assert [p["label"] for p in body["predictions"]] == ["pos", "neg", "pos"]
+    assert len(body["predictions"][0]["top_k"]) == 2
+    one = client.post("/v1/predict", json={"inputs": "the music was superb"}).json()
+    assert len(one["predictions"]) == 1 and one["predictions"][0]["label"] == "pos"
+    info = client.get("/v1/model").json()
+    assert info["labels"] == ["neg", "pos"] and info["format"] == "onnx-int8"
+    assert info["metrics"]["test"]["accuracy"] >= 0.9 and "per_class" not in info["metrics"]["test"]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    m = client.get("/metrics")
+    assert m.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'textloop_requests_total{path="/v1/predict",code="200"}' in m.text
+    assert 'textloop_batch_size_bucket{le="4"}' in m.text
+    assert "textloop_request_duration_seconds_count" in m.text
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"json": {"inputs": ["a"] * 5}}, 413, "too_many_texts"),
+        ({"json": {"inputs": ["a" * 201]}}, 413, "text_too_long"),
+        ({"content": b'{"inputs": ["' + b"a" * 5000 + b'"]}'}, 413, "body_too_large"),
+        ({"content": b'{"inputs": ['}, 422, "invalid_request"),
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 422, "invalid_request"),
+        ({"json": ["a list, not an object"]}, 422, "invalid_request"),
+        ({"json": {"inputs": [1, None]}}, 422, "invalid_request"),
+        ({"json": {"input": ["typo"]}}, 422, "invalid_request"),
+        ({"json": {"inputs": ["x"], "top_k": 0}}, 422, "invalid_request"),
+        ({"json": {"inputs": []}}, 422, "no_inputs"),
+        ({"json": {"inputs": ["  "]}}, 422, "empty_text"),
+        ({"content": b'{"inputs": ["\\ud800"]}'}, 422, "invalid_text"),
+        ({"json": {"inputs": ["x"], "pairs": ["y"]}}, 422, "pairs_not_supported"),
+    ],
+)
+def test_api_rejects_bad_requests_with_json_errors(client, kwargs, status, code):
+    kwargs.setdefault("headers", {"content-type": "application/json"})
+    r = client.post("/v1/predict", **kwargs)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"]
+
+
+def test_api_chunked_body_over_limit_is_413(client):
+    chunks = (b"x" * 1000 for _ in range(10))  # no content-length: counted as it streams
+    r = client.post("/v1/predict", content=chunks, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_api_routing_errors_and_api_key(client):
+    assert client.get("/v1/predict").json()["error"]["code"] == "method_not_allowed"
+    assert client.get("/nope").status_code == 404
+    assert client.post("/v1/admin/reload").status_code == 401
+    wrong = client.post("/v1/admin/reload", headers={"x-api-key": KEY[:-1] + "x"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    ok = client.post("/v1/admin/reload", headers={"authorization": f"Bearer {KEY}"})
+    assert ok.status_code == 200 and ok.json()["version"] == 0
+
+
+def test_api_write_endpoints_off_without_key(served):
+    with TestClient(create_app(RunDirSource(served["int8"]))) as c:
+        r = c.post("/v1/admin/reload", headers={"x-api-key": KEY})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "writes_disabled"
+
+
+def test_serve_cli_refuses_bad_setup(served, tmp_path, capsys):
+    assert main(["serve"]) == 2
+    assert "serve what?" in capsys.readouterr().err
+    (tmp_path / "key.txt").write_text("short\n")
+    assert main(["serve", str(served["int8"]), "--api-key-file", str(tmp_path / "key.txt")]) == 2
+    assert "at least 16 characters" in capsys.readouterr().err
+    reg = Registry(tmp_path / "reg")
+    reg.add(served["st"], "m")
+    assert main(["serve", "--registry", str(reg.root), "--name", "m"]) == 2
+    assert "no production version" in capsys.readouterr().err
+
+
+# ---- hot swap under load -------------------------------------------------------------------
+@contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free loopback port in a thread."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def test_hot_swap_under_concurrent_load_drops_nothing(served, tmp_path):
+    reg = Registry(tmp_path / "reg")
+    reg.add(served["st"], "reviews")  # v1: PyTorch
+    reg.add(served["int8"], "reviews")  # v2: ONNX int8
+    reg.promote("reviews", 1)
+    opts = ServeOptions(poll_seconds=0.05, max_wait_ms=1)
+    app = create_app(RegistrySource(reg, "reviews"), opts)
+    seen: list[list[int]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client_loop(url: str) -> None:
+        versions: list[int] = []
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/v1/predict", json={"inputs": TEXTS})
+                    if r.status_code != 200:
+                        failures.append(f"{r.status_code} {r.text}")
+                        continue
+                    body = r.json()
+                    if [p["label"] for p in body["predictions"]] != ["pos", "neg", "pos"]:
+                        failures.append(f"wrong predictions {body}")
+                    versions.append(body["model"]["version"])
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+        seen.append(versions)
+
+    with live_server(app) as url:
+        clients = [threading.Thread(target=client_loop, args=(url,)) for _ in range(6)]
+        for t in clients:
+            t.start()
+        time.sleep(0.5)
+        reg.promote("reviews", 2, reason="swap under load")
+        deadline = time.monotonic() + 15
+        while httpx.get(f"{url}/v1/model").json()["version"] != 2:
+            assert time.monotonic() < deadline, "no swap to version 2"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        reg.rollback("reviews")
+        while httpx.get(f"{url}/v1/model").json()["version"] != 1:
+            assert time.monotonic() < deadline, "no swap back to version 1"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        stop.set()
+        for t in clients:
+            t.join()
+        metrics = httpx.get(f"{url}/metrics").text
+    assert failures == []
+    for versions in seen:  # each client saw 1 ... 2 ... 1, never interleaved
+        assert versions and versions[0] == 1 and versions[-1] == 1
+        changes = [b for a, b in itertools.pairwise(versions) if a != b]
+        assert changes in ([2, 1], [1]) or (changes == [] and 2 not in versions), versions
+    assert any(2 in v for v in seen) and sum(map(len, seen)) >= 30
+    assert "textloop_model_swaps_total 3" in metrics  # initial load + 2 swaps
+
+
+def test_hot_swap_to_tampered_version_keeps_serving(served, tmp_path):
+    reg = Registry(tmp_path / "reg")
+    reg.add(served["st"], "m")
+    v2 = reg.add(served["st"], "m")
+    reg.promote("m", 1)
+    (v2.path / "labels.json").write_text("{}")
+    opts = ServeOptions(poll_seconds=0, api_key=KEY)
+    with TestClient(create_app(RegistrySource(reg, "m"), opts)) as c:
+        reg.promote("m", 2)
+        r = c.post("/v1/admin/reload", headers={"x-api-key": KEY})
+        assert r.status_code == 200 and r.json()["version"] == 1  # refused v2, kept v1
+        assert c.post("/v1/predict", json={"inputs": TEXTS[:1]}).status_code == 200
+        assert 'textloop_errors_total{kind="swap_failed"} 1' in c.get("/metrics").text
