@@ -12,7 +12,14 @@ from textloop.training.loop import StepInfo
 
 log = logging.getLogger("textloop")
 
-EVENTS = ("on_train_start", "on_step_end", "on_eval_end", "on_checkpoint", "on_train_end")
+EVENTS = (
+    "on_train_start",
+    "on_step_end",
+    "on_eval_progress",  # (examples done in this batch, examples in the split)
+    "on_eval_end",
+    "on_checkpoint",
+    "on_train_end",
+)
 
 
 def fire(callbacks: list[Any], event: str, *args: Any) -> None:
@@ -29,6 +36,7 @@ class ProgressBar:
 
     def __init__(self) -> None:
         self.bar: Any = None
+        self.eval_bar: Any = None
         self.loss: float | None = None
 
     def on_train_start(self, info: dict[str, Any]) -> None:
@@ -54,6 +62,16 @@ class ProgressBar:
             refresh=False,
         )
         self.bar.update(1)
+
+    def on_eval_progress(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.eval_bar is None:
+            self.eval_bar = tqdm(total=total, desc="eval", unit="ex", leave=False, file=sys.stderr)
+        self.eval_bar.update(done)
+        if self.eval_bar.n >= total:
+            self.eval_bar.close()
+            self.eval_bar = None
 
     def on_eval_end(self, info: StepInfo) -> None:
         m = info.metrics or {}
