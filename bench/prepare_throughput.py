@@ -48,12 +48,15 @@ def _spaced_edits(words: list[str], k: int, rng: random.Random, vocab: list[str]
 
 def generate(root: Path, size_gb: float, seed: int = 0) -> dict[str, Any]:
     """Write ``_FILES`` JSONL files totalling ``size_gb`` GB and a truth file; reuse if present."""
+    import numpy as np
+
     truth_path = root / "truth.json"
     if truth_path.exists():
         return json.loads(truth_path.read_text())
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     vocab = _vocab(rng)
+    nprng = np.random.default_rng(seed)
     recent: list[list[str]] = []
     truth: dict[str, list[str]] = {"exact": [], "near": [], "hard_negative": []}
     target = int(size_gb * 1e9 / _FILES)
@@ -80,15 +83,15 @@ def generate(root: Path, size_gb: float, seed: int = 0) -> dict[str, Any]:
                     )
                     truth["hard_negative"].append(f"{path}:{line}")
                 else:
-                    words = rng.choices(vocab, k=rng.randint(300, 420))
+                    idx = nprng.integers(0, len(vocab), size=rng.randint(300, 420)).tolist()
+                    words = list(map(vocab.__getitem__, idx))
+                    for i in range(40, len(words), 60):
+                        words[i] += "."
                     recent.append(words)
                     if len(recent) > 3000:
                         recent.pop(rng.randrange(len(recent)))
                     text = " ".join(words)
-                    for i in range(40, len(words), 60):
-                        words[i] += "."
-                    text = " ".join(words)
-                row = json.dumps({"text": text, "id": line}) + "\n"
+                row = f'{{"text": "{text}", "id": {line}}}\n'  # plain ASCII words: valid JSON
                 out.write(row)
                 written += len(row)
     info = {"bytes": sum(p.stat().st_size for p in root.glob("*.jsonl")), **truth}

@@ -127,6 +127,15 @@ def _snippet(text: str | None) -> str:
     return text.replace("|", "\\|") or "(empty)"
 
 
+def _around_change(before: str, after: str) -> tuple[str, str]:
+    """Both texts from a little before their first difference, so the change is visible."""
+    same = next(
+        (i for i, (x, y) in enumerate(zip(before, after)) if x != y), min(len(before), len(after))
+    )
+    start = max(same - 60, 0)
+    return ("…" if start else "") + before[start:], ("…" if start else "") + after[start:]
+
+
 def write_histogram(info: dict[str, Any], outcome: Outcome, path: Path) -> None:
     """Two panels: characters per input record, words per output record by split."""
     import matplotlib
@@ -222,9 +231,8 @@ def write_report(
         lines += [f"### {stage}", ""]
         for ex in shown:
             if "before" in ex:
-                lines.append(
-                    f"- `{ex['location']}`: {_snippet(ex['before'])} → {_snippet(ex['after'])}"
-                )
+                before, after = _around_change(ex["before"] or "", ex["after"] or "")
+                lines.append(f"- `{ex['location']}`: {_snippet(before)} → {_snippet(after)}")
             else:
                 lines.append(f"- `{ex['location']}`: {_snippet(ex['text'])}")
         lines.append("")
