@@ -60,6 +60,8 @@ class OnnxSequenceClassifier(torch.nn.Module):
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"cannot load the ONNX model {path}: {exc}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
+        # an empty parameter, so code asking `next(model.parameters()).device` gets the CPU
+        self.device_anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
         self.path = path
         self.eval()
 

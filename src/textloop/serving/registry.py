@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 import re
@@ -37,9 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from textloop.errors import RegistryError
+from textloop.serving.integrity import check_model_folder, config_hash, hash_tree
 
 Stage = Literal["staging", "production", "archived"]
 STAGES: tuple[str, ...] = ("staging", "production", "archived")
@@ -47,9 +45,6 @@ DB_FILE = "registry.sqlite"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # what a registered folder holds; checkpoints/ (optimizer state, pickled) is never copied
 _COPIED = ("config.yaml", "labels.json", "metrics.json", "env.json", "report.md", "export.json")
-# weights formats that load without unpickling
-_SAFE_WEIGHTS = ("model.safetensors", "model.onnx")
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -109,30 +104,6 @@ class ModelVersion:
         }
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def hash_tree(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root``, keyed by its relative POSIX path."""
-    return {
-        p.relative_to(root).as_posix(): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
-
-
-def config_hash(config_yaml: Path) -> str:
-    """sha256 of the resolved config, canonicalised (key order and formatting do not matter)."""
-    data = yaml.safe_load(config_yaml.read_text(encoding="utf-8"))
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -144,38 +115,6 @@ def _actor(actor: str | None) -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
-
-
-def check_model_folder(src: Path) -> str:
-    """Check that a folder is a loadable run or export with pickle-free weights; its format.
-
-    Raises:
-        RegistryError: not a finished run, no safetensors/ONNX weights, or pickle files in it.
-    """
-    for name in ("config.yaml", "labels.json", "model"):
-        if not (src / name).exists():
-            raise RegistryError(
-                f"{src} is not a finished run or export: {name} missing "
-                "(register a folder written by `textloop train` or `textloop export`)"
-            )
-    model_dir = src / "model"
-    pickled = sorted(p.name for p in model_dir.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-    if pickled:
-        raise RegistryError(
-            f"{model_dir} holds pickle files ({', '.join(pickled)}); the registry only takes "
-            "safetensors or ONNX weights — re-save with save_pretrained(safe_serialization=True)"
-        )
-    weights = [w for w in _SAFE_WEIGHTS if (model_dir / w).is_file()]
-    if not weights:
-        raise RegistryError(
-            f"{model_dir} has no {' or '.join(_SAFE_WEIGHTS)}; export the run first "
-            "(`textloop export RUN --output DIR`)"
-        )
-    if "model.onnx" not in weights:
-        return "safetensors"
-    export = src / "export.json"
-    quant = json.loads(export.read_text()).get("quantize") if export.is_file() else None
-    return f"onnx-{quant}" if quant else "onnx"
 
 
 class Registry:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from textloop.serving.registry import Registry, check_model_folder
+from textloop.serving.integrity import check_model_folder
+from textloop.serving.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,220 @@
+"""The HTTP surface of the server: request/response schema, JSON errors, limits, metrics hooks.
+
+Pure ASGI middleware (not ``BaseHTTPMiddleware``), so the per-request cost stays small.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from textloop.serving.metrics import ServerMetrics
+from textloop.serving.sources import LoadedModel, ServeOptions
+
+_UNION_TAGS = {"list[str]", "str", "int"}
+KNOWN_PATHS = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/v1/admin/reload"}
+
+
+# ---- schema --------------------------------------------------------------------------------
+class PredictRequest(BaseModel):
+    """Texts to predict. A single string counts as a list of one."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"inputs": ["arrived broken", "love it"], "top_k": 1}]},
+    )
+    inputs: list[StrictStr] | StrictStr = Field(description="Texts to predict, in order.")
+    pairs: list[StrictStr] | None = Field(
+        None, description="Second texts for a sentence-pair model, one per input."
+    )
+    top_k: StrictInt = Field(1, ge=1, le=1000, description="Labels (with scores) per input.")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class PredictResponse(BaseModel):
+    """Predictions in input order; their shape is the task's (classification: label + score)."""
+
+    model: ModelRef
+    predictions: list[dict[str, Any]]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    """An error answered as JSON with an HTTP status."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse, "description": d}
+    for s, d in {
+        413: "Body, number of texts or a text too large.",
+        422: "Malformed request.",
+        503: "Busy, shutting down or timed out.",
+    }.items()
+}
+
+
+# ---- middleware ----------------------------------------------------------------------------
+class BodyLimit:
+    """Read the whole body before the app sees it, answering 413 as soon as it is too large."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        too_big = error_response(
+            413,
+            "body_too_large",
+            f"the request body is larger than the server's limit of {self.max_bytes} bytes; "
+            "send fewer or shorter texts per request",
+        )
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await too_big(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await too_big(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class Instrument:
+    """Count requests and time them, by path and status (unknown paths share one label)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+            self.metrics.record_request(path, status, time.perf_counter() - started)
+            if status >= 400:
+                self.metrics.record_error(str(status))
+
+
+def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    details: list[dict[str, Any]] = []
+    for e in errors:
+        # drop "body" and union-branch tags ("list[str]", "str") pydantic puts in the location
+        loc = [str(x) for x in e.get("loc", ()) if x != "body" and str(x) not in _UNION_TAGS]
+        detail = {"loc": loc, "msg": str(e.get("msg", ""))}
+        if detail not in details:
+            details.append(detail)
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return f"the request body is not valid JSON ({first.get('msg')})", details
+    if tuple(first.get("loc", ())) == ("body",):
+        return (
+            'the request body must be a JSON object like {"inputs": ["a text", ...]}, sent with '
+            "content-type: application/json",
+            details,
+        )
+    parts = [f"{'.'.join(d['loc']) or 'body'}: {d['msg']}" for d in details[:5]]
+    return "invalid request: " + "; ".join(parts), details
+
+
+def check_texts(req: PredictRequest, model: LoadedModel, opts: ServeOptions) -> list[str]:
+    texts = [req.inputs] if isinstance(req.inputs, str) else list(req.inputs)
+    if not texts:
+        raise ApiError(422, "no_inputs", "inputs is empty; send at least one text")
+    if len(texts) > opts.max_texts:
+        raise ApiError(
+            413,
+            "too_many_texts",
+            f"{len(texts)} texts in one request; the limit is {opts.max_texts} — split the request",
+        )
+    pair_model = bool(model.run.task.state().get("pair"))
+    if pair_model and req.pairs is None:
+        raise ApiError(422, "pairs_required", "this model classifies text pairs; send 'pairs'")
+    if not pair_model and req.pairs is not None:
+        raise ApiError(422, "pairs_not_supported", "this model takes single texts; drop 'pairs'")
+    if req.pairs is not None and len(req.pairs) != len(texts):
+        raise ApiError(
+            422, "pairs_mismatch", f"{len(texts)} inputs but {len(req.pairs)} pairs; send one each"
+        )
+    for field_name, values in (("inputs", texts), ("pairs", req.pairs or [])):
+        for i, text in enumerate(values):
+            if len(text) > opts.max_chars:
+                raise ApiError(
+                    413,
+                    "text_too_long",
+                    f"{field_name}[{i}] has {len(text)} characters; the limit is {opts.max_chars}",
+                )
+            if not text.strip():
+                raise ApiError(422, "empty_text", f"{field_name}[{i}] is empty or only whitespace")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(
+                    422, "invalid_text", f"{field_name}[{i}] is not valid Unicode (lone surrogate)"
+                ) from None
+    return texts
