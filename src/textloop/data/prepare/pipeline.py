@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from textloop.data.prepare.clean import DROP_STAGES
 from textloop.data.prepare.config import PrepareConfig, load_prepare_config
 from textloop.data.prepare.finalize import decide, write_splits
 from textloop.data.prepare.ingest import Partial, clean_partial
@@ -172,9 +173,12 @@ def _finalize(
     )
     table = records.data.table
     if table.num_rows == 0:
+        counts = info["counts"]
+        dropped = ", ".join(f"{k} {counts[k]}" for k in DROP_STAGES)
         raise DataError(
             f"nothing left after cleaning: {info['counts']['read']} record(s) read, "
-            f"{info['counts']['read_errors']} unreadable; see the counts per stage with -v"
+            f"{info['counts']['read_errors']} unreadable, the rest dropped by the cleaning filters "
+            f"({dropped}); loosen them with --set clean.KEY=VALUE"
         )
     started = time.perf_counter()
     with (out / "errors.jsonl").open("w", encoding="utf-8") as f:
