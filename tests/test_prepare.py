@@ -384,6 +384,35 @@ def test_fail_mode_stops_and_leaves_no_output(tmp_path, capsys):
     assert not out.exists() and not any(p.name.startswith(".corpus") for p in tmp_path.iterdir())
 
 
+@pytest.mark.integration
+def test_killed_run_leaves_no_output(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    hook = tmp_path / "slow.py"
+    hook.write_text("import time\ndef slow(text):\n    time.sleep(0.2)\n    return True\n")
+    src = _jsonl(tmp_path / "s.jsonl", [f"document number {i}" for i in range(500)])
+    out = tmp_path / "corpus"
+    stale = tmp_path / ".corpus.tmp-999999999-dead"  # left by a run killed with SIGKILL
+    stale.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "textloop", "prepare", str(src), "--output", str(out),
+           "--set", f"clean.custom_filter={hook}:slow"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "corpus").exists() and time.time() < deadline:
+        running = [p for p in tmp_path.glob(".corpus.tmp-*") if p != stale]
+        if running and not stale.exists():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    assert not out.exists() and not list(tmp_path.glob(".corpus*"))
+
+
 def test_config_errors_are_reported_together(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_prepare_config(

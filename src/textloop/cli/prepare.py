@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from typing import Any
 
 # flag -> dotted prepare-config key; flags override the YAML, --set overrides both
@@ -101,6 +103,15 @@ def _print_summary(manifest: dict[str, Any], path: Any, is_shard: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``prepare`` or ``prepare merge``."""
+    # a plain kill becomes SystemExit, so the temp output is removed on the way out
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from textloop.data.prepare import load_prepare_config, merge, prepare
     from textloop.errors import ConfigError
 

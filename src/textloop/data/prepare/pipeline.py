@@ -47,6 +47,18 @@ class PrepareResult:
     is_shard: bool = False
 
 
+def _remove_stale_temp_dirs(target: Path) -> None:
+    """Temp dirs of earlier runs into ``target`` that were killed (their process is gone)."""
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            pid = int(stale.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
 @contextmanager
 def _atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
     """A temp dir next to ``target`` that replaces it only when the block succeeds."""
@@ -64,6 +76,7 @@ def _atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
                     f"output {target} is not a prepared corpus or shard; refusing to replace it"
                 )
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_dirs(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
