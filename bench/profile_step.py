@@ -61,7 +61,7 @@ def run_variant(
     n = len(batches) - 3
     out: dict[str, Any] = {k: round(v / n * 1000, 2) for k, v in phases.items()}
     out["step_ms"] = round(sum(phases.values()) / n * 1000, 2)
-    out["optimizer"] = type(opt).__name__
+    out["optimizer_class"] = type(opt).__name__
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
