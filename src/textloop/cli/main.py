@@ -31,11 +31,17 @@ _TRAIN_FLAGS = {
     "max_seq_len": "train.max_seq_len",
     "seed": "train.seed",
     "class_weights": "train.class_weights",
+    "tag_column": "data.tag_column",
+    "tag_scheme": "data.tag_scheme",
+    "prompt_column": "data.prompt_column",
+    "target_column": "data.target_column",
+    "messages_column": "data.messages_column",
 }
 _TRAIN_SWITCHES = {
     "overwrite": "overwrite",
     "multi_label": "data.multi_label",
     "drop_invalid_rows": "data.drop_invalid_rows",
+    "packing": "train.packing",
 }
 
 
@@ -45,7 +51,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument(
         "--model", help="local checkpoint dir or embedded:NAME (default embedded:minilm)"
     )
-    p.add_argument("--task", choices=["classification"], help="task (default classification)")
+    from textloop.tasks import TASK_MODULES
+
+    p.add_argument("--task", choices=sorted(TASK_MODULES), help="task (default classification)")
     p.add_argument("--train", help="training data: file, dir, glob or builtin:NAME")
     p.add_argument("--validation", help="validation data (default: stratified split of train)")
     p.add_argument("--test", help="test data")
@@ -61,6 +69,21 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--max-seq-len", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--class-weights", choices=["none", "balanced"])
+    p.add_argument("--tag-column", type=int, help="NER CoNLL files: tag column (default -1, last)")
+    p.add_argument(
+        "--tag-scheme",
+        choices=["auto", "IO", "IOB1", "IOB2", "BIO", "IOBES", "BILOU"],
+        help="NER tag scheme of the data (default auto)",
+    )
+    p.add_argument("--prompt-column", help="generation pairs: prompt column (default 'prompt')")
+    p.add_argument("--target-column", help="generation pairs: answer column (default 'target')")
+    p.add_argument("--messages-column", help="generation chats: messages key (default 'messages')")
+    p.add_argument("--packing", action="store_true", help="pack short examples into full rows")
+    p.add_argument(
+        "--lora",
+        metavar="SPEC",
+        help="LoRA adapters, e.g. r=8,alpha=16,targets=q_proj,v_proj; 'off' trains all weights",
+    )
     p.add_argument("--output", help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --output")
@@ -90,15 +113,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, flag) is not None
     }
     extra.update({key: True for flag, key in _TRAIN_SWITCHES.items() if getattr(args, flag)})
+    if args.lora:
+        from textloop.models.lora import parse_lora_spec
+
+        extra.update({f"lora.{k}": v for k, v in parse_lora_spec(args.lora).items()})
     cfg = load_config(args.config, args.set, extra)
     callbacks = [LogLines()] if args.quiet or not sys.stderr.isatty() else [ProgressBar()]
     run = train(cfg, resume=args.resume, callbacks=callbacks)
+    from textloop.evaluation.report import summary_line
+
     m = run.metrics
     for split in ("validation", "test"):
         if split in m:
-            print(
-                f"{split}: accuracy {m[split]['accuracy']:.4f}  macro-F1 {m[split]['macro_f1']:.4f}  (n={m[split]['n']})"
-            )
+            print(f"{split}: {summary_line(m[split])}")
     print(
         f"trained in {m['train']['seconds']:.0f} s ({m['train']['examples_per_s']:.0f} examples/s)"
     )
@@ -132,12 +159,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(m, indent=2, ensure_ascii=False))
         return 0
-    from textloop.evaluation.report import metrics_table
+    from textloop.evaluation.report import metrics_kind, metrics_table, ner_sections, summary_line
 
-    print(
-        f"n={m['n']}  accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  micro-F1 {m['micro_f1']:.4f}  loss {m['loss']:.4f}"
-    )
-    print(metrics_table(m))
+    print(f"{summary_line(m)}  loss {m['loss']:.4f}")
+    kind = metrics_kind(m)
+    if kind != "qa":
+        print("\n".join(ner_sections("data", m)) if kind == "ner" else metrics_table(m))
     return 0
 
 
@@ -146,6 +173,8 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--pair", action="append", help="second text (pair models), once per text")
+    p.add_argument("--question", action="append", help="QA: a question (once per --context)")
+    p.add_argument("--context", action="append", help="QA: the context of each --question")
     p.add_argument("--input", help="file to predict (any readable format)")
     p.add_argument("--output", help="JSONL file for --input predictions (default: stdout)")
     p.add_argument("--text-column")
@@ -159,8 +188,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k: got {args.top_k}; must be >= 1")
+    if args.question or args.context:
+        run = load_run(args.run)
+        answers = run.predict(args.question or [], args.context, top_k=args.top_k)
+        for question, answer in zip(args.question or [], answers):
+            print(json.dumps({"question": question, **answer}, ensure_ascii=False))
+        return 0
     if not args.texts and not args.input:
-        raise ConfigError("give texts to classify or --input FILE")
+        raise ConfigError("give texts to classify or --input FILE (QA: --question and --context)")
     run = load_run(args.run)
     if args.input:
         if args.output:
@@ -207,7 +242,14 @@ _COMMANDS = {
 
 # Other commands live in their own modules, each with ``add_parser(sub) -> list[str]``
 # (registering its subcommands) and ``run(args) -> int``; list the module here to add it.
-COMMAND_MODULES: tuple[str, ...] = ("textloop.cli.deploy", "textloop.cli.prepare")
+COMMAND_MODULES: tuple[str, ...] = (
+    "textloop.cli.deploy",
+    "textloop.cli.prepare",
+    "textloop.cli.continual",
+    "textloop.cli.pretrain",
+    "textloop.cli.generate",
+    "textloop.cli.trust",
+)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:

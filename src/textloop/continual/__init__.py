@@ -1,0 +1,6 @@
+"""Keep learning: traffic and feedback store, drift tests, replay, retraining with a gate.
+
+- ``store.FeedbackStore``: predictions and labelled feedback in SQLite (WAL) beside a registry.
+- ``monitor.check_drift``: input / prediction / confidence drift of recent traffic.
+- ``update.update``: retrain (naive, replay, EWC, LwF), gate, register, promote or keep.
+"""

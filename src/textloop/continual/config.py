@@ -1,0 +1,159 @@
+"""Typed configuration of ``textloop update``: strategy, schedule, replay buffer and gate.
+
+A YAML file holds only what differs from the defaults; ``--set key=value`` overrides on top.
+Every problem is reported at once with its key path, as for run configs.
+
+Example:
+    >>> cfg = load_update_config(None, ["strategy=ewc", "gate.max_overall_drop=0.01"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from textloop.config import parse_override, read_yaml, validate_tree
+from textloop.errors import ConfigError
+
+Strategy = Literal["naive", "replay", "ewc", "lwf"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GateConfig(_Strict):
+    """What a candidate must show before it may replace the production model."""
+
+    max_overall_drop: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="Most accuracy the candidate may lose on the frozen regression set of "
+        "earlier data, against the production model.",
+    )
+    max_class_drop: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Most recall any earlier class may lose on the regression set (classes "
+        "with fewer than gate.min_class_support examples there are not judged).",
+    )
+    min_class_support: int = Field(
+        10, ge=1, description="Regression-set examples a class needs to be judged per class."
+    )
+    min_new_gain: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="The candidate's accuracy on the new data's held-out part must exceed the "
+        "production model's by more than this.",
+    )
+    promote: bool = Field(
+        True,
+        description="Promote an accepted candidate to production (false: leave it in staging).",
+    )
+
+
+class ReplayConfig(_Strict):
+    """The replay buffer: a class-balanced sample of earlier training data beside the registry."""
+
+    buffer_size: int = Field(
+        2000, ge=1, description="Examples the frozen buffer of each version holds at most."
+    )
+    replay_size: int = Field(
+        2000,
+        ge=0,
+        description="Buffer examples mixed into the new training data (strategy replay); all "
+        "of the buffer when it holds fewer.",
+    )
+    regression_size: int = Field(
+        2000, ge=1, description="Examples the frozen regression set of each version holds at most."
+    )
+
+
+class UpdateConfig(_Strict):
+    """One update: how to retrain on a new labelled batch and when to accept the result."""
+
+    strategy: Strategy = Field(
+        "replay",
+        description="naive: fine-tune on the new data only (baseline); replay: mix in a sample "
+        "of the replay buffer; ewc: new data plus an elastic-weight-consolidation penalty "
+        "(Kirkpatrick et al. 2017); lwf: new data plus distillation from the current model on "
+        "the old labels (learning without forgetting, Li & Hoiem 2016).",
+    )
+    text_column: str | None = Field(
+        None, description="Text column of the new data (default: the production run's)."
+    )
+    label_column: str | None = Field(
+        None, description="Label column of the new data (default: the production run's)."
+    )
+    holdout_fraction: float = Field(
+        0.2,
+        gt=0.0,
+        lt=0.9,
+        description="Share of the new data held out (stratified) for the gate; it joins the "
+        "next version's regression set.",
+    )
+    epochs: int = Field(2, ge=1, le=100, description="Passes over the update's training data.")
+    lr: float = Field(3e-5, gt=0.0, le=1.0, description="Peak learning rate.")
+    head_lr: float | None = Field(
+        None, gt=0.0, le=1.0, description="Learning rate of the classifier head (default: lr)."
+    )
+    batch_size: int = Field(16, ge=1, le=4096, description="Examples per step.")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of steps warming up.")
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="Decoupled weight decay.")
+    max_seq_len: int | None = Field(
+        None, ge=8, le=8192, description="Tokens per example (default: the production run's)."
+    )
+    ewc_lambda: float = Field(
+        100.0,
+        ge=0.0,
+        description="ewc: strength of the penalty lambda/2 * sum F_i (theta_i - theta*_i)^2, "
+        "with the Fisher diagonal F scaled to mean 1.",
+    )
+    fisher_samples: int = Field(
+        256, ge=1, description="ewc: replay-buffer examples the Fisher diagonal is estimated on."
+    )
+    lwf_lambda: float = Field(
+        1.0, ge=0.0, description="lwf: weight of the distillation loss on the old labels."
+    )
+    lwf_temperature: float = Field(
+        2.0, gt=0.0, description="lwf: softmax temperature of the distillation."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the split, sampling, order and init.")
+    threads: int | None = Field(None, ge=1, le=512, description="Intra-op threads.")
+    replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig())
+    gate: GateConfig = Field(default_factory=lambda: GateConfig())
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, last = dotted.split(".")
+    for key in parents:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is a value, not a section")
+        node = child
+    node[last] = value
+
+
+def load_update_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> UpdateConfig:
+    """Load an update config from YAML (or defaults), then flag values, then ``--set`` overrides.
+
+    Raises:
+        ConfigError: a missing/invalid file or any invalid key or value (all listed at once).
+    """
+    tree = read_yaml(path) if path is not None else {}
+    for key, value in (extra or {}).items():
+        _set_dotted(tree, key, value)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return validate_tree(UpdateConfig, tree, source=str(path) if path is not None else "update")

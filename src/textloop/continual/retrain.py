@@ -1,0 +1,227 @@
+"""Retraining a served classifier: head extension, the fine-tune driver, scoring, the run dir.
+
+The driver is a caller of ``textloop.training.loop.train_steps`` (the one training loop),
+with textloop's optimizer and scheduler; what differs from ``textloop train`` is only what an
+update needs: it starts from the production weights and label order (not a fresh head over a
+re-sorted label set) and takes the loss from an objective (the task, or a task wrapped by a
+regulariser in ``regularisers.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from textloop.data.batching import bucketed_batches
+from textloop.tasks.base import Encoded
+from textloop.training.loop import LoopState, seed_everything, steps_per_epoch, train_steps
+from textloop.training.optim import build_optimizer, build_scheduler
+
+Row = dict[str, str]
+
+
+# ---- class-incremental head ----------------------------------------------------------------
+def _head_linear(model: torch.nn.Module, n_labels: int) -> tuple[torch.nn.Module, str]:
+    """The classifier's output layer (last Linear with ``n_labels`` outputs) and its parent."""
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.out_features == n_labels:
+            found = name
+    if found is None:
+        raise ValueError(f"no output layer with {n_labels} outputs in {type(model).__name__}")
+    parent_name, _, attr = found.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    return parent, attr
+
+
+def extend_head(
+    model: torch.nn.Module, old_labels: Sequence[str], new_labels: Sequence[str], seed: int = 0
+) -> torch.nn.Module:
+    """Append output rows for ``new_labels``; the old rows are copied exactly.
+
+    The old classes' logits are unchanged until training moves them. A new row starts as the
+    model's usual init (normal, std ``initializer_range``) with the old rows' mean bias, so a
+    new class starts neither dominant nor unreachable.
+    """
+    if not new_labels:
+        return model
+    parent, attr = _head_linear(model, len(old_labels))
+    old: torch.nn.Linear = getattr(parent, attr)
+    n_old, n_new = len(old_labels), len(old_labels) + len(new_labels)
+    head = torch.nn.Linear(old.in_features, n_new, bias=old.bias is not None)
+    std = float(getattr(model.config, "initializer_range", 0.02))  # type: ignore[union-attr]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        head.weight[:n_old] = old.weight
+        head.weight[n_old:] = torch.randn(n_new - n_old, old.in_features, generator=gen) * std
+        if old.bias is not None:
+            head.bias[:n_old] = old.bias
+            head.bias[n_old:] = old.bias.mean()
+    head.to(old.weight.device, old.weight.dtype)
+    setattr(parent, attr, head)
+    labels = [*old_labels, *new_labels]
+    cfg: Any = model.config
+    cfg.num_labels = n_new
+    cfg.id2label = dict(enumerate(labels))
+    cfg.label2id = {lab: i for i, lab in enumerate(labels)}
+    if hasattr(model, "num_labels"):
+        setattr(model, "num_labels", n_new)  # noqa: B010  (an nn.Module attribute, not typed)
+    return model
+
+
+# ---- scoring -------------------------------------------------------------------------------
+def score(
+    model: torch.nn.Module, task: Any, rows: Sequence[Row], batch_size: int = 64
+) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class recall / F1 of ``model`` on labelled rows.
+
+    Gold labels the model does not know count as errors, so a model can be scored on data with
+    new labels before it learns them.
+    """
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    if not rows:
+        return {"n": 0, "accuracy": None, "macro_f1": None, "per_class": {}}
+    data = task.encode([r["text"] for r in rows], None)
+    logits = task.logits_for(model, data, batch_size)
+    predicted = [task.labels[i] for i in logits.argmax(-1).tolist()]
+    gold = [r["label"] for r in rows]
+    labels = sorted(set(gold))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        gold, predicted, labels=labels, zero_division=0
+    )
+    return {
+        "n": len(rows),
+        "accuracy": float(accuracy_score(gold, predicted)),
+        "macro_f1": float(
+            f1_score(gold, predicted, labels=labels, average="macro", zero_division=0)
+        ),
+        "per_class": {
+            lab: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, lab in enumerate(labels)
+        },
+    }
+
+
+# ---- fine-tune driver ----------------------------------------------------------------------
+@dataclass
+class Schedule:
+    """Optimisation of one update (plain values; built from ``UpdateConfig`` by the caller)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    head_lr: float | None = None
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+def encode_rows(task: Any, rows: Sequence[Row]) -> Encoded:
+    """Tokenize labelled rows with the task (labels must be in ``task.labels``)."""
+    data: Encoded = task.encode([r["text"] for r in rows], None)
+    data.targets = task.targets_for(
+        [r["label"] for r in rows], "update data", [str(i) for i in range(len(rows))]
+    )
+    return data
+
+
+def finetune(
+    model: torch.nn.Module, task: Any, objective: Any, train: Encoded, schedule: Schedule
+) -> dict[str, Any]:
+    """Train ``model`` in place on ``train`` with ``objective.training_loss``; the last weights.
+
+    There is no best-checkpoint pick on a validation split: every labelled example of an
+    update goes either into training or to the gate, which judges the result.
+    """
+    seed_everything(schedule.seed)
+    optimizer = build_optimizer(
+        model, schedule.lr, schedule.weight_decay, schedule.head_lr, task.head_prefixes
+    )
+    n_batches = -(-len(train) // schedule.batch_size)
+    total = schedule.epochs * steps_per_epoch(n_batches, 1)
+    scheduler = build_scheduler(optimizer, round(schedule.warmup_ratio * total), total, "linear")
+    device = next(model.parameters()).device
+    state = LoopState()
+    losses: list[float] = []
+
+    def batches_for_epoch(s: LoopState) -> list[list[int]]:
+        order = bucketed_batches(
+            train.lengths, schedule.batch_size, 50, schedule.seed * 1_000_003 + s.epoch
+        )
+        return order[s.batches_done_in_epoch :]
+
+    def collate(items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in task.collate(train, list(items)).items()}
+
+    started = time.perf_counter()
+    for info in train_steps(
+        model,
+        optimizer,
+        scheduler,
+        batches_for_epoch=batches_for_epoch,
+        collate=collate,
+        loss_fn=lambda batch: objective.training_loss(model, batch),
+        evaluate=lambda: {"loss": float(np.mean(losses[-n_batches:])) if losses else 0.0},
+        state=state,
+        epochs=schedule.epochs,
+        max_steps=None,
+        grad_accum_steps=1,
+        grad_clip=schedule.grad_clip,
+        eval_every_steps=0,
+        metric_for_best="loss",
+        higher_is_better=False,
+        log_every_steps=1,
+    ):
+        if info.kind == "step" and info.loss is not None:
+            losses.append(info.loss)
+    model.eval()
+    seconds = time.perf_counter() - started
+    return {
+        "steps": state.step,
+        "seconds": round(seconds, 2),
+        "examples_per_s": round(state.examples_seen / max(seconds, 1e-9), 2),
+        "first_loss": losses[0] if losses else None,
+        "last_epoch_loss": float(np.mean(losses[-n_batches:])) if losses else None,
+    }
+
+
+def write_run_dir(
+    out: Path,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: Any,
+    config_yaml: str,
+    metrics: dict[str, Any],
+) -> None:
+    """Write a finished run directory that ``load_run`` and the registry accept."""
+    from textloop.evaluation.report import write_report
+    from textloop.training.run import environment
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp / "model", safe_serialization=True)  # type: ignore[operator]
+    tokenizer.save_pretrained(tmp / "model")
+    (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+    (tmp / "labels.json").write_text(json.dumps(task.state(), indent=2, ensure_ascii=False))
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    env = environment(0, "fp32", torch.get_num_threads())
+    (tmp / "env.json").write_text(json.dumps(env, indent=2))
+    write_report(tmp, metrics, list(task.labels))
+    os.replace(tmp, out)

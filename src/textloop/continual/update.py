@@ -1,0 +1,347 @@
+"""``update``: retrain the production model on a new labelled batch, gate it, register it.
+
+Steps, in order: load and verify the production version; load (or build once) its frozen
+replay buffer and regression set; read the new batch and hold out a stratified part for the
+gate; train a candidate from the production weights with the configured strategy (new labels
+extend the head); score both models on the regression set and the held-out new data; apply the
+gate; register the candidate (promoted, left in staging, or archived as rejected with the
+reason); freeze the candidate's own buffer and regression set; write the update report.
+
+A dry run stops after scoring the production model and writes nothing.
+
+Example:
+    >>> result = update("registry", "reviews", "corpus/feedback", load_update_config())
+    >>> result.decision.accepted, result.version
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from textloop.config import config_to_yaml
+from textloop.continual.config import UpdateConfig
+from textloop.continual.gate import GateDecision, decide
+from textloop.continual.regularisers import EWCObjective, LwFObjective
+from textloop.continual.replay import (
+    balanced_sample,
+    continual_dir,
+    ensure_frozen,
+    freeze,
+    read_labelled,
+)
+from textloop.continual.retrain import (
+    Schedule,
+    encode_rows,
+    extend_head,
+    finetune,
+    score,
+    write_run_dir,
+)
+from textloop.data.split import stratified_split
+from textloop.errors import ConfigError, DataError
+from textloop.serving.registry import Registry
+from textloop.tasks.classification import ClassificationTask
+
+Row = dict[str, str]
+
+
+@dataclass
+class UpdateResult:
+    """What an update did (or, for a dry run, would do)."""
+
+    dry_run: bool
+    plan: dict[str, Any]
+    before: dict[str, Any]
+    after: dict[str, Any] = field(default_factory=dict)
+    decision: GateDecision | None = None
+    version: int | None = None
+    stage: str | None = None
+    report_dir: Path | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def build_candidate(
+    model: torch.nn.Module,
+    task: Any,
+    new_train: Sequence[Row],
+    replay_buffer: Sequence[Row],
+    cfg: UpdateConfig,
+) -> tuple[torch.nn.Module, ClassificationTask, dict[str, Any]]:
+    """Train a candidate from ``model`` (left untouched) on a new batch with ``cfg.strategy``.
+
+    Returns:
+        The trained copy, its task (old labels first, new labels appended), and training facts.
+    """
+    old_labels = list(task.labels)
+    new_labels = sorted({r["label"] for r in new_train} - set(old_labels))
+    candidate = extend_head(copy.deepcopy(model), old_labels, new_labels, cfg.seed)
+    ctask = ClassificationTask(
+        tokenizer=task.tokenizer,
+        labels=[*old_labels, *new_labels],
+        max_seq_len=cfg.max_seq_len or task.max_seq_len,
+    )
+    rows = list(new_train)
+    n_replay = 0
+    objective: Any = ctask
+    if cfg.strategy == "replay" and cfg.replay.replay_size:
+        replayed = balanced_sample(replay_buffer, cfg.replay.replay_size, cfg.seed)
+        rows += replayed
+        n_replay = len(replayed)
+    elif cfg.strategy == "ewc":
+        old = balanced_sample(replay_buffer, cfg.fisher_samples, cfg.seed)
+        if not old:
+            raise DataError("strategy ewc needs earlier data for the Fisher; the buffer is empty")
+        objective = EWCObjective.build(ctask, candidate, encode_rows(ctask, old), cfg.ewc_lambda)
+    elif cfg.strategy == "lwf":
+        teacher = copy.deepcopy(model).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        objective = LwFObjective(
+            ctask, teacher, len(old_labels), cfg.lwf_lambda, cfg.lwf_temperature
+        )
+    schedule = Schedule(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        head_lr=cfg.head_lr,
+        seed=cfg.seed,
+    )
+    info = finetune(candidate, ctask, objective, encode_rows(ctask, rows), schedule)
+    info.update(
+        {
+            "strategy": cfg.strategy,
+            "n_train": len(rows),
+            "n_replay": n_replay,
+            "new_labels": new_labels,
+        }
+    )
+    return candidate, ctask, info
+
+
+def _forgetting(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    if not before.get("n"):
+        return {}
+    return {
+        "accuracy_drop": before["accuracy"] - after["accuracy"],
+        "recall_drop": {
+            lab: m["recall"] - after["per_class"].get(lab, {}).get("recall", 0.0)
+            for lab, m in before["per_class"].items()
+        },
+    }
+
+
+def update(
+    registry: str | Path,
+    name: str,
+    new_data: str,
+    config: UpdateConfig | None = None,
+    dry_run: bool = False,
+    actor: str | None = None,
+) -> UpdateResult:
+    """Retrain ``name``'s production model on ``new_data``, gate it, and register the result.
+
+    Args:
+        registry: the registry directory.
+        name: the registered model name (its production version is the starting point).
+        new_data: labelled file, directory, glob or builtin (e.g. an export of the feedback).
+        config: strategy, schedule, replay and gate settings (defaults when None).
+        dry_run: load, check and score only; report the plan; write nothing.
+        actor: who (for the registry's audit log).
+
+    Returns:
+        The plan, scores before/after, the gate decision and the new version.
+
+    Raises:
+        RegistryError: unknown name, no production version, failed hash check.
+        DataError: unreadable or too small new data.
+        ConfigError: a task that updates do not support.
+    """
+    cfg = config or UpdateConfig()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    reg = Registry(registry)
+    mv, run = reg.load(name)
+    if not isinstance(run.task, ClassificationTask) or run.task.multi_label or run.task.pair:
+        raise ConfigError(
+            f"{name} v{mv.version}: updates support single-label, single-text classification"
+        )
+    frozen = ensure_frozen(
+        registry,
+        name,
+        mv.version,
+        run.config,
+        cfg.replay.buffer_size,
+        cfg.replay.regression_size,
+        cfg.seed,
+        write=not dry_run,
+    )
+    d = run.config.data
+    rows = read_labelled(
+        new_data, cfg.text_column or d.text_column, cfg.label_column or d.label_column
+    )
+    keep, held = stratified_split([r["label"] for r in rows], cfg.holdout_fraction, cfg.seed)
+    if not keep or not held:
+        raise DataError(
+            f"{new_data}: {len(rows)} labelled rows are too few to train on and hold out "
+            f"{cfg.holdout_fraction:.0%} for the gate; send more feedback first"
+        )
+    new_train, new_holdout = [rows[i] for i in keep], [rows[i] for i in held]
+    new_labels = sorted({r["label"] for r in rows} - set(run.task.labels))
+    n_replay = min(cfg.replay.replay_size, len(frozen.replay)) if cfg.strategy == "replay" else 0
+    plan = {
+        "name": name,
+        "from_version": mv.version,
+        "strategy": cfg.strategy,
+        "new_data": new_data,
+        "n_new": len(rows),
+        "n_new_train": len(new_train),
+        "n_new_holdout": len(new_holdout),
+        "n_replay": n_replay,
+        "n_regression": len(frozen.regression),
+        "old_labels": list(run.task.labels),
+        "new_labels": new_labels,
+        "steps": cfg.epochs * -(-(len(new_train) + n_replay) // cfg.batch_size),
+        "promote_if_accepted": cfg.gate.promote,
+    }
+    before = {
+        "regression": score(run.model, run.task, frozen.regression),
+        "new": score(run.model, run.task, new_holdout),
+    }
+    if dry_run:
+        return UpdateResult(dry_run=True, plan=plan, before=before)
+
+    candidate, ctask, train_info = build_candidate(
+        run.model, run.task, new_train, frozen.replay, cfg
+    )
+    after = {
+        "regression": score(candidate, ctask, frozen.regression),
+        "new": score(candidate, ctask, new_holdout),
+    }
+    g = cfg.gate
+    decision = decide(
+        before["regression"],
+        after["regression"],
+        before["new"],
+        after["new"],
+        g.max_overall_drop,
+        g.max_class_drop,
+        g.min_class_support,
+        g.min_new_gain,
+    )
+    report: dict[str, Any] = {
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "plan": plan,
+        "before": before,
+        "after": after,
+        "forgetting": _forgetting(before["regression"], after["regression"]),
+        "train": train_info,
+        "decision": decision.to_json(),
+        "config": cfg.model_dump(mode="json"),
+    }
+    run_cfg = run.config.model_copy(deep=True)
+    run_cfg.model = str(mv.path / "model")
+    run_cfg.data.train = new_data
+    run_cfg.data.validation = run_cfg.data.test = None
+    run_cfg.output = None
+    metrics = {
+        "validation": after["new"],
+        "test": after["regression"],
+        "train": {**train_info, "device": "cpu", "precision": "fp32"},
+        "update": {k: report[k] for k in ("plan", "forgetting", "decision")},
+    }
+    work = continual_dir(registry, name)
+    work.mkdir(parents=True, exist_ok=True)
+    verdict = "accepted" if decision.accepted else "rejected: " + "; ".join(decision.reasons)
+    with tempfile.TemporaryDirectory(dir=work, prefix=".candidate-") as tmp:
+        run_dir = Path(tmp) / "run"
+        write_run_dir(run_dir, candidate, ctask.tokenizer, ctask, config_to_yaml(run_cfg), metrics)
+        why = f"update v{mv.version} ({cfg.strategy}) on {new_data}: {verdict}"
+        new = reg.add(run_dir, name, actor=actor, reason=why)
+    if decision.accepted and g.promote:
+        stage = reg.promote(name, new.version, "production", actor, why).stage
+    elif decision.accepted:
+        stage = new.stage
+    else:
+        stage = reg.promote(name, new.version, "archived", actor, why).stage
+    freeze(
+        registry,
+        name,
+        new.version,
+        balanced_sample([*frozen.replay, *new_train], cfg.replay.buffer_size, cfg.seed),
+        balanced_sample([*frozen.regression, *new_holdout], cfg.replay.regression_size, cfg.seed),
+        {"from_version": mv.version, "new_data": new_data},
+    )
+    report.update({"version": new.version, "stage": stage})
+    report_dir = _write_report(work / "updates", f"v{new.version}", report)
+    return UpdateResult(
+        False, plan, before, after, decision, new.version, stage, report_dir, report
+    )
+
+
+def _write_report(parent: Path, name: str, report: dict[str, Any]) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / name
+    tmp = parent / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (tmp / "report.md").write_text(update_markdown(report), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def update_markdown(report: dict[str, Any]) -> str:
+    """The update report for people: plan, before/after per class, forgetting, decision."""
+    p, dec = report["plan"], report["decision"]
+    lines = [
+        f"# Update of {p['name']}: v{p['from_version']} -> v{report.get('version')} "
+        f"({'ACCEPTED' if dec['accepted'] else 'REJECTED'}, stage {report.get('stage')})",
+        "",
+        f"- strategy {p['strategy']}; new data {p['new_data']}: {p['n_new_train']} train / "
+        f"{p['n_new_holdout']} held out; replayed {p['n_replay']}; regression set "
+        f"{p['n_regression']}",
+        f"- new labels: {', '.join(p['new_labels']) or 'none'}",
+        f"- training: {report['train']['steps']} steps in {report['train']['seconds']} s",
+        "",
+        "| set | accuracy before | accuracy after |",
+        "|---|---:|---:|",
+    ]
+    for key in ("regression", "new"):
+        lines.append(
+            f"| {key} | {_pct(report['before'][key]['accuracy'])} | "
+            f"{_pct(report['after'][key]['accuracy'])} |"
+        )
+    lines += ["", "| class (regression set) | recall before | recall after | support |"]
+    lines.append("|---|---:|---:|---:|")
+    for lab, m in report["before"]["regression"]["per_class"].items():
+        after = report["after"]["regression"]["per_class"].get(lab, {})
+        lines.append(
+            f"| {lab} | {m['recall']:.4f} | {after.get('recall', 0.0):.4f} | {m['support']} |"
+        )
+    lines += ["", "## Decision", ""]
+    lines += [
+        f"- {c['check']}: {c['before']:.4f} -> {c['after']:.4f} "
+        f"{'ok' if c['passed'] else 'FAILED'} ({c['rule']})"
+        for c in dec["checks"]
+    ]
+    lines.append("")
+    return "\n".join(lines)
