@@ -293,17 +293,35 @@ def write_onnx(
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantized = work / "int8.onnx"
-        quantize_dynamic(
-            str(current),
-            str(quantized),
-            weight_type=QuantType.QInt8,
-            # fused ops (com.microsoft domain) defeat shape inference; their outputs are float
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        # the quantizer advises shape-inference pre-processing on the root logger; on a fused
+        # graph that pre-processing fails, and DefaultTensorType below stands in for it
+        advice = _DropMessage("Please consider to run pre-processing")
+        logging.getLogger().addFilter(advice)
+        try:
+            quantize_dynamic(
+                str(current),
+                str(quantized),
+                weight_type=QuantType.QInt8,
+                # fused ops (com.microsoft domain) defeat shape inference; their outputs are float
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        finally:
+            logging.getLogger().removeFilter(advice)
         current = quantized
     os.replace(current, model_dir / ONNX_FILE)
     shutil.rmtree(work, ignore_errors=True)
     return fused
+
+
+class _DropMessage(logging.Filter):
+    """Drop log records that start with a given text."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 def compare_predictions(
