@@ -112,7 +112,10 @@ def _measure(cmd: list[str]) -> dict[str, Any]:
         # RssAnon: memory the process owns; RSS also counts pages of memory-mapped Arrow files,
         # which the kernel drops under pressure
         with open(f"/proc/{pid}/status") as f:
-            return next(int(x.split()[1]) for x in f if x.startswith("RssAnon:"))
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+        return 0
 
     def sample() -> None:
         nonlocal peak, peak_anon
@@ -122,7 +125,7 @@ def _measure(cmd: list[str]) -> dict[str, Any]:
                 tree = [parent, *parent.children(recursive=True)]
                 peak = max(peak, sum(p.memory_info().rss for p in tree))
                 peak_anon = max(peak_anon, sum(anon_kb(p.pid) for p in tree) * 1024)
-            except (psutil.Error, OSError, StopIteration):
+            except (psutil.Error, OSError):
                 pass
             time.sleep(0.1)
 
