@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from textloop.errors import ConfigError
 
-TaskName = Literal["classification"]
+TaskName = Literal["classification", "mlm", "clm"]
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -121,6 +121,41 @@ class TrainConfig(_Strict):
         "auto", description="auto: bf16 autocast only where the hardware has bf16 (GPU, AMX CPUs)."
     )
     eval_batch_size: int = Field(64, ge=1, le=8192, description="Examples per evaluation batch.")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in backward instead of storing them: less memory "
+        "(longer sequences, bigger batches), about a third more compute.",
+    )
+
+
+class PretrainConfig(_Strict):
+    """Continued pre-training options (task: mlm or clm). data.train names the corpus, and
+    train.max_seq_len is the packed block length; train.batch_size counts blocks."""
+
+    mask_rate: float = Field(
+        0.15, gt=0.0, lt=1.0, description="MLM: share of tokens chosen for prediction (80/10/10)."
+    )
+    whole_word_mask: bool = Field(
+        False, description="MLM: choose whole words, masking all their sub-word tokens together."
+    )
+    document_mask: bool = Field(
+        True,
+        description="Packed blocks: attend only within each document and restart positions per "
+        "document (no cross-document leakage); false lets blocks attend across documents.",
+    )
+    eval_blocks: int = Field(
+        256, ge=0, description="Held-out blocks scored for perplexity (0: all of them)."
+    )
+    extend_vocab: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Add up to this many frequent corpus words that the tokenizer splits into "
+        "pieces as new tokens (embeddings start at the mean of their pieces).",
+    )
+    min_word_count: int = Field(
+        20, ge=1, description="extend_vocab: how often a word must occur in the corpus."
+    )
 
 
 class RunConfig(_Strict):
@@ -134,6 +169,7 @@ class RunConfig(_Strict):
     overwrite: bool = Field(False, description="Replace an existing, different run in output.")
     data: DataConfig = Field(default_factory=lambda: DataConfig())
     train: TrainConfig = Field(default_factory=lambda: TrainConfig())
+    pretrain: PretrainConfig = Field(default_factory=lambda: PretrainConfig())
 
     @model_validator(mode="after")
     def _separator_implies_multi_label(self) -> RunConfig:

@@ -77,6 +77,8 @@ def resolve_model(ref: str) -> Path:
     if not path.is_dir():
         hint = " (model references are local directories or embedded:NAME; nothing is downloaded)"
         raise ModelError(f"model directory not found: {path}{hint}")
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        path = path / "model"  # a finished run dir (e.g. textloop pretrain's output)
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} has no config.json; is it a Hugging Face checkpoint directory?")
     if not any((path / f).is_file() for f in _WEIGHT_FILES):

@@ -11,6 +11,8 @@ from types import ModuleType
 
 TASK_MODULES: dict[str, str] = {
     "classification": "textloop.tasks.classification",
+    "mlm": "textloop.tasks.pretrain",
+    "clm": "textloop.tasks.pretrain",
 }
 
 

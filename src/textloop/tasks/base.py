@@ -10,7 +10,7 @@ A task module (``textloop.tasks.<name>``) exposes two functions besides its task
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,15 +40,36 @@ class Encoded:
         return len(self.input_ids)
 
 
+class Stream(Protocol):
+    """Training data read from disk as it is consumed (mlm / clm: packed token blocks).
+
+    ``micro_batches`` yields global micro-batches from a data position (``cursor``, None at the
+    start of an epoch); each carries ``.cursor``, the position right after it, which the loop
+    stores in ``LoopState.data_cursor`` for exact resume.
+    """
+
+    def micro_batches(
+        self, epoch: int, batch_size: int, cursor: dict[str, Any] | None
+    ) -> Iterator[Sequence[Any]]: ...
+
+    def collate(self, items: Sequence[Any]) -> dict[str, Any]: ...
+
+    def __len__(self) -> int: ...
+
+
 @dataclass
 class Splits:
-    """A task with its encoded train / validation / (test) splits and a data summary."""
+    """A task with its encoded train / validation / (test) splits and a data summary.
+
+    A streaming task leaves ``train`` empty and sets ``stream`` instead.
+    """
 
     task: Task
     train: Encoded
     validation: Encoded
     test: Encoded | None
     summary: dict[str, Any] = field(default_factory=dict)
+    stream: Stream | None = None
 
 
 class Task(Protocol):

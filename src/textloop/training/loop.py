@@ -5,6 +5,10 @@ optimizer step and evaluation, and yields a ``StepInfo`` after every optimizer s
 evaluation. Whoever iterates decides what to do with them: log, checkpoint, stop early (just stop
 iterating). ``LoopState`` holds the data position and everything else resume needs, so a run
 that is stopped after step k and resumed from its checkpoint replays steps k+1.. exactly.
+
+Under torchrun every process walks the same global micro-batches and computes its share of each
+(``distributed.rank_share``); DDP all-reduces gradients once per step (``gradient_sync`` skips
+it on the accumulation micro-batches). In one process both are no-ops.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from textloop.training.distributed import all_reduce_mean, gradient_sync, rank_share
 from textloop.training.optim import clip_gradients
 
 
@@ -29,7 +35,8 @@ class LoopState:
 
     step: int = 0
     epoch: int = 0
-    batches_done_in_epoch: int = 0  # micro-batches of the current epoch already consumed
+    batches_done_in_epoch: int = 0  # global micro-batches of the current epoch already consumed
+    data_cursor: dict[str, Any] | None = None  # a stream's position after them (mlm / clm)
     examples_seen: int = 0
     best_metric: float | None = None
     best_step: int = 0
@@ -90,6 +97,18 @@ def steps_per_epoch(n_batches: int, grad_accum_steps: int) -> int:
     return math.ceil(n_batches / grad_accum_steps)
 
 
+def _accumulation_groups(
+    batches: Iterable[Sequence[Any]], size: int
+) -> Iterator[tuple[list[Sequence[Any]], bool]]:
+    """Consecutive groups of ``size`` micro-batches, each flagged True if it ends the epoch."""
+    it = iter(batches)
+    group = list(islice(it, size))
+    while group:
+        following = list(islice(it, size))  # one group of look-ahead tells where the epoch ends
+        yield group, not following
+        group = following
+
+
 def _better(value: float, best: float | None, higher_is_better: bool) -> bool:
     if best is None:
         return True
@@ -101,8 +120,8 @@ def train_steps(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     *,
-    batches_for_epoch: Callable[[int], Sequence[Sequence[int]]],
-    collate: Callable[[Sequence[int]], dict[str, torch.Tensor]],
+    batches_for_epoch: Callable[[LoopState], Iterable[Sequence[Any]]],
+    collate: Callable[[Sequence[Any]], dict[str, torch.Tensor]],
     loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     evaluate: Callable[[], dict[str, Any]],
     state: LoopState,
@@ -118,8 +137,10 @@ def train_steps(
 ) -> Iterator[StepInfo]:
     """Train until ``epochs`` (or ``max_steps``) are done, yielding after each step and eval.
 
-    ``collate`` builds a batch (model inputs + targets) from example indices; ``loss_fn`` runs the
-    model on it and returns the mean loss. ``evaluate`` returns a metrics dict holding
+    ``batches_for_epoch`` gives the global micro-batches of ``state.epoch`` that remain after
+    the position ``state`` holds (example indices, or a stream's items). ``collate`` builds a
+    batch (model inputs + targets) from this process's share of one; ``loss_fn`` runs the model
+    on it and returns the mean loss. ``evaluate`` returns a metrics dict holding
     ``metric_for_best``; it must not consume RNG.
     """
     params = [p for p in model.parameters() if p.requires_grad]
@@ -144,24 +165,24 @@ def train_steps(
         return StepInfo("eval", state.step, state.epoch, lr, metrics=metrics, is_best=is_best)
 
     while state.epoch < epochs:
-        batches = batches_for_epoch(state.epoch)
-        groups = [
-            batches[i : i + grad_accum_steps] for i in range(0, len(batches), grad_accum_steps)
-        ]
-        for group in groups[state.batches_done_in_epoch // grad_accum_steps :]:
+        batches = batches_for_epoch(state)
+        n_batches = state.batches_done_in_epoch + len(batches) if isinstance(batches, Sized) else 0
+        for group, ends_epoch in _accumulation_groups(batches, grad_accum_steps):
             t0 = time.perf_counter()
             model.train()
             n_examples = n_tokens = n_padded = 0
-            for indices in group:
-                batch = collate(indices)
+            for i, global_batch in enumerate(group):
+                items, weight = rank_share(global_batch)  # all of it in one process
+                batch = collate(items)
                 n_tokens += int(batch["attention_mask"].sum())
                 n_padded += batch["attention_mask"].numel()
-                with autocast:
-                    loss = loss_fn(batch)
-                (loss / len(group)).backward()
-                loss_sum = loss_sum + loss.detach()
+                with gradient_sync(model, enabled=i == len(group) - 1):
+                    with autocast:
+                        loss = loss_fn(batch)
+                    (loss * weight / len(group)).backward()
+                loss_sum = loss_sum + loss.detach() * weight
                 loss_count += 1
-                n_examples += len(indices)
+                n_examples += len(global_batch)
             grad_norm = clip_gradients(params, grad_clip)
             optimizer.step()
             scheduler.step()
@@ -170,16 +191,17 @@ def train_steps(
             state.step += 1
             state.examples_seen += n_examples
             state.batches_done_in_epoch += len(group)
-            if state.batches_done_in_epoch >= len(batches):
+            state.data_cursor = getattr(group[-1], "cursor", None)
+            if ends_epoch:
                 state.epoch += 1
-                state.batches_done_in_epoch = 0
+                state.batches_done_in_epoch, state.data_cursor = 0, None
             state.rng = capture_rng()
 
             report = state.step % log_every_steps == 0
             info = StepInfo(
                 "step",
                 state.step,
-                state.epoch + state.batches_done_in_epoch / max(1, len(batches)),
+                state.epoch + (state.batches_done_in_epoch / n_batches if n_batches else 0.0),
                 float(scheduler.get_last_lr()[0]),
                 examples=n_examples,
                 tokens=n_tokens,
@@ -188,7 +210,7 @@ def train_steps(
                 grad_norm=float(grad_norm) if report else None,
             )
             if report:
-                info.loss = float(loss_sum) / loss_count
+                info.loss = float(all_reduce_mean(loss_sum)) / loss_count  # over all processes
                 loss_sum, loss_count = torch.zeros(()), 0
             yield info
 

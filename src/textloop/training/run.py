@@ -13,8 +13,9 @@ import logging
 import os
 import platform
 import shutil
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from textloop.evaluation.report import write_report
 from textloop.models.resolve import resolve_model
 from textloop.tasks import task_module
 from textloop.tasks.base import Encoded, Task
+from textloop.training import distributed as dist
 from textloop.training.callbacks import fire
 from textloop.training.checkpoint import (
     copy_weights,
@@ -229,7 +231,7 @@ def train(
     task: Task = splits.task
 
     threads = _set_threads(t.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = dist.init()  # under torchrun: join the process group; cuda:LOCAL_RANK on GPUs
     autocast = choose_precision(t.precision, device)
     seed_everything(t.seed)
     import transformers
@@ -240,50 +242,66 @@ def train(
         model = task.build_model(model_dir).to(device)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load model from {model_dir}: {exc}") from None
-    if t.embedding_update == "lazy":
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(  # type: ignore[operator]
+            gradient_checkpointing_kwargs={"use_reentrant": False}  # works with DDP
+        )
+    if t.embedding_update == "lazy" and not dist.is_distributed():  # DDP reduces dense grads
         make_embeddings_sparse(model)
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.head_lr, task.head_prefixes)
-    n_batches = -(-len(splits.train) // t.batch_size)
-    total_steps = t.max_steps or t.epochs * steps_per_epoch(n_batches, t.grad_accum_steps)
-    epochs = (
-        t.epochs
-        if t.max_steps is None
-        else max(t.epochs, -(-t.max_steps // steps_per_epoch(n_batches, t.grad_accum_steps)))
-    )
+    if t.max_steps is not None:
+        total_steps, epochs = t.max_steps, sys.maxsize  # the loop stops at max_steps
+    else:  # a stream (mlm / clm) counts its blocks in one tokenizing pass
+        n_batches = -(-len(splits.stream or splits.train) // t.batch_size)
+        total_steps = t.epochs * steps_per_epoch(n_batches, t.grad_accum_steps)
+        epochs = t.epochs
     scheduler = build_scheduler(
         optimizer, round(t.warmup_ratio * total_steps), total_steps, t.scheduler
     )
 
     # -- the run dir: only now, with all input checked ------------------------------------
     ckpt = out / "checkpoints"
+    dist.barrier()  # every process has checked the output dir before rank 0 changes it
+    main = dist.is_main_process()  # under torchrun only rank 0 writes files
     if resuming:
         state = load_checkpoint(ckpt / "last", model, optimizer, scheduler)
         restore_rng(state.rng)
-        _truncate_log(out / "log.jsonl", state.step)
+        if main:
+            _truncate_log(out / "log.jsonl", state.step)
     else:
-        if out.exists() and cfg.overwrite:
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / INCOMPLETE).write_text("training in progress; resume with --resume\n")
-        write_atomic(out / "config.yaml", config_to_yaml(cfg))
+        if main:
+            if out.exists() and cfg.overwrite:
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            out.mkdir(parents=True, exist_ok=True)
+            (out / INCOMPLETE).write_text("training in progress; resume with --resume\n")
+            write_atomic(out / "config.yaml", config_to_yaml(cfg))
         state = LoopState()
 
-    def batches_for_epoch(epoch: int) -> list[list[int]]:
-        return bucketed_batches(
-            splits.train.lengths, t.batch_size, t.bucket_batches, t.seed * 1_000_003 + epoch
+    def batches_for_epoch(state: LoopState) -> Iterable[Sequence[Any]]:
+        if splits.stream is not None:  # mlm / clm: packed blocks read from disk, from the cursor
+            return splits.stream.micro_batches(state.epoch, t.batch_size, state.data_cursor)
+        batches = bucketed_batches(
+            splits.train.lengths, t.batch_size, t.bucket_batches, t.seed * 1_000_003 + state.epoch
         )
+        return batches[state.batches_done_in_epoch :]
 
-    def collate(indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        return {k: v.to(device) for k, v in task.collate(splits.train, indices).items()}
+    def collate(items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        if splits.stream is not None:
+            return {k: v.to(device) for k, v in splits.stream.collate(items).items()}
+        return {k: v.to(device) for k, v in task.collate(splits.train, items).items()}
 
     def evaluate(data: Encoded) -> dict[str, Any]:
         return task.evaluate(model, data, t.eval_batch_size)
 
-    def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return task.training_loss(model, batch)
+    train_model = dist.wrap_model(model, device)  # DDP under torchrun; evaluation uses `model`
 
-    higher = metric_for_best != "loss"
-    callbacks = list(callbacks)
+    def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return task.training_loss(train_model, batch)
+
+    higher = metric_for_best != "loss" and metric_for_best not in getattr(
+        module, "LOWER_IS_BETTER", ()
+    )
+    callbacks = list(callbacks) if main else []
     fire(
         callbacks,
         "on_train_start",
@@ -291,10 +309,10 @@ def train(
     )
     started = time.perf_counter()
     examples_at_start = state.examples_seen
-    log_file = (out / "log.jsonl").open("a", encoding="utf-8")
+    log_file = (out / "log.jsonl" if main else Path(os.devnull)).open("a", encoding="utf-8")
     try:
         for info in train_steps(
-            model,
+            train_model,
             optimizer,
             scheduler,
             batches_for_epoch=batches_for_epoch,
@@ -340,9 +358,10 @@ def train(
                 + "\n"
             )
             log_file.flush()
-            save_checkpoint(ckpt / "last", model, optimizer, scheduler, state)
-            if info.is_best:
-                copy_weights(ckpt / "last", ckpt / "best")
+            if main:
+                save_checkpoint(ckpt / "last", model, optimizer, scheduler, state)
+                if info.is_best:
+                    copy_weights(ckpt / "last", ckpt / "best")
             fire(callbacks, "on_checkpoint", ckpt / "last")
             fire(callbacks, "on_eval_end", info)
             if t.early_stopping_patience and state.evals_since_best >= t.early_stopping_patience:
@@ -355,14 +374,17 @@ def train(
     except KeyboardInterrupt:
         log_file.close()
         if state.step > 0:
-            save_checkpoint(ckpt / "last", model, optimizer, scheduler, state)
+            if main:
+                save_checkpoint(ckpt / "last", model, optimizer, scheduler, state)
             raise TrainingInterrupted(
                 f"interrupted at step {state.step}; saved {ckpt / 'last'} — continue with --resume"
             ) from None
-        shutil.rmtree(out, ignore_errors=True)
+        if main:
+            shutil.rmtree(out, ignore_errors=True)
         raise TrainingInterrupted("interrupted before the first step; nothing saved") from None
     log_file.close()
     train_seconds = time.perf_counter() - started
+    dist.barrier()  # rank 0 has written the last checkpoint
 
     # -- finish: best weights, final metrics, artifacts ------------------------------------
     if (ckpt / "best").is_dir():
@@ -383,11 +405,15 @@ def train(
         "threads": threads,
     }
     final["data"] = splits.summary
-    _write_artifacts(
-        out, model, tokenizer, task, final, t.seed, "bf16" if autocast else "fp32", threads
-    )
-    (out / INCOMPLETE).unlink(missing_ok=True)
+    if dist.world_size() > 1:
+        final["train"]["world_size"] = dist.world_size()
+    if main:
+        _write_artifacts(
+            out, model, tokenizer, task, final, t.seed, "bf16" if autocast else "fp32", threads
+        )
+        (out / INCOMPLETE).unlink(missing_ok=True)
     fire(callbacks, "on_train_end", final)
+    dist.barrier()  # the run dir is complete before any process reads it
 
     from textloop.runs import load_run
 

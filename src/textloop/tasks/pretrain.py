@@ -1,0 +1,328 @@
+"""Continued pre-training on unlabelled text: masked LM (encoders) and causal LM (decoders).
+
+The task plugs into the same driver as fine-tuning (``textloop.training.run.train``). Its
+training data is not an indexed table but a ``PackedStream`` (``Splits.stream``): packed blocks
+read from disk as they are consumed, with the stream position in ``LoopState.data_cursor``. Its
+held-out split is a fixed set of blocks; evaluation reports perplexity (exp of the mean token
+loss) and token accuracy.
+
+Masked LM follows BERT (Devlin et al. 2019, sec. 3.1): 15% of the (non-special) tokens are
+chosen; of those 80% become ``[MASK]``, 10% a random token, 10% stay unchanged. Whole-word
+masking chooses words instead of sub-word tokens. Each block's mask is drawn from a generator
+seeded by (seed, epoch, block index), so it is the same whatever the world size, and on resume.
+
+Packed blocks hold several documents; a block-diagonal attention mask and per-document
+positions keep each document from seeing the others, and causal LM does not train the
+prediction of a document's first token from the previous document.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import torch
+import torch.nn.functional as F
+
+from textloop.config import RunConfig
+from textloop.errors import ConfigError, DataError
+from textloop.tasks.base import Encoded, Splits
+from textloop.tasks.packing import (
+    Block,
+    DocumentSource,
+    PackedStream,
+    Tokenize,
+    document_source,
+    held_out,
+)
+
+METRIC_NAMES = ("perplexity", "accuracy")  # the first picks the best checkpoint by default
+LOWER_IS_BETTER = ("perplexity",)
+MASK_RATE, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
+IGNORE = -100  # label of a position that is not trained
+
+
+@dataclass
+class PretrainTask:
+    """Language modelling over packed blocks: ``objective`` 'mlm' (encoders) or 'clm' (decoders)."""
+
+    tokenizer: Any
+    objective: Literal["mlm", "clm"]
+    block_size: int
+    mask_rate: float = MASK_RATE
+    whole_word_mask: bool = False
+    document_mask: bool = True
+    seed: int = 0
+    name: str = "mlm"
+
+    metric_names: tuple[str, ...] = METRIC_NAMES
+    head_prefixes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # an encoder's MLM head may be fresh (MiniLM ships none): it trains in full under LoRA
+        if self.objective == "mlm" and not self.head_prefixes:
+            self.head_prefixes = ("cls",)
+
+    # ---- model ---------------------------------------------------------------------------
+    def build_model(self, model_dir: Path) -> torch.nn.Module:
+        """The checkpoint with its LM head, or a fresh one (tied to the input embeddings)."""
+        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+        auto = AutoModelForMaskedLM if self.objective == "mlm" else AutoModelForCausalLM
+        model = auto.from_pretrained(model_dir)
+        n_rows = int(cast(torch.nn.Embedding, model.get_input_embeddings()).num_embeddings)
+        if len(self.tokenizer) > n_rows:
+            from textloop.tasks.domain_vocab import init_new_embeddings
+
+            init_new_embeddings(model, self.tokenizer)
+        if getattr(model.config, "tie_word_embeddings", True):
+            model.tie_weights()  # a head the checkpoint lacked shares the embedding matrix
+        return model
+
+    def load_model(self, model_dir: Path) -> torch.nn.Module:
+        return self.build_model(model_dir)
+
+    # ---- batches -------------------------------------------------------------------------
+    def _mask(self, block: Block, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT's 80/10/10 masking of one block: (input ids, labels)."""
+        ids = torch.tensor(block.ids)  # (T,)
+        words = torch.tensor(block.words)  # (T,) -1 for special tokens
+        maskable = words >= 0
+        if self.whole_word_mask:
+            doc = torch.zeros(len(ids), dtype=torch.long)
+            doc[torch.tensor(block.doc_starts, dtype=torch.long)] = 1
+            key = torch.cumsum(doc, 0) * (int(words.max()) + 2) + words  # word within document
+            uniq, inverse = torch.unique(key, return_inverse=True)
+            chosen = (torch.rand(len(uniq), generator=generator) < self.mask_rate)[inverse]
+        else:
+            chosen = torch.rand(len(ids), generator=generator) < self.mask_rate
+        chosen &= maskable
+        labels = torch.where(chosen, ids, IGNORE)
+        roll = torch.rand(len(ids), generator=generator)
+        to_mask = chosen & (roll < MASK_TOKEN_SHARE)
+        to_random = (
+            chosen & (roll >= MASK_TOKEN_SHARE) & (roll < MASK_TOKEN_SHARE + RANDOM_TOKEN_SHARE)
+        )
+        random_ids = torch.randint(len(self.tokenizer), ids.shape, generator=generator)
+        ids = torch.where(to_mask, self.tokenizer.mask_token_id, ids)
+        ids = torch.where(to_random, random_ids, ids)
+        return ids, labels
+
+    def _clm_labels(self, block: Block) -> torch.Tensor:
+        labels = torch.tensor(block.ids)
+        starts = [s for s in block.doc_starts if s > 0]
+        labels[starts] = IGNORE  # never trained to guess a document's start from another document
+        return labels
+
+    def collate_blocks(self, blocks: Sequence[Block]) -> dict[str, Any]:
+        """Model inputs and labels for packed blocks (all ``block_size`` long, no padding)."""
+        inputs, labels = [], []
+        for blk in blocks:
+            if self.objective == "mlm":
+                key = (self.seed * 1_000_003 + blk.epoch) * 1_000_000_007 + blk.index
+                g = torch.Generator().manual_seed(key % 2**63)
+                ids, lab = self._mask(blk, g)
+            else:
+                ids, lab = torch.tensor(blk.ids), self._clm_labels(blk)
+            inputs.append(ids)
+            labels.append(lab)
+        is_start = torch.zeros((len(blocks), self.block_size), dtype=torch.bool)  # (B, T)
+        for row, blk in enumerate(blocks):
+            is_start[row, blk.doc_starts] = True
+        pos = torch.arange(self.block_size).expand(len(blocks), -1)  # (B, T)
+        first = torch.cummax(torch.where(is_start, pos, 0), 1).values  # where each document began
+        batch: dict[str, Any] = {
+            "input_ids": torch.stack(inputs),  # (B, T)
+            "attention_mask": torch.ones((len(blocks), self.block_size), dtype=torch.long),
+            "targets": torch.stack(labels),  # (B, T)
+        }
+        if self.document_mask:
+            batch["document_ids"] = torch.cumsum(is_start.long(), 1)  # document number (B, T)
+            batch["position_ids"] = pos - first  # positions restart with each document
+        return batch
+
+    def collate(self, data: Encoded, indices: Sequence[int]) -> dict[str, Any]:
+        return self.collate_blocks([data.extra["blocks"][i] for i in indices])
+
+    def _forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        kwargs = {"input_ids": batch["input_ids"]}
+        if "document_ids" in batch:
+            doc = batch["document_ids"]  # (B, T)
+            allowed = doc[:, :, None] == doc[:, None, :]  # (B, T, T) attend within the document
+            if self.objective == "clm":
+                allowed &= torch.ones_like(allowed[0]).tril().bool()
+            kwargs["attention_mask"] = allowed[:, None]  # (B, 1, T, T)
+            kwargs["position_ids"] = batch["position_ids"]
+        else:
+            kwargs["attention_mask"] = batch["attention_mask"]
+        return model(**kwargs).logits  # (B, T, V)
+
+    def _token_losses(
+        self, model: torch.nn.Module, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self._forward(model, batch).float()
+        labels = batch["targets"]
+        if self.objective == "clm":  # position t predicts token t + 1
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        keep = labels != IGNORE
+        losses = F.cross_entropy(logits[keep], labels[keep], reduction="none")  # (N,)
+        correct = (logits[keep].argmax(-1) == labels[keep]).sum()
+        return losses, correct, keep.sum()
+
+    def training_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        losses, _, _ = self._token_losses(model, batch)
+        return losses.mean() if len(losses) else losses.sum()  # a block with nothing masked: 0
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> dict[str, Any]:
+        """Perplexity and token accuracy over the held-out blocks, summed across ranks."""
+        from textloop.training.distributed import all_reduce_sum, rank, world_size
+
+        model.eval()
+        device = next(model.parameters()).device
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, tokens
+        mine = list(range(rank(), len(data), world_size()))
+        for start in range(0, len(mine), batch_size):
+            batch = self.collate(data, mine[start : start + batch_size])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            losses, correct, n = self._token_losses(model, batch)
+            totals += torch.tensor([float(losses.sum()), float(correct), float(n)])
+        loss_sum, correct, n = all_reduce_sum(totals).tolist()
+        loss = loss_sum / max(n, 1.0)
+        return {
+            "n": len(data),
+            "tokens": int(n),
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "accuracy": correct / max(n, 1.0),
+        }
+
+    def encode_source(self, source: str, columns: dict[str, Any], drop_invalid: bool) -> Encoded:
+        return held_out_blocks(
+            document_source(source, columns.get("text_column", "text")), self, max_blocks=0
+        )
+
+    def predict(self, model: torch.nn.Module, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        raise DataError(
+            f"a {self.objective} run adapts a model; fine-tune it for a task "
+            "(textloop train --set model=RUN_DIR) or evaluate its perplexity on a corpus"
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "task": self.name,
+            "objective": self.objective,
+            "block_size": self.block_size,
+            "whole_word_mask": self.whole_word_mask,
+            "document_mask": self.document_mask,
+            "mask_rate": self.mask_rate,
+            "seed": self.seed,
+        }
+
+
+def held_out_blocks(source: DocumentSource, task: PretrainTask, max_blocks: int) -> Encoded:
+    """The first ``max_blocks`` blocks (0: all) of a held-out source, in corpus order."""
+    stream = PackedStream(
+        source, Tokenize(task.tokenizer, task.objective), task.block_size, 0, task.collate_blocks
+    )
+    blocks = []
+    for blk, _ in stream.blocks(epoch=-1, shuffle=False):  # fixed order, fixed masks
+        blocks.append(blk)
+        if max_blocks and len(blocks) >= max_blocks:
+            break
+    if not blocks:
+        raise DataError(
+            f"{source.name}: held-out text is shorter than one block of {task.block_size} "
+            "tokens; give more validation text or lower train.max_seq_len"
+        )
+    return Encoded(
+        input_ids=[b.ids for b in blocks],
+        targets=[],
+        locations=[f"{source.name} block {b.index}" for b in blocks],
+        extra={"blocks": blocks},
+    )
+
+
+def task_from_state(state: dict[str, Any], tokenizer: Any) -> PretrainTask:
+    """Rebuild the task of a finished pre-training run from its ``labels.json``."""
+    return PretrainTask(
+        tokenizer=tokenizer,
+        objective=state["objective"],
+        block_size=state["block_size"],
+        mask_rate=state.get("mask_rate", MASK_RATE),
+        whole_word_mask=state.get("whole_word_mask", False),
+        document_mask=state.get("document_mask", True),
+        seed=state.get("seed", 0),
+        name=state.get("task", state["objective"]),
+    )
+
+
+def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
+    """The training stream and held-out blocks for ``task: mlm`` / ``task: clm``.
+
+    ``data.train`` is the corpus: a prepared corpus (streamed shard by shard) or any readable
+    source. Held-out text is ``data.validation``, else the prepared corpus's validation split,
+    else ``data.val_fraction`` of the documents (chosen by a hash of their text).
+
+    Raises:
+        ConfigError: no corpus, or a masked-LM tokenizer without a mask token.
+        DataError: unreadable corpus, or too little held-out text for one block.
+    """
+    from textloop.data.prepare.corpus import with_prepared_splits
+
+    objective: Literal["mlm", "clm"] = "mlm" if cfg.task == "mlm" else "clm"
+    d = with_prepared_splits(cfg.data)
+    if not d.train:
+        raise ConfigError("no corpus: set data.train or pass --corpus DIR")
+    if objective == "mlm" and tokenizer.mask_token_id is None:
+        raise ConfigError(
+            f"task mlm: the tokenizer of {cfg.model} has no mask token; masked LM needs an "
+            "encoder (BERT-style) model — for a decoder use --objective clm"
+        )
+    p = cfg.pretrain
+    if p.extend_vocab:
+        from textloop.tasks.domain_vocab import extend_tokenizer
+
+        train_docs = document_source(d.train, d.text_column)
+        tokenizer, added = extend_tokenizer(tokenizer, train_docs, p.extend_vocab, p.min_word_count)
+    task = PretrainTask(
+        tokenizer=tokenizer,
+        objective=objective,
+        block_size=cfg.train.max_seq_len,
+        mask_rate=p.mask_rate,
+        whole_word_mask=p.whole_word_mask,
+        document_mask=p.document_mask,
+        seed=cfg.train.seed,
+        name=objective,
+    )
+    train_docs = document_source(d.train, d.text_column)
+    if d.validation:
+        val_docs = document_source(d.validation, d.text_column)
+    else:  # carve the held-out documents from the corpus itself
+        val_docs = document_source(d.train, d.text_column)
+        val_docs.keep = lambda text: held_out(text, d.val_fraction)
+        train_docs.keep = lambda text: not held_out(text, d.val_fraction)
+    stream = PackedStream(
+        train_docs,
+        Tokenize(tokenizer, objective),
+        task.block_size,
+        cfg.train.seed,
+        task.collate_blocks,
+    )
+    validation = held_out_blocks(val_docs, task, p.eval_blocks)
+    summary = {
+        "train_source": train_docs.name,
+        "validation_source": val_docs.name
+        + ("" if d.validation else f" (held-out {d.val_fraction:.0%} of documents)"),
+        "objective": objective,
+        "block_size": task.block_size,
+        "n_validation_blocks": len(validation),
+        "added_tokens": added if p.extend_vocab else [],
+    }
+    return Splits(
+        task=task, train=Encoded([], []), validation=validation, test=None, summary=summary,
+        stream=stream,
+    )  # fmt: skip

@@ -1,0 +1,159 @@
+"""torchrun with 2 CPU processes (gloo) trains exactly like one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from textloop.config import load_config
+from textloop.training.distributed import rank_share
+from textloop.training.run import TrainingInterrupted, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_no_dropout(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT without dropout: then one process and two compute the same function."""
+    out = tmp_path_factory.mktemp("tiny-bert-nodrop")
+    shutil.copytree(tiny_bert, out, dirs_exist_ok=True)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def _config(model: Path, data: dict[str, Path], tmp: Path) -> Path:
+    tree: dict[str, Any] = {
+        "model": str(model),
+        "data": {k: str(v) for k, v in data.items()},
+        "train": {
+            "max_steps": 8,
+            "batch_size": 16,  # the global micro-batch: 8 per process with 2 processes
+            "grad_accum_steps": 2,
+            "lr": 3e-3,
+            "max_seq_len": 32,
+            "eval_every_steps": 4,
+            "log_every_steps": 1,
+            "embedding_update": "dense",  # DDP all-reduces dense gradients
+            "threads": 1,
+        },
+    }
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def _torchrun(config: Path, output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "textloop",
+        "train",
+        str(config),
+        "--quiet",
+        "--set",
+        f"output={output}",
+        *extra,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _log(out: Path, kind: str) -> list[dict[str, Any]]:
+    rows = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == kind]
+
+
+def _assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
+    wa, wb = load_file(a / "model/model.safetensors"), load_file(b / "model/model.safetensors")
+    assert wa.keys() == wb.keys()
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst < atol, f"weights differ by up to {worst}"
+
+
+def test_rank_share_splits_a_batch_and_weights_the_loss(monkeypatch):
+    import textloop.training.distributed as d
+
+    monkeypatch.setattr(d, "world_size", lambda: 2)
+    batch = list(range(5))
+    shares = []
+    for r in (0, 1):
+        monkeypatch.setattr(d, "rank", lambda r=r: r)
+        shares.append(rank_share(batch))
+    assert shares == [([0, 2, 4], 1.2), ([1, 3], 0.8)]  # 3/5 and 2/5 of the mean, times 2
+    monkeypatch.setattr(d, "rank", lambda: 1)
+    assert rank_share([7]) == ([7], 0.0)  # no share: computes on a stand-in with weight 0
+
+
+def test_two_processes_match_one(tiny_bert_no_dropout, toy_data, tmp_path):
+    cfg_path = _config(tiny_bert_no_dropout, toy_data, tmp_path)
+    single = tmp_path / "single"
+    train(load_config(cfg_path, [f"output={single}"]))
+    double = tmp_path / "ddp"
+    _torchrun(cfg_path, double)
+
+    one, two = _log(single, "train"), _log(double, "train")
+    assert [r["step"] for r in two] == list(range(1, 9))  # rank 0 alone wrote the log
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
+    assert _log(double, "eval")[-1]["loss"] == pytest.approx(_log(single, "eval")[-1]["loss"])
+    _assert_same_weights(single, double)
+    metrics = json.loads((double / "metrics.json").read_text())
+    assert metrics["train"]["world_size"] == 2
+    assert not list(tmp_path.glob("ddp/**/*.tmp"))
+
+
+class _InterruptAt:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, info) -> None:
+        if info.step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_on_a_different_number_of_processes(tiny_bert_no_dropout, toy_data, tmp_path):
+    cfg_path = _config(tiny_bert_no_dropout, toy_data, tmp_path)
+    full = tmp_path / "full"
+    train(load_config(cfg_path, [f"output={full}"]))
+    cut = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted):  # stopped after step 3 of 8 in one process ...
+        train(load_config(cfg_path, [f"output={cut}"]), callbacks=[_InterruptAt(3)])
+    _torchrun(cfg_path, cut, "--resume")  # ... and finished by two
+    assert [r["step"] for r in _log(cut, "train")] == list(range(1, 9))
+    _assert_same_weights(full, cut)
+
+
+def test_gradient_sync_is_skipped_only_on_accumulation_micro_batches():
+    from textloop.training.distributed import gradient_sync
+
+    calls = []
+
+    class Fake(torch.nn.Module):
+        def no_sync(self):
+            calls.append("no_sync")
+            return torch.no_grad()
+
+    with gradient_sync(Fake(), enabled=False):
+        pass
+    with gradient_sync(Fake(), enabled=True):
+        pass
+    assert calls == ["no_sync"]
