@@ -81,6 +81,13 @@ def add_parser(sub: Any) -> list[str]:
     s.add_argument("--poll-seconds", type=float, default=2.0, help="registry check interval")
     s.add_argument("--threads", type=int, help="PyTorch intra-op threads (default: all cores)")
     s.add_argument("--access-log", action="store_true", help="log every request")
+    s.add_argument(
+        "--feedback-store",
+        help="SQLite file logging predictions and taking /v1/feedback "
+        "(default with --registry: <registry>/feedback.sqlite)",
+    )
+    s.add_argument("--no-feedback", action="store_true", help="no traffic log, no /v1/feedback")
+    s.add_argument("--log-text", action="store_true", help="keep texts in the log (input drift)")
     return ["export", "registry", "serve"]
 
 
@@ -217,6 +224,14 @@ def _serve(args: argparse.Namespace) -> int:
         poll_seconds=args.poll_seconds if args.version is None else 0.0,
         api_key=_read_api_key(args.api_key_file) if args.api_key_file else None,
     )
+    from textloop.continual.store import FeedbackStore
+
+    store_path = args.feedback_store or args.registry
+    store = (
+        FeedbackStore(store_path, keep_text=args.log_text)
+        if store_path and not args.no_feedback
+        else None
+    )
     serve(
         source,
         host=args.host,
@@ -224,5 +239,6 @@ def _serve(args: argparse.Namespace) -> int:
         options=options,
         threads=args.threads,
         access_log=args.access_log,
+        store=store,
     )
     return 0

@@ -8,6 +8,9 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (a model is loaded and the batcher runs).
 - ``GET /metrics``: Prometheus text format.
 - ``POST /v1/admin/reload``: check the registry for a new production version now (API key).
+- ``POST /v1/feedback``: ``{"label": ..., "text": ..., "prediction_id": ...}``, a labelled
+  example for retraining (API key; only with a feedback store, which also logs every
+  prediction and adds its ``prediction_id`` to the response).
 
 Every error is JSON: ``{"error": {"code": "...", "message": "...", "details": [...]}}``.
 
@@ -29,8 +32,10 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from textloop.continual.store import FeedbackStore
 from textloop.errors import TextloopError
 from textloop.serving.batcher import MicroBatcher, QueueFullError
 from textloop.serving.http import (
@@ -110,9 +115,23 @@ class ServerState:
                 log.exception("checking for a new model version failed")
 
 
+class FeedbackRequest(BaseModel):
+    """A labelled example: the right label for a text, tied to a prediction when given."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: StrictStr = Field(min_length=1, description="The correct label.")
+    text: StrictStr | None = Field(
+        None, description="The text (may be left out if the server logged it with the prediction)."
+    )
+    prediction_id: StrictStr | None = Field(None, description="Id returned by /v1/predict.")
+
+
 # ---- app -----------------------------------------------------------------------------------
 def create_app(
-    source: ModelSource, options: ServeOptions | None = None, preloaded: LoadedModel | None = None
+    source: ModelSource,
+    options: ServeOptions | None = None,
+    preloaded: LoadedModel | None = None,
+    store: FeedbackStore | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``source``'s model.
 
@@ -120,6 +139,7 @@ def create_app(
         source: where the model comes from (``RunDirSource`` or ``RegistrySource``).
         options: batching, limits, polling and the API key.
         preloaded: an already loaded model (else it is loaded at startup).
+        store: traffic and feedback store: logs every prediction and takes ``/v1/feedback``.
     """
     opts = options or ServeOptions()
     state = ServerState(source, opts)
@@ -140,6 +160,8 @@ def create_app(
                 with suppress(asyncio.CancelledError):
                     await watcher
             await state.batcher.stop()
+            if store is not None:
+                await asyncio.to_thread(store.flush)
 
     app = FastAPI(
         title="textloop model server",
@@ -219,10 +241,14 @@ def create_app(
         except TextloopError as exc:
             raise ApiError(422, "invalid_input", str(exc)) from None
         served = results[0][0]
+        predictions = [p for _, p in results]
+        if store is not None:  # queued to a writer thread: no disk wait in the request
+            ids = store.log_predictions(served.name, served.version, texts, predictions)
+            predictions = [{**p, "prediction_id": i} for p, i in zip(predictions, ids)]
         return JSONResponse(
             {
                 "model": {"name": served.name, "version": served.version},
-                "predictions": [p for _, p in results],
+                "predictions": predictions,
             }
         )
 
@@ -266,6 +292,28 @@ def create_app(
         assert state.current is not None
         return JSONResponse({"name": state.current.name, "version": state.current.version})
 
+    @app.post(
+        "/v1/feedback",
+        status_code=201,
+        dependencies=[Depends(require_api_key)],
+        responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}},
+    )
+    async def feedback(req: FeedbackRequest) -> JSONResponse:
+        """Record the right label for a text; answered only once it is durably written."""
+        if store is None:
+            raise ApiError(
+                404, "feedback_off", "this server has no feedback store; start it with one"
+            )
+        if state.current is None:
+            raise ApiError(503, "not_ready", "no model is loaded yet")
+        try:
+            fid = await asyncio.to_thread(
+                store.add_feedback, state.current.name, req.label, req.text, req.prediction_id
+            )
+        except TextloopError as exc:
+            raise ApiError(422, "invalid_feedback", str(exc)) from None
+        return JSONResponse({"id": fid, "model": state.current.name}, status_code=201)
+
     return app
 
 
@@ -277,6 +325,7 @@ def serve(
     threads: int | None = None,
     log_level: str = "info",
     access_log: bool = False,
+    store: FeedbackStore | None = None,
 ) -> None:
     """Load the model, then serve it over HTTP until interrupted (blocks).
 
@@ -288,6 +337,7 @@ def serve(
         threads: intra-op threads for PyTorch (default: all cores).
         log_level: uvicorn's log level.
         access_log: log every request (costs throughput).
+        store: traffic and feedback store (logs predictions, enables ``/v1/feedback``).
 
     Raises:
         TextloopError: the model cannot be loaded (checked before the port is opened).
@@ -302,7 +352,7 @@ def serve(
     if host not in ("127.0.0.1", "localhost", "::1") and opts.api_key is None:
         log.warning("serving on %s without an API key: write endpoints are off", host)
     model = source.load(None)
-    app = create_app(source, opts, preloaded=model)
+    app = create_app(source, opts, preloaded=model, store=store)
     uvicorn.run(
         app,
         host=host,

@@ -16,7 +16,15 @@ from textloop.serving.metrics import ServerMetrics
 from textloop.serving.sources import LoadedModel, ServeOptions
 
 _UNION_TAGS = {"list[str]", "str", "int"}
-KNOWN_PATHS = {"/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/v1/admin/reload"}
+KNOWN_PATHS = {
+    "/v1/predict",
+    "/v1/model",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/admin/reload",
+    "/v1/feedback",
+}
 
 
 # ---- schema --------------------------------------------------------------------------------
