@@ -140,3 +140,46 @@ def trainable_parameters(model: torch.nn.Module) -> dict[str, Any]:
         if p.requires_grad:
             trainable += p.numel()
     return {"trainable": trainable, "total": total, "share": trainable / max(total, 1)}
+
+
+_SPEC_KEYS = {"r": int, "alpha": int, "dropout": float, "targets": str}
+
+
+def parse_lora_spec(spec: str) -> dict[str, Any]:
+    """Read a command-line LoRA spec into ``lora.*`` config values.
+
+    ``on`` / ``off`` switch adapters on or off; otherwise comma-separated ``key=value`` pairs
+    (keys r, alpha, dropout, targets) switch them on, and names after ``targets=`` that carry no
+    ``=`` are more targets: ``r=8,alpha=16,targets=q_proj,v_proj``.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type.
+    """
+    text = spec.strip()
+    if text.lower() in ("off", "none", "false", "0"):
+        return {"enabled": False}
+    if text.lower() in ("on", "true", "1"):
+        return {"enabled": True}
+    out: dict[str, Any] = {"enabled": True}
+    key = None
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if "=" in part:
+            key, value = (s.strip() for s in part.split("=", 1))
+            if key not in _SPEC_KEYS:
+                raise ConfigError(
+                    f"--lora {spec!r}: unknown key {key!r}; keys: {', '.join(_SPEC_KEYS)}"
+                )
+        elif key == "targets":
+            value = part
+        else:
+            raise ConfigError(f"--lora {spec!r}: expected KEY=VALUE, found {part!r}")
+        if key == "targets":
+            out.setdefault("targets", []).append(value)
+            continue
+        try:
+            out[key] = _SPEC_KEYS[key](value)
+        except ValueError:
+            raise ConfigError(
+                f"--lora {spec!r}: {key} must be {_SPEC_KEYS[key].__name__}, got {value!r}"
+            ) from None
+    return out

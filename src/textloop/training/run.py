@@ -242,6 +242,12 @@ def train(
         model = task.build_model(model_dir).to(device)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load model from {model_dir}: {exc}") from None
+    lora = cfg.lora  # adapters: on by default where the task module says so (decoders)
+    if lora.enabled if lora.enabled is not None else getattr(module, "LORA_DEFAULT", False):
+        from textloop.models.lora import apply_lora
+
+        fresh_heads = [name for name in task.head_prefixes if hasattr(model, name)]
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.targets, fresh_heads)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(  # type: ignore[operator]
             gradient_checkpointing_kwargs={"use_reentrant": False}  # works with DDP
@@ -440,18 +446,28 @@ def _write_artifacts(
     precision: str,
     threads: int,
 ) -> None:
+    from textloop.models.lora import is_lora, merge_lora, save_adapter
+    from textloop.training.checkpoint import replace_dir
+
+    for name in ("model.tmp", "adapter.tmp"):
+        if (out / name).exists():
+            shutil.rmtree(out / name)
+    if is_lora(model):  # adapter/ alone (small, peft format); model/ holds the merged weights
+        save_adapter(model, out / "adapter.tmp")
+        replace_dir(out / "adapter.tmp", out / "adapter")
+        model = merge_lora(model)
     tmp = out / "model.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     emb = getattr(model, "get_input_embeddings", lambda: None)()
     if isinstance(emb, torch.nn.Embedding):
         emb.sparse = False  # a training-time choice; the saved model is a plain checkpoint
     model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
     tokenizer.save_pretrained(tmp)
-    from textloop.training.checkpoint import replace_dir
-
     replace_dir(tmp, out / "model")
     write_atomic(out / "labels.json", json.dumps(task.state(), indent=2, ensure_ascii=False))
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False))
     write_atomic(out / "env.json", json.dumps(environment(seed, precision, threads), indent=2))
     write_report(out, metrics, list(task.state().get("labels", [])))
+    section = getattr(task, "report_section", None)  # a task's own part of the report
+    if callable(section):
+        report = out / "report.md"
+        write_atomic(report, report.read_text(encoding="utf-8") + "\n" + section(metrics))

@@ -1,0 +1,423 @@
+"""Generation: fine-tune a decoder (causal LM) on prompt/target pairs or chats, and decode with it.
+
+Loss is on the answer tokens only (``generation_data``). Short examples can be packed into one
+row (``train.packing``): each keeps its own positions and attends only to itself, so a packed
+row computes what its examples would compute alone, without the padding. Evaluation reports
+held-out loss and perplexity over every answer token, and BLEU / chrF / ROUGE of greedy outputs on
+a capped sample (``generation.eval_samples``) with a prompt / reference / output table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from textloop.config import RunConfig
+from textloop.data.batching import sorted_batches
+from textloop.data.split import stratified_split
+from textloop.errors import ConfigError, DataError
+from textloop.tasks.base import Encoded, Splits
+from textloop.tasks.decoding import DecodingOptions, Generated, generate, pad_id, stream
+from textloop.tasks.generation_data import (
+    IGNORE,
+    Conversations,
+    encode_conversations,
+    ensure_chat_template,
+    pair_conversation,
+    read_conversations,
+    render,
+)
+from textloop.tasks.generation_metrics import perplexity, text_metrics
+from textloop.tasks.generation_pack import collate_rows, pack_examples
+
+METRIC_NAMES = ("perplexity", "chrf", "bleu", "rougeL", "rouge1", "rouge2")  # first = default
+LOWER_IS_BETTER = ("perplexity",)
+LORA_DEFAULT = True  # decoders train LoRA adapters unless lora.enabled is false
+N_SAMPLES_SHOWN = 8  # rows of the prompt / reference / output table
+
+
+@dataclass
+class GenerationTask:
+    """A causal LM trained on answers and decoded greedily or by sampling."""
+
+    tokenizer: Any
+    max_seq_len: int
+    packing: bool = False
+    system_prompt: str | None = None
+    prompt_template: str = "{prompt}"
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    eval_samples: int = 32
+    eval_max_new_tokens: int = 64
+    name: str = "generation"
+
+    metric_names: tuple[str, ...] = METRIC_NAMES
+    head_prefixes: tuple[str, ...] = ()  # the LM head is pretrained, not fresh
+
+    # ---- model ---------------------------------------------------------------------------
+    def build_model(self, model_dir: Path) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(model_dir)
+
+    def load_model(self, model_dir: Path) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(model_dir)
+
+    # ---- batches and loss ----------------------------------------------------------------
+    def collate(self, data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        segments = data.extra.get("segments")
+        return collate_rows(
+            [data.input_ids[i] for i in indices],
+            [data.targets[i] for i in indices],
+            [segments[i] for i in indices] if segments else None,
+            pad_id(self.tokenizer),
+        )
+
+    def token_losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Negative log-likelihood of every target token (N,): position t predicts token t + 1."""
+        targets = batch["targets"][:, 1:]  # (B, T-1)
+        keep = targets != IGNORE
+        kwargs: dict[str, Any] = {"input_ids": batch["input_ids"]}
+        if "segment_ids" in batch:  # packed rows: attend within each example only
+            seg = batch["segment_ids"]  # (B, T)
+            causal = torch.ones(seg.shape[1], seg.shape[1], dtype=torch.bool, device=seg.device)
+            allowed = (seg[:, :, None] == seg[:, None, :]) & causal.tril()  # (B, T, T)
+            kwargs["attention_mask"] = _as_model_mask(model, allowed[:, None])  # (B, 1, T, T)
+            kwargs["position_ids"] = batch["position_ids"]
+        else:
+            kwargs["attention_mask"] = batch["attention_mask"]
+        head = _split_head(model)
+        if head is not None:  # vocabulary scores only where there is a target: saves the LM head
+            body, lm_head = head
+            hidden = body(**kwargs).last_hidden_state[:, :-1]  # (B, T-1, H)
+            logits = lm_head(hidden[keep])  # (N, V)
+        else:
+            logits = model(**kwargs).logits[:, :-1][keep]  # (N, V)
+        return F.cross_entropy(logits.float(), targets[keep], reduction="none")
+
+    def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        losses = self.token_losses(model, batch)
+        return losses.mean() if len(losses) else losses.sum()
+
+    # ---- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> dict[str, Any]:
+        model.eval()
+        device = next(model.parameters()).device
+        nll, n_tokens = 0.0, 0
+        for idx in sorted_batches(data.lengths, batch_size):
+            batch = {k: v.to(device) for k, v in self.collate(data, idx).items()}
+            losses = self.token_losses(model, batch)
+            nll += float(losses.sum())
+            n_tokens += len(losses)
+        loss = nll / max(n_tokens, 1)
+        out: dict[str, Any] = {
+            "n": len(data),
+            "target_tokens": n_tokens,
+            "loss": loss,
+            "perplexity": perplexity(loss),
+        }
+        if self.eval_samples and "prompt_ids" in data.extra:
+            out.update(self.sample_metrics(model, data, batch_size))
+        return out
+
+    def sample_metrics(
+        self, model: torch.nn.Module, data: Encoded, batch_size: int
+    ) -> dict[str, Any]:
+        """BLEU / chrF / ROUGE of greedy answers on up to ``eval_samples`` evenly spread examples."""
+        n = min(self.eval_samples, len(data))
+        chosen = sorted({round(i * len(data) / n) for i in range(n)})
+        prompts = [data.extra["prompt_ids"][i] for i in chosen]
+        refs = [data.extra["reference"][i] for i in chosen]
+        opts = DecodingOptions(
+            max_new_tokens=self.eval_max_new_tokens, stop=self.decoding.stop, seed=0
+        )
+        t0 = time.perf_counter()
+        outputs = generate(model, self.tokenizer, prompts, opts, batch_size=min(batch_size, 16))
+        seconds = time.perf_counter() - t0
+        new_tokens = sum(len(g.token_ids) for g in outputs)
+        out: dict[str, Any] = text_metrics([g.text for g in outputs], refs)
+        out["generated"] = len(outputs)
+        out["generation_tokens_per_s"] = round(new_tokens / max(seconds, 1e-9), 2)
+        out["samples"] = [
+            {"prompt": data.extra["prompt_text"][i], "reference": r, "output": g.text}
+            for i, r, g in zip(chosen, refs, outputs)
+        ][:N_SAMPLES_SHOWN]
+        return out
+
+    def encode_source(self, source: str, columns: dict[str, Any], drop_invalid: bool) -> Encoded:
+        convs = read_conversations(
+            source, columns, drop_invalid, self.system_prompt, self.prompt_template
+        )
+        return self.encode(convs)
+
+    def encode(self, convs: Conversations) -> Encoded:
+        """Tokenize conversations (prompt tokens masked) without packing."""
+        return encode_conversations(
+            self.tokenizer, convs, self.max_seq_len, self.eval_max_new_tokens
+        )
+
+    # ---- inference -----------------------------------------------------------------------
+    def _options(self, overrides: dict[str, Any]) -> DecodingOptions:
+        fields = {k: v for k, v in vars(self.decoding).items()}
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown decoding option(s) {', '.join(unknown)}; options: {', '.join(fields)}"
+            )
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        if "stop" in overrides and overrides["stop"] is not None:
+            fields["stop"] = tuple(overrides["stop"])
+        return DecodingOptions(**fields)
+
+    def prompt_ids(self, item: str | Sequence[dict[str, str]], max_new_tokens: int) -> list[int]:
+        """Token ids asking for the next answer: a text (templated as a pair prompt) or a chat."""
+        if isinstance(item, str):
+            messages = pair_conversation(
+                self.prompt_template.replace("{prompt}", item), None, self.system_prompt
+            )
+        else:
+            messages = list(item)
+            if self.system_prompt and not any(m.get("role") == "system" for m in messages):
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+        if not messages or messages[-1].get("role") != "user":
+            raise DataError("a chat to answer must end with a user message")
+        text = render(self.tokenizer, messages, add_generation_prompt=True)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return list(ids[-max(1, self.max_seq_len - max_new_tokens) :])
+
+    def predict(
+        self,
+        model: torch.nn.Module,
+        inputs: Sequence[str | Sequence[dict[str, str]]],
+        batch_size: int = 8,
+        **decoding: Any,
+    ) -> list[dict[str, Any]]:
+        """Answers for prompts (texts) or chats (message lists), generated in batches.
+
+        ``decoding`` overrides the run's decoding options (max_new_tokens, temperature, top_p,
+        top_k, repetition_penalty, stop, seed).
+        """
+        opts = self._options(decoding)
+        prompts = [self.prompt_ids(x, opts.max_new_tokens) for x in inputs]
+        if not prompts:
+            return []
+        results: list[Generated] = generate(model, self.tokenizer, prompts, opts, batch_size)
+        return [g.to_json() for g in results]
+
+    def stream(
+        self, model: torch.nn.Module, item: str | Sequence[dict[str, str]], **decoding: Any
+    ) -> Iterator[str]:
+        """The answer to one prompt or chat, yielded piece by piece as it is generated."""
+        opts = self._options(decoding)
+        return stream(model, self.tokenizer, self.prompt_ids(item, opts.max_new_tokens), opts)
+
+    def report_section(self, metrics: dict[str, Any]) -> str:
+        """Markdown for report.md: generation metrics and the prompt / reference / output table."""
+        keys = ("loss", "perplexity", "bleu", "chrf", "rouge1", "rouge2", "rougeL")
+        lines = ["## Generation metrics", "", "| split | " + " | ".join(keys) + " |"]
+        lines.append("| --- |" + " ---: |" * len(keys))
+        for split in ("validation", "test"):
+            m = metrics.get(split)
+            if m:
+                cells = [f"{m[k]:.4f}" if isinstance(m.get(k), float) else "" for k in keys]
+                lines.append(f"| {split} | " + " | ".join(cells) + " |")
+        samples = (metrics.get("validation") or {}).get("samples") or []
+        if samples:
+            lines += ["", "## Samples (validation, greedy)", ""]
+            lines += ["| prompt | reference | output |", "| --- | --- | --- |"]
+            for s in samples:
+                cells = [_cell(s[k]) for k in ("prompt", "reference", "output")]
+                lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def state(self) -> dict[str, Any]:
+        d = vars(self.decoding)
+        return {
+            "task": self.name,
+            "max_seq_len": self.max_seq_len,
+            "packing": self.packing,
+            "system_prompt": self.system_prompt,
+            "prompt_template": self.prompt_template,
+            "decoding": {**d, "stop": list(d["stop"])},
+            "eval_samples": self.eval_samples,
+            "eval_max_new_tokens": self.eval_max_new_tokens,
+        }
+
+
+def _cell(text: str, width: int = 160) -> str:
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _split_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """(decoder body, LM head) when logits are a plain projection of the last hidden state."""
+    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
+    get_body = getattr(base, "get_decoder", None)
+    get_head = getattr(base, "get_output_embeddings", None)
+    if not (callable(get_body) and callable(get_head)) or isinstance(
+        model, torch.nn.parallel.DistributedDataParallel
+    ):
+        return None
+    config = getattr(base, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None  # these models transform the projection; use their own forward
+    body, head = get_body(), get_head()
+    if body is None or body is base or not isinstance(head, torch.nn.Linear):
+        return None
+    return body, head
+
+
+def _as_model_mask(model: torch.nn.Module, allowed: torch.Tensor) -> torch.Tensor:
+    """A (B, 1, T, T) mask in the form the model's attention takes: bool for sdpa, additive else."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    if impl == "sdpa":
+        return allowed
+    dtype = next(model.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+def task_from_state(state: dict[str, Any], tokenizer: Any) -> GenerationTask:
+    """Rebuild the task a finished run used from its ``labels.json``."""
+    ensure_chat_template(tokenizer)
+    d = dict(state.get("decoding") or {})
+    d["stop"] = tuple(d.get("stop") or ())
+    return GenerationTask(
+        tokenizer=tokenizer,
+        max_seq_len=state["max_seq_len"],
+        packing=state.get("packing", False),
+        system_prompt=state.get("system_prompt"),
+        prompt_template=state.get("prompt_template", "{prompt}"),
+        decoding=DecodingOptions(**d),
+        eval_samples=state.get("eval_samples", 32),
+        eval_max_new_tokens=state.get("eval_max_new_tokens", 64),
+    )
+
+
+def build_task(cfg: RunConfig, tokenizer: Any) -> GenerationTask:
+    """The generation task a run config describes (the tokenizer gets a chat template if needed)."""
+    ensure_chat_template(tokenizer)
+    g = cfg.generation
+    return GenerationTask(
+        tokenizer=tokenizer,
+        max_seq_len=cfg.train.max_seq_len,
+        packing=cfg.train.packing,
+        system_prompt=g.system_prompt,
+        prompt_template=g.prompt_template,
+        decoding=DecodingOptions(
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            top_k=g.top_k,
+            repetition_penalty=g.repetition_penalty,
+            stop=tuple(g.stop),
+            seed=cfg.train.seed,
+        ),
+        eval_samples=g.eval_samples,
+        eval_max_new_tokens=g.eval_max_new_tokens,
+    )
+
+
+def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
+    """Read, check, split, tokenize (and pack) the conversations named by ``cfg.data``.
+
+    Raises:
+        ConfigError: no training data given.
+        DataError: any problem in any file; no answer token left after truncation.
+    """
+    d = cfg.data
+    if not d.train:
+        raise ConfigError("no training data: set data.train or pass --train FILE")
+    had_template = bool(getattr(tokenizer, "chat_template", None))
+    task = build_task(cfg, tokenizer)
+    columns = d.model_dump()
+
+    def read(source: str) -> Conversations:
+        return read_conversations(
+            source, columns, d.drop_invalid_rows, task.system_prompt, task.prompt_template
+        )
+
+    train_convs = read(d.train)
+    if d.validation:
+        val_convs = read(d.validation)
+    else:
+        keep, held = stratified_split([0] * len(train_convs), d.val_fraction, cfg.train.seed)
+        val_convs = _subset(
+            train_convs, held, f" (held-out {d.val_fraction:.0%}, seed {cfg.train.seed})"
+        )
+        train_convs = _subset(train_convs, keep, "")
+    test_convs = read(d.test) if d.test else None
+
+    train = task.encode(train_convs)
+    no_target = [i for i, lab in enumerate(train.targets) if all(x == IGNORE for x in lab)]
+    if len(no_target) == len(train):
+        raise DataError(
+            f"{train_convs.source}: no answer token is left in any example after truncation to "
+            f"{cfg.train.max_seq_len} tokens; raise train.max_seq_len"
+        )
+    n_examples, n_target = len(train), sum(sum(x != IGNORE for x in lab) for lab in train.targets)
+    if no_target:  # nothing to learn from them
+        keep_idx = [i for i in range(len(train)) if i not in set(no_target)]
+        train.input_ids = [train.input_ids[i] for i in keep_idx]
+        train.targets = [train.targets[i] for i in keep_idx]
+        train.extra = {k: [v[i] for i in keep_idx] for k, v in train.extra.items()}
+    packing_summary: dict[str, Any] = {}
+    if task.packing:
+        rows, targets, segments = pack_examples(
+            train.input_ids, train.targets, cfg.train.max_seq_len
+        )
+        packing_summary = {
+            "examples": len(train),
+            "rows": len(rows),
+            "fill": round(sum(map(len, rows)) / (len(rows) * cfg.train.max_seq_len), 4),
+        }
+        train = Encoded(
+            input_ids=rows,
+            targets=targets,
+            n_truncated=train.n_truncated,
+            extra={"segments": segments},
+        )
+    validation = task.encode(val_convs)
+    test = task.encode(test_convs) if test_convs is not None else None
+    summary = {
+        "train_source": train_convs.source,
+        "validation_source": val_convs.source,
+        "test_source": test_convs.source if test_convs is not None else None,
+        "n_train": n_examples,
+        "n_validation": len(validation),
+        "n_test": len(test) if test is not None else 0,
+        "train_target_tokens": n_target,
+        "chat_template": "tokenizer" if had_template else "textloop default",
+        "no_target_after_truncation": len(no_target),
+        "packing": packing_summary or None,
+        "dropped_rows": {
+            name: {k: len(v) for k, v in c.dropped.items()}
+            for name, c in (("train", train_convs), ("validation", val_convs), ("test", test_convs))
+            if c is not None and c.dropped
+        },
+        "truncated": {
+            "max_seq_len": cfg.train.max_seq_len,
+            "train": train.n_truncated,
+            "validation": validation.n_truncated,
+            "test": test.n_truncated if test is not None else 0,
+        },
+    }
+    return Splits(task=task, train=train, validation=validation, test=test, summary=summary)
+
+
+def _subset(convs: Conversations, idx: list[int], note: str) -> Conversations:
+    return Conversations(
+        source=convs.source + note,
+        items=[convs.items[i] for i in idx],
+        locations=[convs.locations[i] for i in idx],
+        dropped=convs.dropped,
+    )
