@@ -37,6 +37,10 @@ def test_every_shipped_config_validates():
             from textloop.data.prepare import load_prepare_config
 
             load_prepare_config(path)
+        elif path.parent.name == "probes":  # `textloop audit --probes` files
+            from textloop.evaluation.probes import load_probes
+
+            load_probes(path)
         else:
             load_config(path)
 
