@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from textloop.cli.main import main  # noqa: E402
 from textloop.errors import ExportError, RegistryError  # noqa: E402
 from textloop.runs import load_run  # noqa: E402
+from textloop.serving.agreement import compare_predictions  # noqa: E402
 from textloop.serving.app import create_app  # noqa: E402
 from textloop.serving.batcher import MicroBatcher, QueueFullError  # noqa: E402
 from textloop.serving.export import export_run  # noqa: E402
@@ -98,6 +99,19 @@ def test_export_refuses_disagreement_and_bad_options(served, tmp_path):
         export_run(served["run"], served["st"])
     with pytest.raises(ExportError, match="already an ONNX export"):
         export_run(served["int8"], out, format="onnx")
+
+
+def test_agreement_counts_near_tie_flips_apart():
+    def pred(a: float) -> dict[str, Any]:
+        top = sorted([("pos", a), ("neg", round(1 - a, 6))], key=lambda x: -x[1])
+        return {"label": top[0][0], "score": top[0][1],
+                "top_k": [{"label": k, "score": v} for k, v in top]}  # fmt: skip
+
+    ref = [pred(0.51), pred(0.9), pred(0.8)]
+    out = [pred(0.49), pred(0.89), pred(0.3)]  # a near-tie flip, a match, a real flip
+    overall, max_diff, _, decisive, near_tie_flips = compare_predictions(ref, out)
+    assert overall == pytest.approx(1 / 3) and decisive == pytest.approx(1 / 2)
+    assert near_tie_flips == 1 and max_diff == pytest.approx(0.5)
 
 
 # ---- registry ------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from textloop.errors import ExportError, TextloopError
+from textloop.serving.agreement import compare_predictions
 from textloop.serving.onnx_backend import ONNX_FILE, OnnxSequenceClassifier
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class ExportReport:
     mean_prob_diff: float
     min_label_agreement: float
     max_prob_diff_allowed: float
+    decisive_agreement: float = 0.0
+    near_tie_flips: int = 0
     opset: int | None = None
     fused_ops: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -92,7 +95,8 @@ def export_run(
         sample: file with texts to verify on (default: the run's test / validation / train data,
             else texts drawn from the tokenizer's vocabulary).
         sample_size: texts to compare.
-        min_label_agreement: refuse the export below this share of equal top labels.
+        min_label_agreement: refuse the export below this share of equal top labels (over
+            the texts where the original's top two are not a near tie).
         max_prob_diff: refuse the export above this largest per-label probability difference.
         optimize: fuse the ONNX graph with onnxruntime's transformer optimizer (BERT-like models).
         overwrite: replace an existing ``output``.
@@ -160,16 +164,18 @@ def export_run(
         else:
             raise ExportError(f"unknown export format {format!r}; choose safetensors or onnx")
         exported = load_run(tmp).predict(texts, pairs=pairs, top_k=n_labels)
-        report.label_agreement, report.max_prob_diff, report.mean_prob_diff = compare_predictions(
-            reference, exported
-        )
+        agreement = compare_predictions(reference, exported)
+        report.label_agreement, report.max_prob_diff, report.mean_prob_diff = agreement[:3]
+        report.decisive_agreement, report.near_tie_flips = agreement[3:]
         report.seconds = round(time.perf_counter() - started, 2)
         (tmp / "export.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        if report.label_agreement < agree_min or report.max_prob_diff > diff_max:
+        if report.decisive_agreement < agree_min or report.max_prob_diff > diff_max:
             raise ExportError(
                 f"the exported model disagrees with {run_dir} on {len(texts)} texts from "
-                f"{sample_source}: label agreement {report.label_agreement:.4f} (need >= "
-                f"{agree_min}), max probability difference {report.max_prob_diff:.4f} (allowed "
+                f"{sample_source}: label agreement {report.decisive_agreement:.4f} where the "
+                f"original is not a near tie (need >= {agree_min}; "
+                f"{report.label_agreement:.4f} overall), max probability difference "
+                f"{report.max_prob_diff:.4f} (allowed "
                 f"<= {diff_max}); nothing was written — try without --quantize, or loosen "
                 "--min-label-agreement / --max-prob-diff if this is expected"
             )
@@ -322,35 +328,6 @@ class _DropMessage(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.prefix)
-
-
-def compare_predictions(
-    reference: list[dict[str, Any]], exported: list[dict[str, Any]]
-) -> tuple[float, float, float]:
-    """Label agreement, max and mean probability difference of two classification outputs.
-
-    Both lists come from ``predict(..., top_k=<number of labels>)``, so every label's
-    probability is there (``top_k`` for single-label, ``scores`` for multi-label).
-    """
-    if len(reference) != len(exported):
-        raise ExportError(f"{len(exported)} predictions for {len(reference)} texts")
-    same, diffs = 0, list[float]()
-    for a, b in zip(reference, exported):
-        la = a.get("label", a.get("labels"))
-        lb = b.get("label", b.get("labels"))
-        same += la == lb
-        pa, pb = _probs(a), _probs(b)
-        diffs.extend(abs(pa[k] - pb.get(k, 0.0)) for k in pa)
-    n = max(len(reference), 1)
-    return same / n, max(diffs, default=0.0), sum(diffs) / max(len(diffs), 1)
-
-
-def _probs(pred: dict[str, Any]) -> dict[str, float]:
-    if "scores" in pred:
-        return {k: float(v) for k, v in pred["scores"].items()}
-    if "top_k" in pred:
-        return {d["label"]: float(d["score"]) for d in pred["top_k"]}
-    return {str(pred["label"]): float(pred["score"])}
 
 
 def _sample_inputs(
