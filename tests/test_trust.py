@@ -55,7 +55,7 @@ def test_ece_multi_label_counts_each_label_decision():
 
 def test_temperature_scaling_recovers_overconfidence_and_lowers_ece():
     rng = np.random.default_rng(0)
-    n, c = 4000, 4
+    n, c = 2000, 4
     true_logits = torch.tensor(rng.normal(0, 1.5, size=(n, c)))
     targets = torch.multinomial(torch.softmax(true_logits, -1), 1).squeeze(1)
     overconfident = true_logits * 3.0  # the same ranking, three times too sharp
@@ -324,3 +324,24 @@ def test_cli_explain_and_audit(toy_run, toy_data, tmp_path, capsys):
     assert code == 0 and (toy_run.path / "audit" / "audit.md").is_file()
     assert "probe gender" in capsys.readouterr().out
     assert main(["audit", str(toy_run.path), "--data", str(toy_data["test"]), "--slice", "x"]) == 2
+
+
+def test_serve_explain_endpoint_matches_the_library(toy_run):
+    from fastapi.testclient import TestClient
+
+    from textloop.evaluation.explain import explain
+    from textloop.serving.app import create_app
+    from textloop.serving.sources import RunDirSource
+
+    with TestClient(create_app(RunDirSource(toy_run.path))) as client:
+        r = client.post("/v1/explain", json={"inputs": ["the food excellent"], "steps": 20})
+        assert r.status_code == 200, r.text
+        (served,) = r.json()["explanations"]
+        (local,) = explain(toy_run, ["the food excellent"], steps=20)
+        assert served["label"] == local["label"]
+        assert [w["word"] for w in served["words"]] == ["the", "food", "excellent"]
+        for a, b in zip(served["words"], local["words"]):
+            assert a["attribution"] == pytest.approx(b["attribution"], abs=1e-4)
+        bad = client.post("/v1/explain", json={"inputs": ["x"], "target": "maybe"})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
+        assert client.post("/v1/explain", json={"inputs": []}).status_code == 422
