@@ -26,7 +26,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _explain_cached(
-    run, texts: list[str], steps: int, cache: str | None, output: str = "logit", chunk: int = 8
+    run,
+    texts: list[str],
+    steps: int,
+    cache: str | None,
+    output: str = "logit",
+    chunk: int = 8,
+    progress=None,
 ) -> list[dict]:
     """Explain ``texts``, appending each chunk to ``cache`` (JSONL) so a killed run resumes."""
     from textloop.evaluation.explain import explain
@@ -43,6 +49,8 @@ def _explain_cached(
             with open(cache, "a" if lo else "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in new)
         print(f"explained {len(done)}/{len(texts)}", file=sys.stderr, flush=True)
+        if progress:
+            progress(done)
     return done
 
 
@@ -79,6 +87,7 @@ def main() -> None:
         "labels": task.labels,
         "threads": torch.get_num_threads(),
         "note": "CPU shared with other jobs; timings are indicative",
+        "complete": False,
     }
 
     # -- calibration: temperature fitted on validation, measured on test -----------------------
@@ -105,6 +114,8 @@ def main() -> None:
         "n_bins": before["n_bins"],
     }
 
+    _save(args.output, result)
+
     # -- attributions on test texts -------------------------------------------------------------
     from textloop.data.readers import read_table
 
@@ -112,7 +123,12 @@ def main() -> None:
     column = run.config.data.text_column
     texts = [r[column] for r in read_table(source).rows[: args.n]]
     started = time.perf_counter()
-    expl = _explain_cached(run, texts, steps, args.cache)
+
+    def partial(done: list[dict]) -> None:  # numbers so far, for a run on a busy machine
+        result["completeness"] = {"steps": steps, "logit": completeness_summary(done)}
+        _save(args.output, result)
+
+    expl = _explain_cached(run, texts, steps, args.cache, progress=partial)
     seconds = time.perf_counter() - started
     result["completeness"] = {
         "steps": steps,
@@ -131,10 +147,16 @@ def main() -> None:
         task.labels,
         ks=[int(k) for k in args.ks.split(",")],
     )
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    result["complete"] = True
+    _save(args.output, result)
+    print(json.dumps(result, indent=2))
+
+
+def _save(path: str | None, result: dict) -> None:
+    if path:
+        tmp = Path(path + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ embeddings* (Captum's ``LayerIntegratedGradients`` on ``model.get_input_embeddin
 Completeness says the attributions sum to ``F(input) - F(baseline)``; each explanation reports
 that sum, the output difference and the relative error ``|sum - diff| / |diff|``, so a user sees
 when the step count is too low. The logit is the default because the probability saturates
-along the path: on the BBC News demo model, 50 steps left a median completeness error of ~7% on
-probabilities but well under 1% on logits (see docs/trust.md). Token scores are summed (which keeps completeness) into the words
-of the tokenizer's pre-tokenizer (whitespace and punctuation for BERT, each character for Chinese).
+along the path: on 8 BBC News test texts (MiniLM run, 50 steps) the probability's completeness
+error reached 12.6% (median 5.5%) while the logit's stayed under 0.7% (see docs/trust.md).
+
+Token scores are summed (which keeps completeness) into the words of the tokenizer's
+pre-tokenizer (whitespace and punctuation for BERT, each character for Chinese).
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ def expected_calibration_error(
     """ECE with equal-mass bins: ``sum_b (n_b / N) * |accuracy_b - confidence_b|``.
 
     Example:
-        >>> expected_calibration_error(np.array([0.9, 0.9, 0.6, 0.6]), np.array([1, 1, 1, 0]), 2)
+        >>> conf, correct = np.array([0.9, 0.9, 0.6, 0.6]), np.array([1, 1, 1, 0])
+        >>> round(expected_calibration_error(conf, correct, n_bins=2), 6)  # .5*.1 + .5*.1
         0.1
     """
     bins = reliability_bins(confidence, np.asarray(correct, dtype=float), n_bins)
