@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from textloop.errors import ConfigError
 
-TaskName = Literal["classification", "mlm", "clm", "generation"]
+TaskName = Literal["classification", "ner", "qa"]
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -52,14 +52,29 @@ class DataConfig(_Strict):
     label_separator: str | None = Field(
         None, description="Split string labels on this separator (implies multi_label)."
     )
-    prompt_column: str = Field("prompt", description="Generation, pairs: column with the prompt.")
-    target_column: str = Field(
-        "target", description="Generation, pairs: column with the answer to learn."
+    tag_column: int = Field(
+        -1,
+        description="NER, CoNLL files: column holding the tag (0 = the token; negative counts "
+        "from the end, so -1 is the last column).",
     )
-    messages_column: str = Field(
-        "messages",
-        description="Generation, chats (jsonl): key holding a list of {role, content} messages "
-        "(roles system/user/assistant); used when rows have it, else prompt/target columns.",
+    tag_scheme: Literal["auto", "IO", "IOB1", "IOB2", "BIO", "IOBES", "BILOU"] = Field(
+        "auto",
+        description="NER: tag scheme of the data (auto detects it); every scheme is converted "
+        "to IOB2, invalid sequences repaired by the rule in docs/tasks.md.",
+    )
+    tokens_column: str = Field("tokens", description="NER, JSONL: key holding the token list.")
+    tags_column: str = Field("tags", description="NER, JSONL: key holding one tag per token.")
+    entities_column: str = Field(
+        "entities",
+        description="NER, JSONL with raw text (text_column): key holding the entities, each "
+        "{start, end, label} in characters (end exclusive) or [start, end, label].",
+    )
+    question_column: str = Field("question", description="QA, flat JSONL: question key.")
+    context_column: str = Field("context", description="QA, flat JSONL: context key.")
+    answers_column: str = Field(
+        "answers",
+        description="QA, flat JSONL: answers key, {text: [...], answer_start: [...]} or a list "
+        "of {text, answer_start}; empty for a question with no answer (SQuAD 2.0).",
     )
     val_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of train held out when no validation is given."
@@ -130,15 +145,51 @@ class TrainConfig(_Strict):
         "auto", description="auto: bf16 autocast only where the hardware has bf16 (GPU, AMX CPUs)."
     )
     eval_batch_size: int = Field(64, ge=1, le=8192, description="Examples per evaluation batch.")
-    packing: bool = Field(
-        False,
-        description="Generation: pack short examples into rows of max_seq_len tokens (each "
-        "attends only to itself, positions restart); batch_size then counts rows.",
+
+
+class NerConfig(_Strict):
+    """Named-entity recognition options (task: ner)."""
+
+    window_overlap: int | None = Field(
+        None,
+        ge=0,
+        description="Sub-word tokens shared by consecutive windows of a sentence longer than "
+        "train.max_seq_len; each word is labelled in the one window where it is most central "
+        "(default: 32, less when windows are short).",
     )
-    gradient_checkpointing: bool = Field(
-        False,
-        description="Recompute activations in backward instead of storing them: less memory "
-        "(longer sequences, bigger batches), about a third more compute.",
+    max_unknown_rate: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Fail when more than this share of training words become the unknown "
+        "token (the model's vocabulary cannot represent the script).",
+    )
+
+
+class QaConfig(_Strict):
+    """Extractive question answering options (task: qa)."""
+
+    doc_stride: int | None = Field(
+        None,
+        ge=0,
+        description="Tokens shared by consecutive windows of a long context (default: half of "
+        "the room a window has for context, and at least max_answer_len - 1, so that every "
+        "answer of allowed length lies whole in some window).",
+    )
+    max_query_len: int = Field(
+        64, ge=4, description="Question tokens kept; longer questions are truncated."
+    )
+    max_answer_len: int = Field(30, ge=1, description="Longest answer span, in tokens.")
+    n_best: int = Field(20, ge=1, description="Start and end candidates searched per window.")
+    null_threshold: float | None = Field(
+        None,
+        description="SQuAD 2.0: answer 'no answer' when the null score beats the best span by "
+        "more than this (default: tuned on the validation split for the best F1).",
+    )
+    allow_no_answer: bool | None = Field(
+        None,
+        description="Whether a question may have no answer (SQuAD 2.0); default: true when the "
+        "training data has unanswerable questions.",
     )
 
 
@@ -232,14 +283,45 @@ class RunConfig(_Strict):
     overwrite: bool = Field(False, description="Replace an existing, different run in output.")
     data: DataConfig = Field(default_factory=lambda: DataConfig())
     train: TrainConfig = Field(default_factory=lambda: TrainConfig())
-    lora: LoraConfig = Field(default_factory=lambda: LoraConfig())
-    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig())
-    pretrain: PretrainConfig = Field(default_factory=lambda: PretrainConfig())
+    ner: NerConfig = Field(default_factory=lambda: NerConfig())
+    qa: QaConfig = Field(default_factory=lambda: QaConfig())
 
     @model_validator(mode="after")
     def _separator_implies_multi_label(self) -> RunConfig:
         if self.data.label_separator and not self.data.multi_label:
             self.data.multi_label = True
+        return self
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> RunConfig:
+        # cross-field checks of the windowing options, all reported together
+        problems = []
+        room = self.train.max_seq_len - 4  # the most special tokens a model adds (RoBERTa pair)
+        overlap = self.ner.window_overlap
+        if self.task == "ner" and overlap is not None and overlap >= room // 2:
+            problems.append(
+                f"ner.window_overlap ({overlap}) must be < half of "
+                f"train.max_seq_len - 4 ({room // 2}) so that windows advance"
+            )
+        if self.task == "qa":
+            q = self.qa
+            context_room = room - q.max_query_len
+            if context_room < q.max_answer_len:
+                problems.append(
+                    f"train.max_seq_len ({self.train.max_seq_len}) leaves {context_room} tokens "
+                    f"for the context after qa.max_query_len ({q.max_query_len}); it must hold "
+                    f"qa.max_answer_len ({q.max_answer_len}): raise max_seq_len or lower max_query_len"
+                )
+            elif (
+                q.doc_stride is not None and not q.max_answer_len - 1 <= q.doc_stride < context_room
+            ):
+                problems.append(
+                    f"qa.doc_stride ({q.doc_stride}) must be >= qa.max_answer_len - 1 "
+                    f"({q.max_answer_len - 1}) so no answer falls between windows, and < the "
+                    f"{context_room} context tokens a window holds"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -278,6 +360,8 @@ def _describe(err: Any, model: type[BaseModel] = RunConfig) -> str:
         allowed = err.get("ctx", {}).get("expected", "")
         return f"{path}: got {err.get('input')!r}; allowed: {allowed}"
     ctx = err.get("ctx") or {}
+    if kind == "value_error" and "error" in ctx:  # a cross-field check names its own keys
+        return (f"{path}: " if path else "") + str(ctx["error"])
     for bound, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if bound in ctx:
             return f"{path}: got {err.get('input')!r}; must be {word} {ctx[bound]}"

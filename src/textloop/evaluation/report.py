@@ -33,7 +33,8 @@ def _plot_learning_curve(log_path: Path, png: Path) -> bool:
             color="tab:orange",
         )
         ax2 = ax.twinx()
-        key = "macro_f1" if "macro_f1" in evals[0] else "accuracy"
+        # the task's main score: entity / answer F1, macro-F1 for classification, else accuracy
+        key = next(k for k in ("f1", "macro_f1", "accuracy", "loss") if k in evals[0])
         ax2.plot(
             [r["step"] for r in evals],
             [r[key] for r in evals],
@@ -97,6 +98,40 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+_HEADLINES: dict[str, tuple[tuple[str, str], ...]] = {
+    "qa": (
+        ("exact_match", "EM"),
+        ("f1", "F1"),
+        ("has_answer_f1", "answerable F1"),
+        ("no_answer_accuracy", "no-answer accuracy"),
+    ),
+    "ner": (
+        ("f1", "entity F1"),
+        ("precision", "P"),
+        ("recall", "R"),
+        ("macro_f1", "macro-F1"),
+        ("token_accuracy", "token accuracy"),
+    ),
+    "classification": (("accuracy", "accuracy"), ("macro_f1", "macro-F1")),
+}
+
+
+def metrics_kind(metrics: dict[str, Any]) -> str:
+    """Which task's metrics a split's dict holds: qa, ner or classification."""
+    if "exact_match" in metrics:
+        return "qa"
+    if "per_type" in metrics:
+        return "ner"
+    return "classification"
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """One line of a split's headline metrics, e.g. ``entity F1 0.9012  P 0.90 ... (n=3250)``."""
+    keys = _HEADLINES[metrics_kind(metrics)]
+    parts = [f"{label} {metrics[k]:.4f}" for k, label in keys if isinstance(metrics.get(k), float)]
+    return "  ".join(parts) + f"  (n={metrics.get('n')})"
+
+
 def metrics_table(metrics: dict[str, Any]) -> str:
     """Markdown table of per-class precision / recall / F1 / support."""
     lines = ["| class | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
@@ -105,6 +140,37 @@ def metrics_table(metrics: dict[str, Any]) -> str:
             f"| {label} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
         )
     return "\n".join(lines)
+
+
+def ner_sections(split: str, metrics: dict[str, Any]) -> list[str]:
+    """Markdown for NER: per-type P/R/F1 (seqeval, strict IOB2) and the most frequent errors."""
+    lines = [f"## Per-type entity metrics ({split})", ""]
+    lines += ["| type | precision | recall | F1 | support |", "| --- | ---: | ---: | ---: | ---: |"]
+    for etype, m in metrics.get("per_type", {}).items():
+        lines.append(
+            f"| {etype} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
+        )
+    lines.append(
+        f"| micro | {metrics.get('precision', 0):.4f} | {metrics.get('recall', 0):.4f} | "
+        f"{metrics.get('f1', 0):.4f} | |"
+    )
+    errors = metrics.get("errors", {})
+    if errors.get("counts"):
+        lines += ["", f"## Errors ({split})", "", "| error kind | count |", "| --- | ---: |"]
+        lines += [f"| {k.replace('_', ' ')} | {n} |" for k, n in errors["counts"].items()]
+        lines += ["", "Most frequent:", "", "| kind | gold type | predicted type | count |"]
+        lines += ["| --- | --- | --- | ---: |"]
+        lines += [
+            f"| {t['kind'].replace('_', ' ')} | {t['gold']} | {t['pred']} | {t['count']} |"
+            for t in errors.get("top", [])
+        ]
+        for kind, examples in errors.get("examples", {}).items():
+            lines += ["", f"Examples of {kind.replace('_', ' ')}:", ""]
+            lines += [
+                f"- gold {e['gold']}, predicted {e['pred']}: “{e['sentence']}”" for e in examples
+            ]
+    lines.append("")
+    return lines
 
 
 def write_report(out: Path, metrics: dict[str, Any], labels: list[str]) -> None:
@@ -128,7 +194,18 @@ def write_report(out: Path, metrics: dict[str, Any], labels: list[str]) -> None:
     if data.get("dropped_rows"):
         parts.append(f"- dropped invalid rows: {data['dropped_rows']}")
     parts.append("")
-    headline = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy", "loss")
+    kind = metrics_kind(metrics.get("validation", {}))
+    headline = {
+        "ner": ("f1", "precision", "recall", "macro_f1", "token_accuracy", "loss"),
+        "qa": (
+            "exact_match",
+            "f1",
+            "has_answer_f1",
+            "no_answer_accuracy",
+            "null_threshold",
+            "loss",
+        ),
+    }.get(kind, ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy", "loss"))
     parts += [
         "## Metrics",
         "",
@@ -146,7 +223,10 @@ def write_report(out: Path, metrics: dict[str, Any], labels: list[str]) -> None:
     if _plot_learning_curve(out / "log.jsonl", plots / "learning_curve.png"):
         parts += ["## Learning curve", "", "![learning curve](plots/learning_curve.png)", ""]
     for split in ("test", "validation"):
-        if split in metrics:
+        if split in metrics and kind == "ner":
+            parts += ner_sections(split, metrics[split])
+            break
+        if split in metrics and kind == "classification":
             parts += [f"## Per-class metrics ({split})", "", metrics_table(metrics[split]), ""]
             if "confusion_matrix" in metrics[split]:
                 _plot_confusion(

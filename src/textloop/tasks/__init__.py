@@ -11,9 +11,8 @@ from types import ModuleType
 
 TASK_MODULES: dict[str, str] = {
     "classification": "textloop.tasks.classification",
-    "generation": "textloop.tasks.generation",
-    "mlm": "textloop.tasks.pretrain",
-    "clm": "textloop.tasks.pretrain",
+    "ner": "textloop.tasks.ner",
+    "qa": "textloop.tasks.qa",
 }
 
 

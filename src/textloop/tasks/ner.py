@@ -1,0 +1,357 @@
+"""Named-entity recognition (token classification) with exact word-piece alignment.
+
+Each sentence is tokenized once into word pieces (the fast tokenizer's ``word_ids()``). A word's
+label sits on its first piece; the other pieces are ignored by the loss (-100). A sentence longer
+than the window (``train.max_seq_len`` minus special tokens) is cut into windows of whole words
+that overlap by ``ner.window_overlap`` tokens, and every word is *owned* by exactly one window,
+the one where it is most central: only there is it trained on and predicted, so no word is
+dropped or counted twice. Word scores are decoded under IOB2 constraints (Viterbi), mapped back to
+words and to character offsets, and scored with seqeval in strict IOB2 mode.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from textloop.config import RunConfig
+from textloop.data.batching import pad_batch, sorted_batches
+from textloop.errors import ConfigError, DataError
+from textloop.tasks.base import Encoded, Splits
+from textloop.tasks.ner_data import (
+    Sentence,
+    read_ner,
+    sentence_split,
+    split_tag,
+    split_words,
+    tags_to_spans,
+    to_iob2,
+)
+from textloop.tasks.ner_metrics import NEG, entity_metrics, error_kinds, iob2_constraints, viterbi
+from textloop.tasks.windows import SpecialTemplate, special_template, window_owners, word_windows
+
+METRIC_NAMES = ("f1", "precision", "recall", "macro_f1", "token_accuracy")  # first = default
+
+
+@dataclass
+class NerTask:
+    """Token classification over IOB2 tags with a linear head on every token."""
+
+    tokenizer: Any
+    labels: list[str]  # "O", then B-/I- for each entity type
+    max_seq_len: int
+    window_overlap: int = 32
+    name: str = "ner"
+    metric_names: tuple[str, ...] = METRIC_NAMES
+    head_prefixes: tuple[str, ...] = ("classifier",)
+    template: SpecialTemplate = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.template = special_template(self.tokenizer, pair=False)
+        self._index = {tag: i for i, tag in enumerate(self.labels)}
+        self._start, self._trans = iob2_constraints(self.labels)
+
+    @property
+    def capacity(self) -> int:
+        """Word pieces one window holds."""
+        return self.max_seq_len - self.template.n_special
+
+    # ---- preprocessing -------------------------------------------------------------------
+    def word_pieces(self, sentences: Sequence[Sentence]) -> list[list[list[int]]]:
+        """For each sentence, the piece ids of each word (empty for a word the tokenizer drops)."""
+        if not sentences:
+            return []
+        enc = self.tokenizer(
+            [s.words for s in sentences],
+            is_split_into_words=True,
+            add_special_tokens=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        out = []
+        for i, s in enumerate(sentences):
+            pieces: list[list[int]] = [[] for _ in s.words]
+            for tok, w in zip(enc["input_ids"][i], enc.word_ids(i)):
+                if w is not None:
+                    pieces[w].append(tok)
+            out.append(pieces)
+        return out
+
+    def encode(
+        self, sentences: Sequence[Sentence], labelled: bool = True
+    ) -> tuple[Encoded, dict[str, Any]]:
+        """Windows of word pieces with targets on owned first pieces; and encoding statistics."""
+        cap, unk = self.capacity, self.tokenizer.unk_token_id
+        data = Encoded(input_ids=[], targets=[], extra={"owned": [], "window_sentence": []})
+        data.extra["sentences"] = list(sentences)
+        stats: Counter[str] = Counter()
+        for si, (s, pieces) in enumerate(zip(sentences, self.word_pieces(sentences))):
+            lengths = [min(len(p), cap) for p in pieces]
+            stats["words"] += len(s.words)
+            stats["unknown_words"] += sum(1 for p in pieces if p and p[0] == unk)
+            stats["words_without_pieces"] += sum(1 for n in lengths if n == 0)
+            stats["words_cut"] += sum(1 for p in pieces if len(p) > cap)
+            windows = word_windows(lengths, cap, self.window_overlap)
+            owners = window_owners(lengths, windows)
+            stats["split_sentences"] += len(windows) > 1
+            for wi, (a, b) in enumerate(windows):
+                body: list[int] = []
+                owned: list[tuple[int, int]] = []
+                for w in range(a, b):
+                    if owners[w] == wi and lengths[w]:
+                        owned.append((len(body), w))
+                    body.extend(pieces[w][:cap])
+                ids, _, offset, _ = self.template.build(body)
+                owned = [(offset + pos, w) for pos, w in owned]
+                targets = [-100] * len(ids)
+                if labelled:
+                    for pos, w in owned:
+                        # a type the training data never had cannot be learned: left out of the
+                        # loss, still scored (as missed) by the entity metrics
+                        targets[pos] = self._index.get(s.tags[w], -100)
+                data.input_ids.append(ids)
+                data.targets.append(targets)
+                data.extra["owned"].append(owned)
+                data.extra["window_sentence"].append(si)
+        data.n_truncated = stats["words_cut"]
+        data.locations = [s.location for s in sentences]
+        stats["windows"] = len(data)
+        stats["unknown_rate"] = stats["unknown_words"] / max(1, stats["words"])  # type: ignore[assignment]
+        return data, dict(stats)
+
+    # ---- model ---------------------------------------------------------------------------
+    def build_model(self, model_dir: Path) -> torch.nn.Module:
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification.from_pretrained(
+            model_dir,
+            num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)),
+            label2id=dict(self._index),
+        )
+
+    def load_model(self, model_dir: Path) -> torch.nn.Module:
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification.from_pretrained(model_dir)
+
+    def collate(self, data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        batch = pad_batch([data.input_ids[i] for i in indices], self.tokenizer.pad_token_id or 0)
+        if data.targets:
+            targets = torch.full_like(batch["input_ids"], -100)
+            for row, i in enumerate(indices):
+                targets[row, : len(data.targets[i])] = torch.as_tensor(data.targets[i])
+            batch["targets"] = targets
+        return batch
+
+    def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        targets = batch.pop("targets")
+        logits = model(**batch).logits.float()  # (B, T, C)
+        if not bool((targets != -100).any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+    # ---- inference -----------------------------------------------------------------------
+    @torch.no_grad()
+    def word_log_probs(
+        self, model: torch.nn.Module, data: Encoded, batch_size: int
+    ) -> tuple[list[np.ndarray], float]:
+        """Per sentence, (n_words, n_labels) log-probabilities from each word's owning window;
+        and the mean loss over labelled words."""
+        model.eval()
+        sentences: list[Sentence] = data.extra["sentences"]
+        no_pieces = np.full(len(self.labels), NEG)
+        no_pieces[self._index["O"]] = 0.0  # a word the tokenizer drops is predicted O
+        scores = [np.tile(no_pieces, (len(s.words), 1)) for s in sentences]
+        loss_sum, n_loss = 0.0, 0
+        for idx in sorted_batches(data.lengths, batch_size):
+            batch = self.collate(data, idx)
+            targets = batch.pop("targets", None)
+            logp = torch.log_softmax(model(**batch).logits.float(), -1)  # (B, T, C)
+            if targets is not None:
+                mask = targets != -100
+                nll = -logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                loss_sum += float(nll[mask].sum())
+                n_loss += int(mask.sum())
+            arr = logp.numpy()
+            for row, i in enumerate(idx):
+                sent = scores[data.extra["window_sentence"][i]]
+                for pos, w in data.extra["owned"][i]:
+                    sent[w] = arr[row, pos]
+        return scores, loss_sum / max(1, n_loss)
+
+    def decode(self, log_probs: np.ndarray) -> tuple[list[str], list[float]]:
+        """Valid IOB2 tags of one sentence (constrained Viterbi) and each chosen tag's probability."""
+        path = viterbi(log_probs, self._start, self._trans)
+        probs = [float(np.exp(log_probs[i, j])) for i, j in enumerate(path)]
+        return [self.labels[j] for j in path], probs
+
+    def evaluate(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> dict[str, Any]:
+        sentences: list[Sentence] = data.extra["sentences"]
+        scores, loss = self.word_log_probs(model, data, batch_size)
+        pred = [self.decode(sc)[0] for sc in scores]
+        gold = [s.tags for s in sentences]
+        metrics = entity_metrics(gold, pred)
+        metrics["errors"] = error_kinds(sentences, gold, pred)
+        known = {t for t in (split_tag(x)[1] for x in self.labels) if t}
+        unseen = sorted({t for g in gold for x in g if (t := split_tag(x)[1]) and t not in known})
+        if unseen:
+            metrics["types_not_in_training"] = unseen
+        metrics["loss"] = loss
+        return metrics
+
+    def predict(
+        self,
+        model: torch.nn.Module,
+        texts: Sequence[str],
+        pairs: Sequence[str] | None = None,
+        top_k: int = 1,
+        batch_size: int = 64,
+    ) -> list[dict[str, Any]]:
+        """Entities in raw texts: type, text, character offsets ``[start, end)`` and a score.
+
+        The score is the mean probability of the entity's word tags. ``top_k`` is ignored.
+
+        Example:
+            >>> run.predict(["Angela Merkel visited Paris."])
+            [{'entities': [{'type': 'PER', 'text': 'Angela Merkel', 'start': 0, 'end': 13,
+               'score': 0.98}, {'type': 'LOC', 'text': 'Paris', 'start': 22, 'end': 27, ...}]}]
+        """
+        if pairs is not None:
+            raise DataError("a NER model reads single texts; second texts are not supported")
+        sentences = []
+        for i, text in enumerate(texts):
+            words, offsets = split_words(text)
+            sentences.append(Sentence(words, [], f"input {i + 1}", text, offsets))
+        data, _ = self.encode([s for s in sentences if s.words], labelled=False)
+        data.targets = []
+        scores = iter(self.word_log_probs(model, data, batch_size)[0])
+        results = []
+        for s in sentences:
+            entities = []
+            if s.words:
+                tags, probs = self.decode(next(scores))
+                assert s.offsets is not None
+                for a, b, etype in tags_to_spans(tags, "IOB2"):
+                    start, end = s.offsets[a][0], s.offsets[b - 1][1]
+                    entities.append(
+                        {
+                            "type": etype,
+                            "text": s.text[start:end],
+                            "start": start,
+                            "end": end,
+                            "score": round(sum(probs[a:b]) / (b - a), 6),
+                        }
+                    )
+            results.append({"entities": entities})
+        return results
+
+    def encode_source(self, source: str, columns: dict[str, Any], drop_invalid: bool) -> Encoded:
+        sentences = read_ner(source, columns)
+        to_iob2(sentences, columns.get("tag_scheme") or "auto", source)
+        return self.encode(sentences)[0]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "task": self.name,
+            "labels": self.labels,
+            "max_seq_len": self.max_seq_len,
+            "window_overlap": self.window_overlap,
+        }
+
+
+def task_from_state(state: dict[str, Any], tokenizer: Any) -> NerTask:
+    """Rebuild the task a finished run used from its ``labels.json``."""
+    return NerTask(
+        tokenizer=tokenizer,
+        labels=state["labels"],
+        max_seq_len=state["max_seq_len"],
+        window_overlap=state.get("window_overlap", 32),
+    )
+
+
+def _read(source: str, cfg: RunConfig) -> tuple[list[Sentence], str, int]:
+    sentences = read_ner(source, cfg.data.model_dump())
+    scheme, changed = to_iob2(sentences, cfg.data.tag_scheme, source)
+    return sentences, scheme, changed
+
+
+def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
+    """Read, convert to IOB2, split and window the NER data named by ``cfg.data``.
+
+    Raises:
+        ConfigError: no training data.
+        DataError: any bad file or row (named), no entities, or a vocabulary that cannot
+            represent most of the training words.
+    """
+    d = cfg.data
+    if not d.train:
+        raise ConfigError("no training data: set data.train or pass --train FILE")
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("NER needs a fast tokenizer (word ids per piece); this model has none")
+    train_s, scheme, changed = _read(d.train, cfg)
+    types = sorted({t for s in train_s for x in s.tags if (t := split_tag(x)[1])})
+    if not types:
+        raise DataError(f"{d.train}: no entities in the training data (every tag is O)")
+    if d.validation:
+        val_s, val_source = _read(d.validation, cfg)[0], d.validation
+    else:
+        order = list(range(len(train_s)))
+        random.Random(cfg.train.seed).shuffle(order)
+        n_val = max(1, round(d.val_fraction * len(order)))
+        held = set(order[:n_val])
+        val_s = [s for i, s in enumerate(train_s) if i in held]
+        train_s = [s for i, s in enumerate(train_s) if i not in held]
+        val_source = (
+            f"{d.train} (held-out {d.val_fraction:.0%} of sentences, seed {cfg.train.seed})"
+        )
+    test_source = d.test or sentence_split(d.train)
+    test_s = _read(test_source, cfg)[0] if test_source else None
+
+    task = NerTask(
+        tokenizer=tokenizer,
+        labels=["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")],
+        max_seq_len=cfg.train.max_seq_len,
+        # the default overlap shrinks for short windows; a set one is checked by the config
+        window_overlap=cfg.ner.window_overlap
+        if cfg.ner.window_overlap is not None
+        else min(32, max(0, (cfg.train.max_seq_len - 4) // 2 - 1)),
+    )
+    train, train_stats = task.encode(train_s)
+    if train_stats["unknown_rate"] > cfg.ner.max_unknown_rate:
+        raise DataError(
+            f"{d.train}: {train_stats['unknown_rate']:.0%} of the training words are unknown to "
+            f"the tokenizer of {cfg.model} (they become {tokenizer.unk_token}): its vocabulary "
+            "cannot represent this text's script; choose a model whose tokenizer covers it "
+            "(or raise ner.max_unknown_rate)"
+        )
+    validation, val_stats = task.encode(val_s)
+    test, test_stats = task.encode(test_s) if test_s is not None else (None, {})
+    stats = {"train": train_stats, "validation": val_stats, "test": test_stats}
+    summary = {
+        "train_source": d.train,
+        "validation_source": val_source,
+        "test_source": test_source,
+        "n_train": len(train_s),
+        "n_validation": len(val_s),
+        "n_test": len(test_s) if test_s is not None else 0,
+        "labels": task.labels,
+        "entity_types": types,
+        "tag_scheme": scheme,
+        "tags_changed_to_iob2": changed,
+        "windows": {k: v.get("windows", 0) for k, v in stats.items()},
+        "unknown_rate": {k: round(v.get("unknown_rate", 0.0), 4) for k, v in stats.items()},
+        "truncated": {
+            "max_seq_len": cfg.train.max_seq_len,
+            **{f"{k} (words cut)": v.get("words_cut", 0) for k, v in stats.items()},
+        },
+    }
+    return Splits(task=task, train=train, validation=validation, test=test, summary=summary)
