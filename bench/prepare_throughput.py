@@ -50,7 +50,7 @@ def generate(root: Path, size_gb: float, seed: int = 0) -> dict[str, Any]:
     """Write ``_FILES`` JSONL files totalling ``size_gb`` GB and a truth file; reuse if present."""
     import numpy as np
 
-    truth_path = root / "truth.json"
+    truth_path = root.with_name(root.name + ".truth.json")  # outside the corpus it describes
     if truth_path.exists():
         return json.loads(truth_path.read_text())
     root.mkdir(parents=True, exist_ok=True)
@@ -151,7 +151,7 @@ def _quality(out_dir: Path, truth: dict[str, Any], read: int) -> dict[str, Any]:
     for p in out_dir.glob("*/*.parquet"):
         kept.update(pq.read_table(p, columns=["source"]).column("source").to_pylist())
     exact, near, hard = set(truth["exact"]), set(truth["near"]), set(truth["hard_negative"])
-    removed_count = read - len(kept)
+    removed_count = read - len(kept)  # read: records read minus unreadable ones
     removed_planted_exact = len(exact - kept)
     removed_planted_near = len(near - kept)
     removed_hard = len(hard - kept)
@@ -220,7 +220,7 @@ def main() -> None:
                     "num_proc": procs, "seconds": round(m["seconds"], 1),
                     "mb_per_s": round(mb / m["seconds"], 2), "peak_rss_mb": round(m["peak_rss_mb"]),
                     "peak_anon_rss_mb": round(m["peak_anon_rss_mb"]), "phases_s": manifest["seconds"],
-                    **{k: round(v, 4) if isinstance(v, float) else v for k, v in _quality(out, truth, manifest["records_in"]).items()},
+                    **{k: round(v, 4) if isinstance(v, float) else v for k, v in _quality(out, truth, manifest["records_in"] - manifest["errors"]["skipped_records"]).items()},
                 }  # fmt: skip
                 results["runs"].append(run)
                 print(json.dumps(run), file=sys.stderr)
