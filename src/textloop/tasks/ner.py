@@ -75,6 +75,7 @@ class NerTask:
             add_special_tokens=False,
             return_attention_mask=False,
             return_token_type_ids=False,
+            verbose=False,  # long inputs are windowed here, not truncated
         )
         out = []
         for i, s in enumerate(sentences):

@@ -94,6 +94,7 @@ class QaTask:
             max_length=self.max_query_len,
             return_attention_mask=False,
             return_token_type_ids=False,
+            verbose=False,  # long inputs are windowed here, not truncated
         )
         c_enc = self.tokenizer(
             [ex.context for ex in examples],
@@ -101,6 +102,7 @@ class QaTask:
             return_offsets_mapping=True,
             return_attention_mask=False,
             return_token_type_ids=False,
+            verbose=False,  # long inputs are windowed here, not truncated
         )
         for i, ex in enumerate(examples):
             q_ids, c_ids = q_enc["input_ids"][i], c_enc["input_ids"][i]
