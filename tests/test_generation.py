@@ -423,3 +423,29 @@ def test_shipped_generation_config_validates() -> None:
     assert path.read_text().startswith("# textloop train configs/generation/chatterbot_lora.yaml")
     cfg = load_config(path)
     assert cfg.task == "generation" and cfg.model == "embedded:smollm2"
+
+
+def test_serve_generate_whole_and_streamed(lora_run: Any) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from textloop.serving.app import create_app
+    from textloop.serving.sources import RunDirSource
+
+    with TestClient(create_app(RunDirSource(lora_run.path))) as client:
+        body = {"prompt": "what is the opposite of big", "max_new_tokens": 8}
+        r = client.post("/v1/generate", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["output"]["text"] == "the opposite is small"
+        with client.stream("POST", "/v1/generate", json={**body, "stream": True}) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            events = [e for e in r.read().decode().split("\n\n") if e.strip()]
+        pieces = [json.loads(e[len("data: ") :])["text"] for e in events if e.startswith("data: ")]
+        assert len(pieces) > 1 and "".join(pieces).strip() == "the opposite is small"
+        assert events[-1].startswith("event: done")
+        chat = {"messages": [{"role": "user", "content": "what is the opposite of up"}]}
+        assert (
+            client.post("/v1/generate", json=chat).json()["output"]["text"]
+            == "the opposite is down"
+        )
+        assert client.post("/v1/generate", json={}).status_code == 422

@@ -8,6 +8,8 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (a model is loaded and the batcher runs).
 - ``GET /metrics``: Prometheus text format.
 - ``POST /v1/admin/reload``: check the registry for a new production version now (API key).
+- ``POST /v1/generate``: a generation model's answer to ``{"prompt"}`` or ``{"messages"}``,
+  streamed as server-sent events with ``"stream": true`` (``serving/generate_route.py``).
 - ``POST /v1/feedback``: ``{"label": ..., "text": ..., "prediction_id": ...}``, a labelled
   example for retraining (API key; only with a feedback store, which also logs every
   prediction and adds its ``prediction_id`` to the response).
@@ -314,6 +316,9 @@ def create_app(
             raise ApiError(422, "invalid_feedback", str(exc)) from None
         return JSONResponse({"id": fid, "model": state.current.name}, status_code=201)
 
+    from textloop.serving.generate_route import add_generate_route
+
+    add_generate_route(app, state)  # POST /v1/generate (generation models, SSE streaming)
     return app
 
 

@@ -160,9 +160,7 @@ class GenerationTask:
 
     def encode(self, convs: Conversations) -> Encoded:
         """Tokenize conversations (prompt tokens masked) without packing."""
-        return encode_conversations(
-            self.tokenizer, convs, self.max_seq_len, self.eval_max_new_tokens
-        )
+        return encode_conversations(self.tokenizer, convs, self.max_seq_len)
 
     # ---- inference -----------------------------------------------------------------------
     def _options(self, overrides: dict[str, Any]) -> DecodingOptions:
@@ -177,8 +175,11 @@ class GenerationTask:
             fields["stop"] = tuple(overrides["stop"])
         return DecodingOptions(**fields)
 
-    def prompt_ids(self, item: str | Sequence[dict[str, str]], max_new_tokens: int) -> list[int]:
-        """Token ids asking for the next answer: a text (templated as a pair prompt) or a chat."""
+    def prompt_ids(self, item: str | Sequence[dict[str, str]]) -> list[int]:
+        """Token ids asking for the next answer: a text (templated as a pair prompt) or a chat.
+
+        A prompt longer than ``max_seq_len`` (the training length) keeps its last tokens.
+        """
         if isinstance(item, str):
             messages = pair_conversation(
                 self.prompt_template.replace("{prompt}", item), None, self.system_prompt
@@ -191,22 +192,26 @@ class GenerationTask:
             raise DataError("a chat to answer must end with a user message")
         text = render(self.tokenizer, messages, add_generation_prompt=True)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return list(ids[-max(1, self.max_seq_len - max_new_tokens) :])
+        return list(ids[-self.max_seq_len :])  # the oldest context goes first, as in training
 
     def predict(
         self,
         model: torch.nn.Module,
         inputs: Sequence[str | Sequence[dict[str, str]]],
+        pairs: Sequence[str] | None = None,
         batch_size: int = 8,
         **decoding: Any,
     ) -> list[dict[str, Any]]:
         """Answers for prompts (texts) or chats (message lists), generated in batches.
 
         ``decoding`` overrides the run's decoding options (max_new_tokens, temperature, top_p,
-        top_k, repetition_penalty, stop, seed).
+        top_k, repetition_penalty, stop, seed). ``pairs`` exists for the common predict
+        signature and must be None.
         """
+        if pairs is not None:
+            raise DataError("a generation model takes prompts or chats, not text pairs")
         opts = self._options(decoding)
-        prompts = [self.prompt_ids(x, opts.max_new_tokens) for x in inputs]
+        prompts = [self.prompt_ids(x) for x in inputs]
         if not prompts:
             return []
         results: list[Generated] = generate(model, self.tokenizer, prompts, opts, batch_size)
@@ -217,7 +222,7 @@ class GenerationTask:
     ) -> Iterator[str]:
         """The answer to one prompt or chat, yielded piece by piece as it is generated."""
         opts = self._options(decoding)
-        return stream(model, self.tokenizer, self.prompt_ids(item, opts.max_new_tokens), opts)
+        return stream(model, self.tokenizer, self.prompt_ids(item), opts)
 
     def report_section(self, metrics: dict[str, Any]) -> str:
         """Markdown for report.md: generation metrics and the prompt / reference / output table."""

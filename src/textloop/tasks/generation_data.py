@@ -256,15 +256,13 @@ def _assistant_spans(tokenizer: Any, messages: list[Message], where: str) -> tup
     return text, spans
 
 
-def encode_conversations(
-    tokenizer: Any, convs: Conversations, max_seq_len: int, max_new_tokens: int = 0
-) -> Encoded:
+def encode_conversations(tokenizer: Any, convs: Conversations, max_seq_len: int) -> Encoded:
     """Tokenize conversations; labels are the token ids on assistant turns and ``IGNORE`` elsewhere.
 
     A conversation longer than ``max_seq_len`` tokens loses its oldest tokens (the start of the
     context); if no context would remain, its end is cut instead. ``extra`` holds, per example,
     the prompt for generating its last answer (``prompt_ids``: everything before that answer plus
-    the assistant header, left-cut to ``max_seq_len - max_new_tokens``), the ``reference`` answer
+    the assistant header, left-cut to ``max_seq_len``), the ``reference`` answer
     and the last user message (``prompt_text``).
     """
     texts, spans, prompts = [], [], []
@@ -278,7 +276,7 @@ def encode_conversations(
         texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
     )
     prompt_enc = tokenizer(prompts, add_special_tokens=False, return_attention_mask=False)
-    room = max(1, max_seq_len - max_new_tokens)
+    room = max_seq_len  # like training examples, prompts keep their last tokens
     out = Encoded(input_ids=[], targets=[], locations=list(convs.locations))
     out.extra = {"prompt_ids": [], "reference": [], "prompt_text": []}
     for ids, offsets, sp, p_ids, conv in zip(
