@@ -156,6 +156,9 @@ def main() -> None:
         ],
         "load_average": os.getloadavg(),
     }
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)  # the run dir holds ~1.5 GB of checkpoints
     text = json.dumps(result, indent=2, ensure_ascii=False)
     print(text)
     if args.output:
