@@ -161,10 +161,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     from textloop.evaluation.report import metrics_kind, metrics_table, ner_sections, summary_line
 
-    print(f"{summary_line(m)}  loss {m['loss']:.4f}")
     kind = metrics_kind(m)
-    if kind != "qa":
-        print("\n".join(ner_sections("data", m)) if kind == "ner" else metrics_table(m))
+    loss = f"  loss {m['loss']:.4f}" if "loss" in m and kind != "language_model" else ""
+    print(summary_line(m) + loss)
+    if kind == "ner":
+        print("\n".join(ner_sections("data", m)))
+    elif kind == "classification":
+        print(metrics_table(m))
     return 0
 
 
