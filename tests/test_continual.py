@@ -388,3 +388,37 @@ def test_server_logs_predictions_and_takes_feedback_with_api_key(prod, tmp_path)
     assert logged[0].version == 1 and 0.0 < logged[0].confidence <= 1.0
     fb = store.feedback("reviews")
     assert len(fb) == 1 and fb[0]["text"] == "food great" and fb[0]["label"] == "neg"
+
+
+def test_ewc_and_lwf_stay_closer_to_the_old_model_than_naive(prod):
+    from textloop.continual.update import build_candidate
+    from textloop.runs import load_run
+
+    run = load_run(prod / "run")
+    new, old = neutral_rows(48, 3), toy_rows(64, seed=4)
+    start = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+    probe = run.task.encode([r["text"] for r in old], None)
+    old_probs = torch.softmax(run.task.logits_for(run.model, probe, 64), -1)
+    moved, kl = {}, {}
+    for strategy in ("naive", "ewc", "lwf"):
+        cfg = load_update_config(
+            None,
+            [f"strategy={strategy}", "epochs=2", "lr=3e-3", "ewc_lambda=1000", "lwf_lambda=5"],
+        )
+        cand, task, info = build_candidate(run.model, run.task, new, old, cfg)
+        assert task.labels == ["neg", "pos", "neutral"] and info["new_labels"] == ["neutral"]
+        moved[strategy] = sum(
+            float(((p.detach() - start[n]) ** 2).sum())
+            for n, p in cand.named_parameters()
+            if p.shape == start[n].shape
+        )
+        logits = task.logits_for(cand, probe, 64)[:, :2]
+        kl[strategy] = float(
+            torch.nn.functional.kl_div(
+                torch.log_softmax(logits, -1), old_probs, reduction="batchmean"
+            )
+        )
+    for n, p in run.model.named_parameters():  # the production model is never touched
+        assert torch.equal(p, start[n]), n
+    assert moved["ewc"] < 0.75 * moved["naive"], moved  # the penalty holds weights back
+    assert kl["lwf"] < kl["naive"], kl  # distillation keeps the old labels' outputs closer
