@@ -121,6 +121,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     callbacks = [LogLines()] if args.quiet or not sys.stderr.isatty() else [ProgressBar()]
     run = train(cfg, resume=args.resume, callbacks=callbacks)
     from textloop.evaluation.report import summary_line
+    from textloop.training.distributed import is_main_process
+
+    if run is None or not is_main_process():  # under torchrun only rank 0 reports
+        return 0
 
     m = run.metrics
     for split in ("validation", "test"):
