@@ -192,9 +192,10 @@ def drift_report(
     fired = [name for name in ran if tests[name]["p_value"] < per_test]
     rates: dict[str, Any] = {}
     if reference.texts is not None and current.texts is not None:
+        # both against the same half of the reference, so the vocabularies are the same size;
+        # the other half's rate is what 'no shift' looks like
         half = len(reference.texts) // 2
-        rates["oov_rate"] = oov_rate(reference.texts, current.texts)
-        # the rate one reference half shows against the other: what 'no shift' looks like
+        rates["oov_rate"] = oov_rate(reference.texts[:half], current.texts)
         rates["oov_rate_baseline"] = oov_rate(reference.texts[:half], reference.texts[half:])
     if current.unk_rate is not None:
         rates["unk_token_rate"] = current.unk_rate
@@ -247,7 +248,8 @@ def plot_report(report: dict[str, Any], path: Any) -> None:
     ax = axes[2]
     conf = report.get("_confidences", {})
     if conf:
-        bins = np.linspace(0, 1, 21)
+        both = np.concatenate([conf["reference"], conf["current"]])
+        bins = np.linspace(float(both.min()), float(both.max()) + 1e-9, 30)
         ax.hist(conf["reference"], bins=bins, alpha=0.6, density=True, label="reference")
         ax.hist(conf["current"], bins=bins, alpha=0.6, density=True, label="current")
         ax.legend()
