@@ -97,8 +97,8 @@ class UpdateConfig(_Strict):
         description="Share of the new data held out (stratified) for the gate; it joins the "
         "next version's regression set.",
     )
-    epochs: int = Field(2, ge=1, le=100, description="Passes over the update's training data.")
-    lr: float = Field(3e-5, gt=0.0, le=1.0, description="Peak learning rate.")
+    epochs: int = Field(3, ge=1, le=100, description="Passes over the update's training data.")
+    lr: float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate.")
     head_lr: float | None = Field(
         None, gt=0.0, le=1.0, description="Learning rate of the classifier head (default: lr)."
     )
