@@ -80,28 +80,38 @@ def prepare_model(work: Path, run_dir: Path | None) -> tuple[Path, Path, dict[st
     return run_dir, int8, info
 
 
-def sample_texts(n: int) -> list[str]:
-    """Short real texts: the opening ~300 characters of BBC test articles (~60 tokens)."""
+def sample_texts(n: int, chars: int) -> list[str]:
+    """Short real texts: the opening ``chars`` characters of BBC test articles (300: ~60 tokens)."""
     from textloop.data.readers import read_table
 
     table = read_table("builtin:bbc-news:test")
     col = "text" if "text" in table.columns else table.columns[0]
-    return [str(r[col])[:300] for r in table.rows[:n]]
+    return [str(r[col])[:chars] for r in table.rows[:n]]
 
 
-def in_process_p50(run_dir: Path, texts: list[str], n: int) -> float:
-    """Batch-1 ``Run.predict`` median latency, no HTTP."""
+def in_process_p50(run_dir: Path, texts: list[str], n: int) -> dict[str, float]:
+    """Batch-1 ``Run.predict`` median wall latency and CPU time (all threads), no HTTP."""
     import textloop
 
     run = textloop.load_run(run_dir)
     for t in texts[:10]:
         run.predict([t])
-    times = []
+    times, cpu = [], []
     for i in range(n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run.predict([texts[i % len(texts)]])
         times.append(time.perf_counter() - t0)
-    return round(statistics.median(times) * 1000, 2)
+        cpu.append(time.process_time() - c0)
+    return {
+        "p50_ms": round(statistics.median(times) * 1000, 2),
+        "cpu_ms_p50": round(statistics.median(cpu) * 1000, 2),
+    }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pipeline_loop(run_dir: Path, texts: list[str], seconds: float) -> dict[str, Any]:
@@ -203,11 +213,16 @@ def serve_phase(
             time.sleep(0.2)
         rows = []
         for clients in levels:
-            before = _batch_stats(port)
+            before, cpu0 = _batch_stats(port), _cpu_seconds(server.pid)
             row = asyncio.run(drive(port, texts, clients, seconds))
-            after = _batch_stats(port)
+            after, cpu1 = _batch_stats(port), _cpu_seconds(server.pid)
             batches = max(after[1] - before[1], 1)
             row["mean_batch"] = round((after[0] - before[0]) / batches, 2)
+            # CPU the server spent per answered request (warm-up included): on a shared host
+            # this, unlike wall-clock throughput, does not depend on how much CPU we were given
+            row["server_cpu_ms_per_request"] = round(
+                1000 * (cpu1 - cpu0) / max(row["received"] - row["errors"], 1), 2
+            )
             rows.append(row)
         return rows
     finally:
@@ -221,6 +236,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/textloop-serve-bench"))
     ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per phase")
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--text-chars", type=int, default=300, help="characters per request text")
     ap.add_argument("--output", type=Path, help="also write the JSON here")
     args = ap.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -229,7 +245,7 @@ def main() -> None:
     load_start = os.getloadavg()
 
     run_dir, int8_dir, model_info = prepare_model(args.work, args.run)
-    texts = sample_texts(200)
+    texts = sample_texts(200, args.text_chars)
     result: dict[str, Any] = {
         "machine": {
             "cores": len(os.sched_getaffinity(0)),
@@ -237,7 +253,7 @@ def main() -> None:
             "note": "shared host: other processes were running; client and server share the cores",
         },
         "model": model_info,
-        "requests": "batch-1 POST /v1/predict, opening 300 chars of BBC test articles",
+        "requests": f"batch-1 POST /v1/predict, first {args.text_chars} chars of BBC test articles",
         "in_process_batch1_p50_ms": {
             "torch_fp32": in_process_p50(run_dir, texts, 200),
             "onnx_int8": in_process_p50(int8_dir, texts, 200),
