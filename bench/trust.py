@@ -144,7 +144,8 @@ def main() -> None:
     result["completeness"] = {
         "steps": steps,
         "logit": completeness_summary(expl),
-        "seconds_per_text": round(seconds / len(texts), 3),
+        # meaningless when explanations came from --cache
+        "seconds_per_text": None if args.cache else round(seconds / len(texts), 3),
     }
     if args.n_probability:
         prob_cache = args.cache + ".probability" if args.cache else None
