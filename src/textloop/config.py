@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from textloop.errors import ConfigError
 
-TaskName = Literal["classification", "mlm", "clm", "generation", "ner", "qa"]
+TaskName = Literal["classification", "ner", "qa", "mlm", "clm", "generation"]
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -52,15 +52,6 @@ class DataConfig(_Strict):
     label_separator: str | None = Field(
         None, description="Split string labels on this separator (implies multi_label)."
     )
-    prompt_column: str = Field("prompt", description="Generation, pairs: column with the prompt.")
-    target_column: str = Field(
-        "target", description="Generation, pairs: column with the answer to learn."
-    )
-    messages_column: str = Field(
-        "messages",
-        description="Generation, chats (jsonl): key holding a list of {role, content} messages "
-        "(roles system/user/assistant); used when rows have it, else prompt/target columns.",
-    )
     tag_column: int = Field(
         -1,
         description="NER, CoNLL files: column holding the tag (0 = the token; negative counts "
@@ -84,6 +75,15 @@ class DataConfig(_Strict):
         "answers",
         description="QA, flat JSONL: answers key, {text: [...], answer_start: [...]} or a list "
         "of {text, answer_start}; empty for a question with no answer (SQuAD 2.0).",
+    )
+    prompt_column: str = Field("prompt", description="Generation, pairs: column with the prompt.")
+    target_column: str = Field(
+        "target", description="Generation, pairs: column with the answer to learn."
+    )
+    messages_column: str = Field(
+        "messages",
+        description="Generation, chats (jsonl): key holding a list of {role, content} messages "
+        "(roles system/user/assistant); used when rows have it, else prompt/target columns.",
     )
     val_fraction: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of train held out when no validation is given."
@@ -154,6 +154,11 @@ class TrainConfig(_Strict):
         "auto", description="auto: bf16 autocast only where the hardware has bf16 (GPU, AMX CPUs)."
     )
     eval_batch_size: int = Field(64, ge=1, le=8192, description="Examples per evaluation batch.")
+    temperature_scaling: bool = Field(
+        False,
+        description="After training, fit one temperature on the validation logits (lower ECE, "
+        "same accuracy); stored in labels.json and applied at predict and serve time.",
+    )
     packing: bool = Field(
         False,
         description="Generation: pack short examples into rows of max_seq_len tokens (each "
@@ -163,85 +168,6 @@ class TrainConfig(_Strict):
         False,
         description="Recompute activations in backward instead of storing them: less memory "
         "(longer sequences, bigger batches), about a third more compute.",
-    )
-
-
-class PretrainConfig(_Strict):
-    """Continued pre-training options (task: mlm or clm). data.train names the corpus, and
-    train.max_seq_len is the packed block length; train.batch_size counts blocks."""
-
-    mask_rate: float = Field(
-        0.15, gt=0.0, lt=1.0, description="MLM: share of tokens chosen for prediction (80/10/10)."
-    )
-    whole_word_mask: bool = Field(
-        False, description="MLM: choose whole words, masking all their sub-word tokens together."
-    )
-    document_mask: bool = Field(
-        True,
-        description="Packed blocks: attend only within each document and restart positions per "
-        "document (no cross-document leakage); false lets blocks attend across documents.",
-    )
-    eval_blocks: int = Field(
-        256, ge=0, description="Held-out blocks scored for perplexity (0: all of them)."
-    )
-    extend_vocab: int = Field(
-        0,
-        ge=0,
-        le=100_000,
-        description="Add up to this many frequent corpus words that the tokenizer splits into "
-        "pieces as new tokens (embeddings start at the mean of their pieces).",
-    )
-    min_word_count: int = Field(
-        20, ge=1, description="extend_vocab: how often a word must occur in the corpus."
-    )
-
-
-class LoraConfig(_Strict):
-    """Low-rank adapters (LoRA): train small matrices next to frozen weights; merged at save."""
-
-    enabled: bool | None = Field(
-        None, description="Train LoRA adapters (default: on for generation, off for other tasks)."
-    )
-    r: int = Field(8, ge=1, le=1024, description="Adapter rank.")
-    alpha: int = Field(16, ge=1, description="Scaling numerator: updates are scaled by alpha / r.")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    targets: list[str] = Field(
-        default_factory=lambda: ["auto"],
-        description="Linear layers to adapt, by name (e.g. [q_proj, v_proj]); auto: the "
-        "attention projections of the model family.",
-    )
-
-
-class GenerationConfig(_Strict):
-    """Generation options (task: generation): prompt format, decoding, evaluation sample."""
-
-    system_prompt: str | None = Field(
-        None, description="System message put before every conversation (training and use)."
-    )
-    prompt_template: str = Field(
-        "{prompt}",
-        description="Pairs: how the prompt cell is phrased, e.g. 'Summarise: {prompt}'.",
-    )
-    max_new_tokens: int = Field(128, ge=1, le=8192, description="Longest answer, in tokens.")
-    temperature: float = Field(
-        0.0, ge=0.0, le=10.0, description="Sampling temperature; 0 decodes greedily."
-    )
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (1: off).")
-    top_k: int = Field(0, ge=0, description="Sample among the k best tokens (0: off).")
-    repetition_penalty: float = Field(
-        1.0, gt=0.0, description="> 1 discourages tokens already in the text (1: off)."
-    )
-    stop: list[str] = Field(
-        default_factory=list, description="Strings that end an answer (not included in it)."
-    )
-    eval_samples: int = Field(
-        32,
-        ge=0,
-        description="Validation examples answered greedily at each evaluation for BLEU / chrF "
-        "/ ROUGE (0: loss and perplexity only). Generating is slow on a CPU.",
-    )
-    eval_max_new_tokens: int = Field(
-        64, ge=1, le=8192, description="Longest answer generated during evaluation."
     )
 
 
@@ -381,10 +307,10 @@ class RunConfig(_Strict):
     overwrite: bool = Field(False, description="Replace an existing, different run in output.")
     data: DataConfig = Field(default_factory=lambda: DataConfig())
     train: TrainConfig = Field(default_factory=lambda: TrainConfig())
-    ner: NerConfig = Field(default_factory=lambda: NerConfig())
-    qa: QaConfig = Field(default_factory=lambda: QaConfig())
     lora: LoraConfig = Field(default_factory=lambda: LoraConfig())
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig())
+    ner: NerConfig = Field(default_factory=lambda: NerConfig())
+    qa: QaConfig = Field(default_factory=lambda: QaConfig())
     pretrain: PretrainConfig = Field(default_factory=lambda: PretrainConfig())
 
     @model_validator(mode="after")

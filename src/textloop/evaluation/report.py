@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from textloop.evaluation.calibration import reliability_section
+
 
 def _plot_learning_curve(log_path: Path, png: Path) -> bool:
     import matplotlib
@@ -113,15 +115,24 @@ _HEADLINES: dict[str, tuple[tuple[str, str], ...]] = {
         ("token_accuracy", "token accuracy"),
     ),
     "classification": (("accuracy", "accuracy"), ("macro_f1", "macro-F1")),
+    "language_model": (
+        ("perplexity", "perplexity"),
+        ("chrf", "chrF"),
+        ("bleu", "BLEU"),
+        ("rougeL", "ROUGE-L"),
+        ("loss", "loss"),
+    ),
 }
 
 
 def metrics_kind(metrics: dict[str, Any]) -> str:
-    """Which task's metrics a split's dict holds: qa, ner or classification."""
+    """Which task's metrics a split's dict holds: qa, ner, language_model or classification."""
     if "exact_match" in metrics:
         return "qa"
     if "per_type" in metrics:
         return "ner"
+    if "perplexity" in metrics:
+        return "language_model"
     return "classification"
 
 
@@ -205,7 +216,9 @@ def write_report(out: Path, metrics: dict[str, Any], labels: list[str]) -> None:
             "null_threshold",
             "loss",
         ),
-    }.get(kind, ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy", "loss"))
+    }.get(
+        kind, ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "subset_accuracy", "loss", "ece")
+    )
     parts += [
         "## Metrics",
         "",
@@ -236,6 +249,7 @@ def write_report(out: Path, metrics: dict[str, Any], labels: list[str]) -> None:
                     f"Confusion matrix ({split})",
                 )
                 parts += [f"![confusion matrix]({'plots/confusion_' + split + '.png'})", ""]
+            parts += reliability_section(split, metrics[split], plots)
             break
     tmp = out / "report.md.tmp"
     tmp.write_text("\n".join(parts), encoding="utf-8")

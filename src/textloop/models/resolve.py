@@ -62,8 +62,9 @@ def resolve_model(ref: str) -> Path:
     """Turn ``embedded:NAME`` or a directory path into a checked local checkpoint directory.
 
     Args:
-        ref: ``embedded:minilm``, ``embedded:smollm2`` or a path to a Hugging Face checkpoint
-            directory. ``embedded:smollm2`` is converted from GGUF on first use (about a minute).
+        ref: ``embedded:minilm``, ``embedded:smollm2``, a path to a Hugging Face checkpoint
+            directory, or a run directory (its ``model/``). ``embedded:smollm2`` is converted
+            from GGUF on first use (about a minute).
 
     Returns:
         The directory holding ``config.json``, weights and tokenizer files.

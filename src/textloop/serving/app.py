@@ -10,6 +10,8 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 - ``POST /v1/admin/reload``: check the registry for a new production version now (API key).
 - ``POST /v1/generate``: a generation model's answer to ``{"prompt"}`` or ``{"messages"}``,
   streamed as server-sent events with ``"stream": true`` (``serving/generate_route.py``).
+- ``POST /v1/explain``: ``{"inputs": [...], "steps": 50}`` -> integrated-gradients word
+  attributions per input, as ``textloop explain`` (``serving/explain_route.py``).
 - ``POST /v1/feedback``: ``{"label": ..., "text": ..., "prediction_id": ...}``, a labelled
   example for retraining (API key; only with a feedback store, which also logs every
   prediction and adds its ``prediction_id`` to the response).
@@ -319,6 +321,9 @@ def create_app(
     from textloop.serving.generate_route import add_generate_route
 
     add_generate_route(app, state)  # POST /v1/generate (generation models, SSE streaming)
+    from textloop.serving.explain_route import add_explain_route
+
+    add_explain_route(app, state)  # POST /v1/explain (classification attributions)
     return app
 
 

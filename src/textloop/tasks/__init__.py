@@ -11,11 +11,11 @@ from types import ModuleType
 
 TASK_MODULES: dict[str, str] = {
     "classification": "textloop.tasks.classification",
-    "ner": "textloop.tasks.ner",
-    "qa": "textloop.tasks.qa",
     "generation": "textloop.tasks.generation",
     "mlm": "textloop.tasks.pretrain",
     "clm": "textloop.tasks.pretrain",
+    "ner": "textloop.tasks.ner",
+    "qa": "textloop.tasks.qa",
 }
 
 

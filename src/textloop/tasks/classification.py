@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from textloop.data.readers import Table, read_table
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
 from textloop.tasks.base import Encoded, Splits
+from textloop.tasks.calibration import calibration_summary, fit_temperature
 
 MULTI_LABEL_THRESHOLD = 0.5
 METRIC_NAMES = ("macro_f1", "accuracy", "micro_f1", "weighted_f1")  # the first is the default
@@ -74,6 +75,7 @@ class ClassificationTask:
     pair: bool = False
     class_weights: list[float] | None = None
     label_separator: str | None = None
+    temperature: float = 1.0  # logits are divided by it before softmax/sigmoid (calibration)
     name: str = "classification"
 
     metric_names: tuple[str, ...] = METRIC_NAMES
@@ -178,8 +180,14 @@ class ClassificationTask:
         return self.loss(logits.float(), targets)
 
     # ---- metrics -------------------------------------------------------------------------
-    def evaluate(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> dict[str, Any]:
-        logits = self.logits_for(model, data, batch_size)
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        data: Encoded,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        logits = self.logits_for(model, data, batch_size, progress)
         targets = torch.tensor(
             data.targets, dtype=torch.float32 if self.multi_label else torch.long
         )
@@ -226,23 +234,53 @@ class ClassificationTask:
         else:
             out["accuracy"] = float(accuracy_score(y_true, y_pred))
             out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=label_ids).tolist()
+        out["calibration"] = calibration_summary(
+            logits, targets, self.multi_label, self.temperature
+        )
+        out["ece"] = out["calibration"]["ece"]
+        if self.temperature != 1.0:
+            out["ece_before_temperature"] = calibration_summary(logits, targets, self.multi_label)[
+                "ece"
+            ]
         return out
+
+    def fit_temperature(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> float:
+        """Fit temperature scaling on a labelled split (validation) and keep it in the task."""
+        logits = self.logits_for(model, data, batch_size)
+        targets = torch.tensor(
+            data.targets, dtype=torch.float32 if self.multi_label else torch.long
+        )
+        self.temperature = fit_temperature(logits, targets, self.multi_label)
+        return self.temperature
 
     # ---- inference -----------------------------------------------------------------------
     @torch.no_grad()
-    def logits_for(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> torch.Tensor:
-        """Logits for every example, batched by length; rows come back in input order."""
+    def logits_for(
+        self,
+        model: torch.nn.Module,
+        data: Encoded,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Logits for every example, batched by length; rows come back in input order.
+
+        ``progress`` is called with the number of examples in each finished batch.
+        """
         model.eval()
+        device = next(model.parameters()).device
         out = torch.empty((len(data), len(self.labels)))
         for idx in sorted_batches(data.lengths, batch_size):
             batch = self.collate(data, idx)
             batch.pop("targets", None)
-            out[idx] = model(**batch).logits.float()
+            out[idx] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+            if progress is not None:
+                progress(len(idx))
         return out
 
     def decode(self, logits: torch.Tensor, top_k: int = 1) -> list[dict[str, Any]]:
         """Turn logits into predictions: label + score (+ top-k), or a label set for multi-label."""
         results: list[dict[str, Any]] = []
+        logits = logits / self.temperature
         if self.multi_label:
             probs = torch.sigmoid(logits).numpy()
             for row in probs:
@@ -301,6 +339,7 @@ class ClassificationTask:
             "pair": self.pair,
             "label_separator": self.label_separator,
             "max_seq_len": self.max_seq_len,
+            "temperature": self.temperature,
         }
 
 
@@ -323,6 +362,7 @@ def task_from_state(state: dict[str, Any], tokenizer: Any) -> ClassificationTask
         multi_label=state["multi_label"],
         pair=state["pair"],
         label_separator=state.get("label_separator"),
+        temperature=float(state.get("temperature", 1.0)),
     )
 
 

@@ -8,6 +8,7 @@ temporary path and renamed into place.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -229,6 +230,8 @@ def train(
     tokenizer = _load_tokenizer(model_dir)
     splits = module.build_splits(cfg, tokenizer)
     task: Task = splits.task
+    if t.temperature_scaling and not hasattr(task, "fit_temperature"):
+        raise ConfigError(f"train.temperature_scaling: the {cfg.task} task has no scores to scale")
 
     threads = _set_threads(t.threads)
     device = dist.init()  # under torchrun: join the process group; cuda:LOCAL_RANK on GPUs
@@ -296,8 +299,19 @@ def train(
             return {k: v.to(device) for k, v in splits.stream.collate(items).items()}
         return {k: v.to(device) for k, v in task.collate(splits.train, items).items()}
 
+    callbacks = list(callbacks) if main else []
+    progress_hooks = [cb.on_eval_progress for cb in callbacks if hasattr(cb, "on_eval_progress")]
+    reports_progress = "progress" in inspect.signature(task.evaluate).parameters
+
     def evaluate(data: Encoded) -> dict[str, Any]:
-        return task.evaluate(model, data, t.eval_batch_size)
+        if not (progress_hooks and reports_progress):
+            return task.evaluate(model, data, t.eval_batch_size)
+
+        def progress(n: int) -> None:
+            for hook in progress_hooks:
+                hook(n, len(data))
+
+        return task.evaluate(model, data, t.eval_batch_size, progress=progress)  # type: ignore[call-arg]
 
     train_model = dist.wrap_model(model, device)  # DDP under torchrun; evaluation uses `model`
 
@@ -307,7 +321,6 @@ def train(
     higher = metric_for_best != "loss" and metric_for_best not in getattr(
         module, "LOWER_IS_BETTER", ()
     )
-    callbacks = list(callbacks) if main else []
     fire(
         callbacks,
         "on_train_start",
@@ -395,6 +408,9 @@ def train(
     # -- finish: best weights, final metrics, artifacts ------------------------------------
     if (ckpt / "best").is_dir():
         load_weights(ckpt / "best", model)
+    temperature = None
+    if t.temperature_scaling:  # calibrates scores on validation data; the arg-max is unchanged
+        temperature = task.fit_temperature(model, splits.validation, t.eval_batch_size)  # type: ignore[attr-defined]
     final = {"validation": evaluate(splits.validation)}
     if splits.test is not None:
         final["test"] = evaluate(splits.test)
@@ -409,6 +425,7 @@ def train(
         "device": str(device),
         "precision": "bf16" if autocast else "fp32",
         "threads": threads,
+        "temperature": temperature,
     }
     final["data"] = splits.summary
     if dist.world_size() > 1:
