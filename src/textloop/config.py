@@ -469,6 +469,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
+def load_tree(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A YAML mapping (or an empty one), then ``extra`` dotted keys (from flags), then ``--set``.
+
+    Every config kind (run, prepare, update) loads its raw tree this way before validating it.
+    """
+    tree = read_yaml(path) if path is not None else {}
+    for key, value in (extra or {}).items():
+        _set_dotted(tree, key, value)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return tree
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -487,12 +505,7 @@ def load_config(
     Raises:
         ConfigError: on a missing/invalid file or any invalid key or value (all listed at once).
     """
-    tree = read_yaml(path) if path is not None else {}
-    for key, value in (extra or {}).items():
-        _set_dotted(tree, key, value)
-    for text in overrides or []:
-        key, value = parse_override(text)
-        _set_dotted(tree, key, value)
+    tree = load_tree(path, overrides, extra)
     return build_config(tree, source=str(path) if path is not None else "config")
 
 

@@ -14,8 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from textloop.config import parse_override, read_yaml, validate_tree
-from textloop.errors import ConfigError
+from textloop.config import load_tree, validate_tree
 
 Strategy = Literal["naive", "replay", "ewc", "lwf"]
 
@@ -129,17 +128,6 @@ class UpdateConfig(_Strict):
     gate: GateConfig = Field(default_factory=lambda: GateConfig())
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    node = tree
-    *parents, last = dotted.split(".")
-    for key in parents:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{key}' is a value, not a section")
-        node = child
-    node[last] = value
-
-
 def load_update_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -150,10 +138,5 @@ def load_update_config(
     Raises:
         ConfigError: a missing/invalid file or any invalid key or value (all listed at once).
     """
-    tree = read_yaml(path) if path is not None else {}
-    for key, value in (extra or {}).items():
-        _set_dotted(tree, key, value)
-    for text in overrides or []:
-        key, value = parse_override(text)
-        _set_dotted(tree, key, value)
+    tree = load_tree(path, overrides, extra)
     return validate_tree(UpdateConfig, tree, source=str(path) if path is not None else "update")

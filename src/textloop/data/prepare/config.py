@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from textloop.config import _set_dotted, parse_override, read_yaml, validate_tree
+from textloop.config import load_tree, validate_tree
 from textloop.errors import ConfigError
 
 SPLIT_NAMES = ("train", "validation", "test")
@@ -219,12 +219,7 @@ def load_prepare_config(
     Raises:
         ConfigError: a missing/invalid file or any invalid key or value (all listed at once).
     """
-    tree = read_yaml(path) if path is not None else {}
-    for key, value in (extra or {}).items():
-        _set_dotted(tree, key, value)
-    for text in overrides or []:
-        key, value = parse_override(text)
-        _set_dotted(tree, key, value)
+    tree = load_tree(path, overrides, extra)
     split = tree.get("split")
     if isinstance(split, dict) and "fractions" in split:
         split["fractions"] = _parse_fractions(split["fractions"])
