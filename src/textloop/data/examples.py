@@ -26,7 +26,7 @@ class Selected:
 
 def _column_error(table: Table, role: str, name: str, flag: str) -> DataError:
     columns = table.columns
-    close = difflib.get_close_matches(name, columns, n=1)
+    close = difflib.get_close_matches(name, columns, n=1, cutoff=0.75)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return DataError(
         f"column {name!r} not found in {table.source}{hint}; columns are: "
