@@ -19,7 +19,8 @@ after learning batch i. Printed as JSON per strategy:
 - update_seconds: total wall time of the three updates (training only)
 - gate: what the default gate would decide at each update
 
-Run (about 15 minutes on 2 shared CPU cores):
+Run (about 30 minutes on 2 shared CPU cores; LwF can run in a second process with
+--strategies lwf):
     nice -n 19 .venv/bin/python bench/continual.py --output bench/results/continual.json
 """
 
@@ -106,7 +107,7 @@ def train_base(batch: dict, work: Path, args: argparse.Namespace) -> Path:
             "data.train": str(work / "b0-train.csv"),
             "data.validation": str(work / "b0-val.csv"),
             "data.test": str(work / "b0-test.csv"),
-            "train.epochs": args.epochs,
+            "train.epochs": 2,
             "train.lr": 1e-4,
             "train.batch_size": 16,
             "train.max_seq_len": args.max_seq_len,
@@ -126,7 +127,9 @@ def main() -> int:
     parser.add_argument("--per-old", type=int, default=40, help="examples of the old topic")
     parser.add_argument("--test-per-class", type=int, default=40)
     parser.add_argument("--replay-size", type=int, default=160)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--head-lr", type=float, default=1e-3)
     parser.add_argument("--max-seq-len", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -152,7 +155,9 @@ def main() -> int:
         "n_test": [len(b["test"]) for b in batches],
         "model": "embedded:minilm",
         "max_seq_len": args.max_seq_len,
-        "epochs": args.epochs,
+        "update_epochs": args.epochs,
+        "update_lr": args.lr,
+        "update_head_lr": args.head_lr,
         "threads": torch.get_num_threads(),
         "base_seconds": round(base_seconds, 1),
         "strategies": {},
@@ -163,8 +168,8 @@ def main() -> int:
             [
                 f"strategy={strategy}",
                 f"epochs={args.epochs}",
-                "lr=5e-5",
-                "head_lr=5e-4",
+                f"lr={args.lr}",
+                f"head_lr={args.head_lr}",
                 "batch_size=16",
                 f"max_seq_len={args.max_seq_len}",
                 f"replay.replay_size={args.replay_size}",
