@@ -57,6 +57,14 @@ class Stream(Protocol):
     def __len__(self) -> int: ...
 
 
+def pad_inputs(data: Encoded, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Model inputs for the examples at ``indices``, right-padded to the longest of them."""
+    from textloop.data.batching import pad_batch
+
+    types = [data.token_type_ids[i] for i in indices] if data.token_type_ids else None
+    return pad_batch([data.input_ids[i] for i in indices], pad_id, types)
+
+
 @dataclass
 class Splits:
     """A task with its encoded train / validation / (test) splits and a data summary.

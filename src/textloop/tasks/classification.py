@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from textloop.config import RunConfig
-from textloop.data.batching import pad_batch, sorted_batches
+from textloop.data.batching import sorted_batches
 from textloop.data.builtin import builtin_columns, default_test_split
 from textloop.data.examples import Selected, select_columns, subset
 from textloop.data.prepare.corpus import with_prepared_splits
 from textloop.data.readers import Table, read_table
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
-from textloop.tasks.base import Encoded, Splits
+from textloop.tasks.base import Encoded, Splits, pad_inputs
 from textloop.tasks.calibration import calibration_summary, fit_temperature
 
 MULTI_LABEL_THRESHOLD = 0.5
@@ -154,11 +154,7 @@ class ClassificationTask:
         return AutoModelForSequenceClassification.from_pretrained(model_dir)
 
     def collate(self, data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        batch = pad_batch(
-            [data.input_ids[i] for i in indices],
-            self.tokenizer.pad_token_id or 0,
-            [data.token_type_ids[i] for i in indices] if data.token_type_ids else None,
-        )
+        batch = pad_inputs(data, indices, self.tokenizer.pad_token_id or 0)
         if data.targets:
             dtype = torch.float32 if self.multi_label else torch.long
             batch["targets"] = torch.tensor([data.targets[i] for i in indices], dtype=dtype)

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from textloop.config import RunConfig
-from textloop.data.batching import pad_batch, sorted_batches
+from textloop.data.batching import sorted_batches
 from textloop.errors import ConfigError, DataError
-from textloop.tasks.base import Encoded, Splits
+from textloop.tasks.base import Encoded, Splits, pad_inputs
 from textloop.tasks.ner_data import (
     Sentence,
     read_ner,
@@ -145,7 +145,7 @@ class NerTask:
         return AutoModelForTokenClassification.from_pretrained(model_dir)
 
     def collate(self, data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        batch = pad_batch([data.input_ids[i] for i in indices], self.tokenizer.pad_token_id or 0)
+        batch = pad_inputs(data, indices, self.tokenizer.pad_token_id or 0)
         if data.targets:
             targets = torch.full_like(batch["input_ids"], -100)
             for row, i in enumerate(indices):

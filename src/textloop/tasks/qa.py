@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from textloop.config import RunConfig
-from textloop.data.batching import pad_batch, sorted_batches
+from textloop.data.batching import sorted_batches
 from textloop.errors import ConfigError, DataError
-from textloop.tasks.base import Encoded, Splits
+from textloop.tasks.base import Encoded, Splits, pad_inputs
 from textloop.tasks.qa_data import QaExample, read_qa
 from textloop.tasks.qa_metrics import best_null_threshold, score_one, squad_scores
 from textloop.tasks.windows import SpecialTemplate, special_template
@@ -153,11 +153,7 @@ class QaTask:
         return AutoModelForQuestionAnswering.from_pretrained(model_dir)
 
     def collate(self, data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        batch = pad_batch(
-            [data.input_ids[i] for i in indices],
-            self.tokenizer.pad_token_id or 0,
-            [data.token_type_ids[i] for i in indices] if data.token_type_ids else None,
-        )
+        batch = pad_inputs(data, indices, self.tokenizer.pad_token_id or 0)
         if data.targets:
             batch["targets"] = torch.tensor([data.targets[i] for i in indices], dtype=torch.long)
         return batch
