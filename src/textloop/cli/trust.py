@@ -12,13 +12,17 @@ from textloop.evaluation.explain import DEFAULT_STEPS
 def add_parser(sub: Any) -> list[str]:
     """Register explain and audit on the ``textloop`` subparsers."""
     e = sub.add_parser(
-        "explain", help="word attributions (integrated gradients) for texts, ranked or as HTML"
+        "explain",
+        help="word attributions (integrated gradients) for texts, or for each entity of a NER "
+        "run, ranked or as HTML",
     )
     e.add_argument("run", help="run directory")
     e.add_argument("texts", nargs="*", help="texts to explain")
     e.add_argument("--input", help="file of texts to explain (any readable format)")
     e.add_argument("--text-column", help="text column of --input (default: the run's)")
-    e.add_argument("--target", help="explain this label instead of the predicted one")
+    e.add_argument(
+        "--target", help="explain this label instead of the predicted one (classification)"
+    )
     e.add_argument(
         "--steps",
         type=int,
@@ -31,7 +35,9 @@ def add_parser(sub: Any) -> list[str]:
         default="logit",
         help="attribute the target's logit (default) or its probability",
     )
-    e.add_argument("--top", type=int, default=10, help="words shown per text (default 10)")
+    e.add_argument(
+        "--top", type=int, default=10, help="words shown per text or entity (default 10)"
+    )
     e.add_argument("--html", help="also write a colour-coded HTML page here")
     e.add_argument("--json", action="store_true", help="print the explanations as JSON lines")
 
@@ -96,6 +102,9 @@ def _explain(args: argparse.Namespace) -> int:
             print(json.dumps(e, ensure_ascii=False))
         return 0
     for e in explanations:
+        if "entities" in e:
+            _print_entities(e, args.top)
+            continue
         c = e["completeness"]
         print(f"{e['text'][:100]!r}")
         print(
@@ -108,6 +117,23 @@ def _explain(args: argparse.Namespace) -> int:
     if args.html:
         print(f"html: {args.html}")
     return 0
+
+
+def _print_entities(explanation: dict[str, Any], top: int) -> None:
+    from textloop.evaluation.explain import ranked_words
+
+    print(f"{explanation['text'][:100]!r}")
+    if not explanation["entities"]:
+        print("  no entities")
+    for e in explanation["entities"]:
+        c = e["completeness"]
+        print(
+            f"  {e['label']} {e['text']!r} [{e['start']}, {e['end']}) ({e['score']:.3f}); "
+            f"completeness error {c['relative_error']:.2%}"
+            + ("; text truncated" if e["truncated"] else "")
+        )
+        for rank, w in enumerate(ranked_words(e, top), 1):
+            print(f"    {rank:>3}. {w['word']:<24} {w['attribution']:+.4f}")
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -38,16 +38,107 @@ BASELINE = "pad"  # documented above; the only baseline for now
 Output = Literal["logit", "probability"]
 
 
-def _check_model(run: Any) -> None:
+def check_torch_model(run: Any) -> None:
+    """Raise ``ModelError`` unless ``run`` holds a PyTorch model with input embeddings."""
     if not isinstance(run.model, torch.nn.Module) or not hasattr(run.model, "get_input_embeddings"):
         raise ModelError(
             f"{run.path}: explanations need the PyTorch model (found {type(run.model).__name__}); "
             "explain a run that was not exported to ONNX"
         )
+
+
+def check_options(steps: int, output: str) -> None:
+    """Raise ``DataError`` for a step count or an output kind integrated gradients cannot use."""
+    if steps < 2:
+        raise DataError(f"steps: got {steps}; integrated gradients needs at least 2")
+    if output not in ("logit", "probability"):
+        raise DataError(f"output: got {output!r}; use 'logit' or 'probability'")
+
+
+def _check_model(run: Any) -> None:
+    check_torch_model(run)
     if getattr(run.task, "pair", False):
         raise DataError(f"{run.path}: explaining sentence-pair models is not supported yet")
-    if not hasattr(run.task, "labels"):
-        raise DataError(f"{run.path}: explanations are available for classification runs only")
+    if not hasattr(run.task, "labels") or getattr(run.task, "name", None) != "classification":
+        raise DataError(
+            f"{run.path}: explanations are available for classification and NER runs only "
+            f"(this is a {getattr(run.task, 'name', '?')} run)"
+        )
+
+
+def pad_baseline(tokenizer: Any, ids: torch.Tensor) -> torch.Tensor:
+    """The documented baseline: ``ids`` (B, T) with every non-special token replaced by [PAD]."""
+    special = torch.tensor(
+        [
+            tokenizer.get_special_tokens_mask(r, already_has_special_tokens=True)
+            for r in ids.tolist()
+        ],
+        dtype=torch.bool,
+        device=ids.device,
+    )
+    return torch.where(special, ids, torch.full_like(ids, tokenizer.pad_token_id or 0))
+
+
+def integrate(
+    forward: Any,
+    model: Any,
+    ids: torch.Tensor,
+    baseline: torch.Tensor,
+    *,
+    target: torch.Tensor | None,
+    forward_args: tuple[Any, ...],
+    steps: int,
+    internal_batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integrated gradients on the input embeddings of ``model``.
+
+    Args:
+        forward: ``forward(ids, *forward_args)`` -> (B, C) outputs (with ``target``) or (B,).
+        model: the model whose ``get_input_embeddings()`` layer the path runs through.
+        ids: (B, T) input ids; ``baseline``: (B, T) baseline ids.
+        target: (B,) output index per row, or None when ``forward`` returns one value per row.
+        forward_args: extra tensors of ``forward``, one row per input row.
+        steps: Gauss-Legendre integration points.
+        internal_batch_size: sequences per forward/backward pass.
+
+    Returns:
+        (B, T) token attributions (summed over the hidden size, on the CPU) and (B,) Captum's
+        convergence delta.
+    """
+    from captum.attr import LayerIntegratedGradients
+
+    lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
+    attrs, delta = lig.attribute(
+        inputs=ids,
+        baselines=baseline,
+        target=target,
+        additional_forward_args=forward_args,
+        n_steps=steps,
+        method="gausslegendre",
+        internal_batch_size=max(internal_batch_size, len(ids)),
+        return_convergence_delta=True,
+    )
+    return attrs.sum(-1).detach().cpu(), delta.detach().cpu()
+
+
+def completeness(
+    sum_attributions: float, f_input: float, f_baseline: float, delta: float
+) -> dict[str, float]:
+    """How far the attributions are from summing to ``F(input) - F(baseline)``."""
+    diff = f_input - f_baseline
+    return {
+        "sum_attributions": sum_attributions,
+        "output_difference": diff,
+        "input_output": f_input,
+        "baseline_output": f_baseline,
+        "delta": delta,
+        "relative_error": abs(sum_attributions - diff) / max(abs(diff), 1e-12),
+    }
+
+
+def method_info(output: str, steps: int) -> dict[str, Any]:
+    """The ``method`` record every explanation carries."""
+    return {"name": "integrated_gradients", "output": output, "baseline": BASELINE, "steps": steps}
 
 
 def class_probabilities(run: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -121,8 +212,11 @@ def explain(
 ) -> list[dict[str, Any]]:
     """Integrated-gradients word attributions for each text, toward its predicted class.
 
+    A NER run is explained per predicted entity instead (``explain_spans.explain_spans``:
+    one dict per text with an ``entities`` list); ``target`` does not apply there.
+
     Args:
-        run: a classification run (``textloop.load_run``).
+        run: a classification or NER run (``textloop.load_run``).
         texts: raw texts.
         target: explain this label instead of the predicted one.
         steps: integration points (Gauss-Legendre); more steps, smaller completeness error.
@@ -139,22 +233,34 @@ def explain(
         ``baseline_output``, ``delta`` (Captum's), ``relative_error``), ``method``.
 
     Raises:
-        DataError: an unknown ``target`` label, a pair model, or a non-classification run.
+        DataError: an unknown ``target`` label, a pair model, or a run of another task.
         ModelError: the run holds an exported (ONNX) model.
 
     Example:
         >>> run = textloop.load_run("runs/reviews")
         >>> explain(run, ["the food was cold but the staff were lovely"])[0]["words"]
     """
-    from captum.attr import LayerIntegratedGradients
+    if getattr(run.task, "name", None) == "ner":
+        from textloop.evaluation.explain_spans import explain_spans
 
+        if target is not None:
+            raise DataError(
+                f"--target {target!r}: a NER run explains each entity it finds toward its "
+                "own tags; leave --target out"
+            )
+        return explain_spans(
+            run,
+            texts,
+            steps=steps,
+            output=output,
+            internal_batch_size=internal_batch_size,
+        )
     _check_model(run)
     task = run.task
     labels: list[str] = list(task.labels)
     if target is not None and target not in labels:
         raise DataError(f"--target {target!r} is not a label of {run.path}; labels are: {labels}")
-    if steps < 2:
-        raise DataError(f"steps: got {steps}; integrated gradients needs at least 2")
+    check_options(steps, output)
     if not texts:
         return []
     model, tok = run.model, task.tokenizer
@@ -173,9 +279,6 @@ def explain(
         scaled = scores(ids, mask, types)
         return scaled if output == "logit" else probs_of(scaled)
 
-    if output not in ("logit", "probability"):
-        raise DataError(f"output: got {output!r}; use 'logit' or 'probability'")
-    lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
     results: list[dict[str, Any] | None] = [None] * len(texts)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for lo in range(0, len(order), batch_size):
@@ -191,12 +294,7 @@ def explain(
         ids = batch["input_ids"].to(device)  # (B, T)
         mask = batch["attention_mask"].to(device)
         types = batch["token_type_ids"].to(device) if "token_type_ids" in batch else None
-        special = torch.tensor(
-            [tok.get_special_tokens_mask(r, already_has_special_tokens=True) for r in ids.tolist()],
-            dtype=torch.bool,
-            device=device,
-        )
-        baseline = torch.where(special, ids, torch.full_like(ids, tok.pad_token_id or 0))
+        baseline = pad_baseline(tok, ids)
         with torch.no_grad():
             f_input, f_base = forward(ids, mask, types), forward(baseline, mask, types)  # (B, C)
             probs = probs_of(scores(ids, mask, types))
@@ -204,22 +302,18 @@ def explain(
         targets = (
             torch.full_like(predicted, labels.index(target)) if target is not None else predicted
         )
-        attrs, delta = lig.attribute(
-            inputs=ids,
-            baselines=baseline,
+        token_scores, delta = integrate(
+            forward,
+            model,
+            ids,
+            baseline,
             target=targets,
-            additional_forward_args=(mask, types),
-            n_steps=steps,
-            method="gausslegendre",
-            internal_batch_size=max(internal_batch_size, len(idx)),
-            return_convergence_delta=True,
-        )
-        token_scores = attrs.sum(-1).detach().cpu()  # (B, T): summed over the hidden size
+            forward_args=(mask, types),
+            steps=steps,
+            internal_batch_size=internal_batch_size,
+        )  # (B, T)
         for row, i in enumerate(idx):
             t = int(targets[row])
-            f_x, f_b = float(f_input[row, t]), float(f_base[row, t])
-            total = float(token_scores[row].sum())
-            diff = f_x - f_b
             enc = batch.encodings[row]
             results[i] = {
                 "text": texts[i],
@@ -231,20 +325,13 @@ def explain(
                     texts[i], enc.offsets, enc.word_ids, token_scores[row].tolist()
                 ),
                 "truncated": bool(enc.overflowing),
-                "completeness": {
-                    "sum_attributions": total,
-                    "output_difference": diff,
-                    "input_output": f_x,
-                    "baseline_output": f_b,
-                    "delta": float(delta[row]),
-                    "relative_error": abs(total - diff) / max(abs(diff), 1e-12),
-                },
-                "method": {
-                    "name": "integrated_gradients",
-                    "output": output,
-                    "baseline": BASELINE,
-                    "steps": steps,
-                },
+                "completeness": completeness(
+                    float(token_scores[row].sum()),
+                    float(f_input[row, t]),
+                    float(f_base[row, t]),
+                    float(delta[row]),
+                ),
+                "method": method_info(output, steps),
             }
     return [r for r in results if r is not None]
 
@@ -261,39 +348,59 @@ def _colour(score: float, scale: float) -> str:
     return f"rgba({rgb},{a * 0.8:.3f})"
 
 
-def render_html(explanations: Sequence[dict[str, Any]]) -> str:
-    """A standalone HTML page: each text with its words shaded by attribution.
+def highlight(
+    text: str, words: Sequence[dict[str, Any]], mark: tuple[int, int] | None = None
+) -> str:
+    """HTML of ``text`` with each word shaded by its attribution, relative to the largest.
 
-    Green words push toward the explained label, red words away; the shade is relative to the
-    largest absolute word attribution of that text. Hovering a word shows its score.
+    Green words push toward the explained output, red words away; hovering shows the score.
+    Words inside the character range ``mark`` (an entity) are also outlined.
     """
+    scale = max((abs(w["attribution"]) for w in words), default=0.0)
+    pos, spans = 0, []
+    for w in words:
+        inside = mark is not None and mark[0] <= w["start"] and w["end"] <= mark[1]
+        spans.append(html.escape(text[pos : w["start"]]))
+        spans.append(
+            f"<span class='w{' e' if inside else ''}' "
+            f"style='background:{_colour(w['attribution'], scale)}' "
+            f"title='{w['attribution']:+.4f}'>{html.escape(text[w['start'] : w['end']])}</span>"
+        )
+        pos = w["end"]
+    spans.append(html.escape(text[pos:]))
+    return "".join(spans)
+
+
+def completeness_note(explanation: dict[str, Any]) -> str:
+    """One HTML line: sum of attributions vs the output difference, steps, baseline."""
+    c = explanation["completeness"]
+    return (
+        f"sum of attributions {c['sum_attributions']:+.4f} vs F(x)−F(baseline) "
+        f"{c['output_difference']:+.4f} (completeness error {c['relative_error']:.2%}; "
+        f"{explanation['method']['steps']} steps, [PAD] baseline)"
+        + ("; text truncated" if explanation["truncated"] else "")
+    )
+
+
+def render_html(explanations: Sequence[dict[str, Any]]) -> str:
+    """A standalone HTML page: each text (or each entity of a NER text) with shaded words."""
+    from textloop.evaluation.explain_spans import span_blocks
+
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>textloop explain</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.9}"
-        ".w{padding:1px 2px;border-radius:3px}.meta{color:#555;font-size:90%}</style>",
+        ".w{padding:1px 2px;border-radius:3px}.e{outline:2px solid #333}"
+        ".meta{color:#555;font-size:90%}</style>",
         "</head><body><h1>Integrated-gradients attributions</h1>",
     ]
     for e in explanations:
-        text = e["text"]
-        scale = max((abs(w["attribution"]) for w in e["words"]), default=0.0)
-        pos = 0
-        spans = []
-        for w in e["words"]:
-            spans.append(html.escape(text[pos : w["start"]]))
-            spans.append(
-                f"<span class='w' style='background:{_colour(w['attribution'], scale)}' "
-                f"title='{w['attribution']:+.4f}'>{html.escape(text[w['start'] : w['end']])}</span>"
-            )
-            pos = w["end"]
-        spans.append(html.escape(text[pos:]))
-        c = e["completeness"]
+        if "entities" in e:
+            parts += span_blocks(e)
+            continue
         parts += [
-            "<div><p>" + "".join(spans) + "</p>",
+            f"<div><p>{highlight(e['text'], e['words'])}</p>",
             f"<p class='meta'>predicted <b>{html.escape(e['label'])}</b> ({e['score']:.3f}); "
-            f"explained <b>{html.escape(e['target'])}</b>: sum of attributions "
-            f"{c['sum_attributions']:+.4f} vs F(x)−F(baseline) {c['output_difference']:+.4f} "
-            f"(completeness error {c['relative_error']:.2%}; {e['method']['steps']} steps, "
-            f"[PAD] baseline){'; text truncated' if e['truncated'] else ''}</p></div><hr>",
+            f"explained <b>{html.escape(e['target'])}</b>: {completeness_note(e)}</p></div><hr>",
         ]
     parts.append("</body></html>")
     return "\n".join(parts)

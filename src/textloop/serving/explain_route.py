@@ -3,8 +3,11 @@
 Request: ``{"inputs": ["..."], "target": null, "steps": 50, "output": "logit"}``.
 Response: ``{"model": {...}, "explanations": [...]}``, one per input, each as
 ``textloop.evaluation.explain.explain`` returns it (label, score, words with attributions,
-completeness). Attributions cost ``steps`` forward and backward passes per text, so this route
-takes at most ``MAX_TEXTS`` texts per request and runs on a worker thread.
+completeness); for a NER model, each input's ``entities``, each with its text, label, start,
+end, score, words with attributions toward the entity's tags, and completeness
+(``textloop.evaluation.explain_spans``). Attributions cost ``steps`` forward and backward
+passes per text (per entity for NER), so this route takes at most ``MAX_TEXTS`` texts per
+request and runs on a worker thread.
 """
 
 from __future__ import annotations
@@ -38,13 +41,15 @@ def add_explain_route(app: FastAPI, state: Any) -> None:
 
     @app.post("/v1/explain", responses=ERROR_RESPONSES)
     async def explain_texts(req: ExplainRequest) -> JSONResponse:
-        """Word attributions (integrated gradients) toward each text's predicted label."""
+        """Word attributions (integrated gradients) toward each text's label, or per entity."""
         model = state.current
         if model is None or not state.ready:
             raise ApiError(503, "not_ready", "no model is loaded yet; retry shortly")
-        if getattr(model.run.task, "name", None) != "classification":
+        if getattr(model.run.task, "name", None) not in ("classification", "ner"):
             raise ApiError(
-                400, "wrong_task", "explanations are available for classification models only"
+                400,
+                "wrong_task",
+                "explanations are available for classification and NER models only",
             )
         try:
             out = await asyncio.to_thread(
