@@ -449,3 +449,92 @@ def test_serve_generate_whole_and_streamed(lora_run: Any) -> None:
             == "the opposite is down"
         )
         assert client.post("/v1/generate", json={}).status_code == 422
+
+
+# ---- the issue's command, as written ------------------------------------------------------------
+def _issue_pairs(tmp_path: Path) -> Path:
+    rows = [{"source": r["prompt"], "target": r["target"]} for r in opposite_rows(40, 3)]
+    return write_jsonl(tmp_path / "pairs.jsonl", rows)
+
+
+def test_issue_command_trains_lora_then_generates(
+    tiny_llama: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from textloop.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    _issue_pairs(tmp_path)
+    # the issue's command, with the tiny local Llama for embedded:smollm2 and a few steps
+    argv = "train --task generation --model {m} --train pairs.jsonl --prompt-column source "
+    argv += "--target-column target --lora r=8 --output runs/summarise --max-steps 4"
+    assert main(argv.format(m=tiny_llama).split()) == 0
+    run_dir = tmp_path / "runs" / "summarise"
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    adapter = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["peft_type"] == "LORA"
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    from textloop.runs import load_run
+
+    run = load_run(run_dir)
+    assert run.config.data.prompt_column == "source" and run.config.data.target_column == "target"
+    assert run.config.lora.enabled and run.config.lora.r == 8
+    capsys.readouterr()
+    long_text = "Long text " + "the cat sat on the mat " * 10
+    assert main(["generate", "runs/summarise", long_text, "--max-new-tokens", "64"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_issue_command_with_a_missing_prompt_column_writes_nothing(
+    tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from textloop.cli.main import main
+
+    pairs = _issue_pairs(tmp_path)
+    out = tmp_path / "runs" / "summarise"
+    argv = ["train", "--task", "generation", "--model", str(tiny_llama), "--train", str(pairs)]
+    argv += ["--prompt-column", "text", "--target-column", "target", "--lora", "r=8"]
+    assert main([*argv, "--output", str(out), "--max-steps", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "pairs.jsonl" in err and "'text'" in err and "source" in err and "target" in err
+    assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+# ---- examples/customer_service: flagged messages feed the continual loop -----------------------------
+def test_customer_service_feedback_is_read_by_the_update_reader(tmp_path: Path) -> None:
+    import importlib.util
+
+    from textloop.continual.replay import read_labelled
+    from textloop.errors import DataError
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "customer_service" / "assistant.py"
+    spec = importlib.util.spec_from_file_location("cs_assistant", path)
+    assert spec is not None and spec.loader is not None
+    cs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cs)
+    feedback = tmp_path / "feedback.jsonl"
+    for text, intent in [("my wifi drops", "PlayMusic"), ("rate this novel", "RateBook")]:
+        cs.log_flagged(
+            feedback,
+            {"message": text, "intent": intent, "score": 0.6, "route": "assistant", "answer": "x"},
+        )
+    rows = [json.loads(line) for line in feedback.read_text().splitlines()]
+    assert [r["label"] for r in rows] == [None, None]
+    with pytest.raises(DataError, match=r"feedback.jsonl: 2 row\(s\) with empty 'label'"):
+        read_labelled(str(feedback), "text", "label")  # a human has not labelled yet
+    rows[0]["label"] = "TechSupport"  # a human labels one row: a new intent
+    feedback.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "labelled.jsonl"
+    assert cs.export_labelled(feedback, out) == 1
+    assert read_labelled(str(out), "text", "label") == [
+        {"text": "my wifi drops", "label": "TechSupport"}
+    ]
+    rows[1]["label"] = "RateBook"  # every row labelled: the raw file is update input as it is
+    feedback.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r["label"] for r in read_labelled(str(feedback), "text", "label")] == [
+        "TechSupport",
+        "RateBook",
+    ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -44,35 +45,47 @@ DEMO = [
 ]
 
 
-def train_runs(args: argparse.Namespace) -> None:
-    """Train the intent classifier (MiniLM on SNIPS) and the assistant (SmolLM2 + LoRA)."""
+def train_intents(args: argparse.Namespace) -> None:
+    """Train the intent classifier: MiniLM on SNIPS (or ``--intents FILE``), calibrated."""
     from textloop.config import build_config
+    from textloop.training.callbacks import LogLines
     from textloop.training.run import train
 
-    if not (SNIPS / "train.tsv").is_file():
+    if args.intents:  # your own text,label file; validation is a stratified split of it
+        data = {"train": args.intents}
+    elif (SNIPS / "train.tsv").is_file():
+        data = {"train": str(SNIPS / "train.tsv"), "validation": str(SNIPS / "dev.tsv")}
+    else:
         sys.exit(f"SNIPS data not found at {SNIPS}; pass your own intents with --intents FILE")
-    intents = args.intents or str(SNIPS / "train.tsv")
     clf = build_config(
         {
             "task": "classification",
             "model": "embedded:minilm",
             "output": str(args.runs / "intents"),
             "overwrite": True,
-            "data": {"train": intents, "validation": str(SNIPS / "dev.tsv")},
+            "data": data,
             "train": {
                 "max_steps": args.intent_steps,
                 "batch_size": 32,
                 "max_seq_len": 48,
                 "lr": 1e-4,
                 "eval_every_steps": args.intent_steps,
+                # the router compares scores with --confident / --unsure: they must be calibrated
+                "temperature_scaling": True,
             },
         }
     )
-    run = train(clf)
-    print(
-        "intent classifier:",
-        json.dumps({k: run.metrics["validation"][k] for k in ("accuracy", "macro_f1")}),
-    )
+    run = train(clf, callbacks=[LogLines()])
+    m = run.metrics["validation"]
+    print("intent classifier:", json.dumps({k: m.get(k) for k in ("accuracy", "macro_f1", "ece")}))
+
+
+def train_assistant(args: argparse.Namespace) -> None:
+    """Train the assistant: SmolLM2 + LoRA on the chatterbot tech-support dialogues."""
+    from textloop.config import build_config
+    from textloop.training.callbacks import LogLines
+    from textloop.training.run import train
+
     bot = build_config(
         {
             "task": "generation",
@@ -97,7 +110,7 @@ def train_runs(args: argparse.Namespace) -> None:
             },
         }
     )
-    run = train(bot)
+    run = train(bot, callbacks=[LogLines()])
     m = run.metrics["validation"]
     print("assistant:", json.dumps({k: m.get(k) for k in ("perplexity", "chrf", "rougeL")}))
 
@@ -122,41 +135,96 @@ class Router:
             gen = self.assistant.predict([message])[0]
             out.update(route="assistant", answer=gen["text"], flagged=score >= self.unsure)
         if out["flagged"]:  # maybe a known intent, maybe not: a human decides, the loop learns
-            record = {
-                "time": time.time(),
-                "text": message,
-                "label": None,
-                "predicted": intent,
-                "score": out["score"],
-                "answer": out["answer"],
-                "route": out["route"],
-            }
-            self.feedback.parent.mkdir(parents=True, exist_ok=True)
-            with self.feedback.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            log_flagged(self.feedback, out)
         return out
+
+
+def log_flagged(feedback: Path, out: dict[str, Any]) -> None:
+    """Append a flagged answer to the feedback JSONL, ``label`` empty for a human to fill.
+
+    The ``text`` and ``label`` keys are the columns ``textloop update --new-data`` reads by
+    default; the other keys are context for the human and are ignored by the update.
+    """
+    record = {
+        "text": out["message"],
+        "label": None,
+        "predicted": out["intent"],
+        "score": out["score"],
+        "route": out["route"],
+        "answer": out["answer"],
+        "time": round(time.time(), 3),
+    }
+    feedback.parent.mkdir(parents=True, exist_ok=True)
+    with feedback.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def export_labelled(feedback: Path, output: Path) -> int:
+    """Write the rows a human labelled as ``{"text", "label"}`` JSONL for ``textloop update``.
+
+    Rows whose ``label`` is still empty are skipped; for a text flagged more than once the last
+    label wins (like ``textloop feedback export``). Written to a temp file, then renamed.
+    Returns the number of rows written.
+    """
+    latest: dict[str, str] = {}
+    with feedback.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                sys.exit(f"{feedback}:{n}: not a JSON object; fix or delete that line")
+            label = row.get("label")
+            if isinstance(label, str) and label.strip():
+                latest.pop(row["text"], None)  # keep the order of the last labelling
+                latest[row["text"]] = label.strip()
+    tmp = output.with_name(output.name + ".tmp")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tmp.open("w", encoding="utf-8") as f:
+        for text, label in latest.items():
+            f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+    os.replace(tmp, output)
+    return len(latest)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("command", choices=["train", "demo", "chat"])
+    ap.add_argument("command", choices=["train", "demo", "chat", "labelled"])
     ap.add_argument("--runs", type=Path, default=REPO / "runs" / "customer_service")
     ap.add_argument("--intents", help="your own intents file (text, label columns)")
+    ap.add_argument("--only", choices=["intents", "assistant"], help="train: just this run")
     ap.add_argument("--intent-steps", type=int, default=300)
     ap.add_argument("--assistant-steps", type=int, default=60)
     ap.add_argument("--confident", type=float, default=0.9, help="template at or above this score")
     ap.add_argument("--unsure", type=float, default=0.5, help="flag scores in [unsure, confident)")
     ap.add_argument("--feedback", type=Path, default=None, help="JSONL of flagged messages")
+    ap.add_argument("--output", type=Path, default=None, help="labelled: JSONL to write")
     args = ap.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"
     if args.command == "train":
-        train_runs(args)
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
+        )
+        if args.only in (None, "intents"):
+            train_intents(args)
+        if args.only in (None, "assistant"):
+            train_assistant(args)
         return
-    router = Router(
-        args.runs, args.feedback or args.runs / "feedback.jsonl", args.confident, args.unsure
-    )
+    feedback = args.feedback or args.runs / "feedback.jsonl"
+    if args.command == "labelled":
+        output = args.output or args.runs / "feedback.labelled.jsonl"
+        if not feedback.is_file():
+            sys.exit(f"{feedback}: no feedback file; run demo or chat first")
+        n = export_labelled(feedback, output)
+        print(
+            f"wrote {n} labelled rows to {output}; then: textloop update --registry REGISTRY "
+            f"--name NAME --new-data {output}"
+        )
+        return
+    router = Router(args.runs, feedback, args.confident, args.unsure)
     messages = DEMO if args.command == "demo" else (line.strip() for line in sys.stdin)
     for message in messages:
         if message:
