@@ -187,6 +187,37 @@ def test_packed_documents_do_not_see_each_other(tokenizer, tmp_path, objective):
         assert leak > 1e-5  # without the document mask, doc 1 changes doc 2's outputs
 
 
+def test_mlm_head_on_masked_positions_only_equals_the_full_forward(tokenizer):
+    from transformers import AutoModelForMaskedLM, BertConfig
+
+    from textloop.tasks.pretrain import _encoder_and_head
+
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
+    assert _encoder_and_head(model) is not None
+    assert _encoder_and_head(torch.nn.Sequential(model)) is None  # a wrapper is never split
+    task = PretrainTask(tokenizer, "mlm", 24)  # type: ignore[arg-type]
+    blocks = [Block(list(range(10 + i, 34 + i)), [0, 12], [0] * 24, i) for i in range(4)]
+    batch = task.collate_blocks(blocks)
+    keep = batch["targets"] != IGNORE
+    assert 0 < int(keep.sum()) < keep.numel()
+    model.eval()  # no dropout: both forwards are deterministic
+    full = task._forward(model, batch)[keep]
+    split = task._forward(model, batch, keep)
+    assert torch.allclose(full, split, atol=1e-5, rtol=0)
+    loss = task.training_loss(model, batch)
+    loss.backward()  # gradients reach the encoder through the split forward
+    assert model.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
 def test_stream_resumes_at_the_exact_position(corpus, tokenizer):
     from textloop.tasks.packing import document_source
 
