@@ -1,4 +1,5 @@
-"""torchrun with 2 CPU processes (gloo) trains exactly like one process with the same global batch."""
+"""torchrun with 2 CPU processes (gloo), DDP or FSDP, trains exactly like one process with the
+same global batch."""
 
 from __future__ import annotations
 
@@ -157,3 +158,42 @@ def test_gradient_sync_is_skipped_only_on_accumulation_micro_batches():
     with gradient_sync(Fake(), enabled=True):
         pass
     assert calls == ["no_sync"]
+
+
+def _assert_same_checkpoint(a: Path, b: Path, atol: float = 1e-5) -> None:
+    """Two checkpoints hold the same weights, optimizer moments and schedule."""
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < atol
+    oa = torch.load(a / "optimizer.pt", weights_only=True)
+    ob = torch.load(b / "optimizer.pt", weights_only=True)
+    assert oa["param_groups"] == ob["param_groups"]
+    assert oa["state"].keys() == ob["state"].keys()
+    for i, moments in oa["state"].items():
+        for name, value in moments.items():
+            assert torch.allclose(value, ob["state"][i][name], atol=atol), (i, name)
+    sa = torch.load(a / "scheduler.pt", weights_only=True)
+    assert sa == torch.load(b / "scheduler.pt", weights_only=True)
+
+
+def test_fsdp_resumes_a_single_process_run_and_matches_it(tiny_bert_no_dropout, toy_data, tmp_path):
+    """Steps 1-3 in one process, 4-8 under FSDP (2 processes): the same losses, the same
+    weights, and FSDP's checkpoints are the ordinary files one process writes."""
+    cfg_path = _config(tiny_bert_no_dropout, toy_data, tmp_path)
+    full = tmp_path / "full"
+    train(load_config(cfg_path, [f"output={full}"]))
+    cut = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted):
+        train(load_config(cfg_path, [f"output={cut}"]), callbacks=[_InterruptAt(3)])
+    _torchrun(cfg_path, cut, "--resume", "--set", "train.distributed=fsdp")
+
+    one, two = _log(full, "train"), _log(cut, "train")
+    assert [r["step"] for r in two] == list(range(1, 9))
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-4)
+    assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in one], rel=1e-4)
+    assert _log(cut, "eval")[-1]["loss"] == pytest.approx(_log(full, "eval")[-1]["loss"])
+    _assert_same_weights(full, cut)  # model/: an ordinary transformers checkpoint
+    # checkpoints/last was written by FSDP rank 0 from gathered shards: one process resumes it
+    _assert_same_checkpoint(full / "checkpoints/last", cut / "checkpoints/last")
+    assert json.loads((cut / "metrics.json").read_text())["train"]["world_size"] == 2
+    assert not list(cut.glob("**/*.tmp"))

@@ -169,6 +169,12 @@ class TrainConfig(_Strict):
         description="Recompute activations in backward instead of storing them: less memory "
         "(longer sequences, bigger batches), about a third more compute.",
     )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="Under torchrun: ddp keeps a full model, gradients and optimizer state in "
+        "every process; fsdp shards all three over the processes (per transformer layer) for "
+        "models that do not fit one device. Ignored in a single process.",
+    )
 
 
 class NerConfig(_Strict):

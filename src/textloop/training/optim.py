@@ -171,4 +171,5 @@ def clip_gradients(params: Iterable[torch.Tensor], max_norm: float) -> torch.Ten
     if max_norm > 0:
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
         torch._foreach_mul_(grads, coef)
-    return total
+    full_tensor = getattr(total, "full_tensor", None)  # FSDP: a replicated DTensor
+    return full_tensor() if callable(full_tensor) else total

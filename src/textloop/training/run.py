@@ -37,6 +37,7 @@ from textloop.training.checkpoint import (
     load_checkpoint,
     load_weights,
     save_checkpoint,
+    snapshot,
 )
 from textloop.training.loop import (
     LoopState,
@@ -60,6 +61,11 @@ _VERSIONED = (
     "numpy",
     "textloop",
 )
+
+
+# keys a resumed run may change: how it runs, not what it trains (a checkpoint is the same file
+# under one process, DDP or FSDP)
+_FREE_ON_RESUME = ("overwrite", "train.distributed")
 
 
 class TrainingInterrupted(TextloopError):
@@ -125,7 +131,7 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             diffs.extend(_config_diff(va, vb, f"{prefix}{key}."))
-        elif va != vb and key != "overwrite":
+        elif va != vb and f"{prefix}{key}" not in _FREE_ON_RESUME:
             diffs.append(f"{prefix}{key} {va!r} -> {vb!r}")
     return diffs
 
@@ -241,22 +247,33 @@ def train(
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    try:
-        model = task.build_model(model_dir).to(device)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"cannot load model from {model_dir}: {exc}") from None
+    fsdp = t.distributed == "fsdp" and dist.is_distributed()
     lora = cfg.lora  # adapters: on by default where the task module says so (decoders)
-    if lora.enabled if lora.enabled is not None else getattr(module, "LORA_DEFAULT", False):
-        from textloop.models.lora import apply_lora
+    use_lora = lora.enabled if lora.enabled is not None else getattr(module, "LORA_DEFAULT", False)
 
-        fresh_heads = [name for name in task.head_prefixes if hasattr(model, name)]
-        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.targets, fresh_heads)
+    def build_model(on: torch.device) -> torch.nn.Module:
+        try:
+            model = task.build_model(model_dir).to(on)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load model from {model_dir}: {exc}") from None
+        if use_lora:
+            from textloop.models.lora import apply_lora
+
+            fresh_heads = [name for name in task.head_prefixes if hasattr(model, name)]
+            model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.targets, fresh_heads)
+        return model
+
+    # FSDP moves each layer to the device as it shards it: the full model never sits on one GPU
+    model = build_model(torch.device("cpu") if fsdp else device)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(  # type: ignore[operator]
             gradient_checkpointing_kwargs={"use_reentrant": False}  # works with DDP
         )
     if t.embedding_update == "lazy" and not dist.is_distributed():  # DDP reduces dense grads
         make_embeddings_sparse(model)
+    # DDP wraps `model`; FSDP shards it in place (train_model is model), before the optimizer
+    # is built on its sharded parameters
+    train_model = dist.wrap_model(model, device, t.distributed)
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.head_lr, task.head_prefixes)
     if t.max_steps is not None:
         total_steps, epochs = t.max_steps, sys.maxsize  # the loop stops at max_steps
@@ -312,8 +329,6 @@ def train(
                 hook(n, len(data))
 
         return task.evaluate(model, data, t.eval_batch_size, progress=progress)  # type: ignore[call-arg]
-
-    train_model = dist.wrap_model(model, device)  # DDP under torchrun; evaluation uses `model`
 
     def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return task.training_loss(train_model, batch)
@@ -377,8 +392,9 @@ def train(
                 + "\n"
             )
             log_file.flush()
+            snap = snapshot(model, optimizer)  # every rank: FSDP gathers the shards to rank 0
             if main:
-                save_checkpoint(ckpt / "last", model, optimizer, scheduler, state)
+                save_checkpoint(ckpt / "last", snap, scheduler, state)
                 if info.is_best:
                     copy_weights(ckpt / "last", ckpt / "best")
             fire(callbacks, "on_checkpoint", ckpt / "last")
@@ -393,8 +409,9 @@ def train(
     except KeyboardInterrupt:
         log_file.close()
         if state.step > 0:
+            snap = snapshot(model, optimizer)
             if main:
-                save_checkpoint(ckpt / "last", model, optimizer, scheduler, state)
+                save_checkpoint(ckpt / "last", snap, scheduler, state)
             raise TrainingInterrupted(
                 f"interrupted at step {state.step}; saved {ckpt / 'last'} — continue with --resume"
             ) from None
@@ -430,6 +447,11 @@ def train(
     final["data"] = splits.summary
     if dist.world_size() > 1:
         final["train"]["world_size"] = dist.world_size()
+    if fsdp:  # the artifacts are an ordinary model: rank 0 loads the gathered weights into one
+        weights = dist.full_model_state(model)
+        if main:
+            model = build_model(torch.device("cpu"))
+            model.load_state_dict(weights)
     if main:
         _write_artifacts(
             out, model, tokenizer, task, final, t.seed, "bf16" if autocast else "fp32", threads
