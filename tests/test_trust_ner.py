@@ -141,3 +141,30 @@ def test_serve_explain_endpoint_on_a_ner_run(ner_run):
         assert empty == {"text": "it was really quite", "entities": []}
         bad = client.post("/v1/explain", json={"inputs": ["x"], "target": "PER"})
         assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
+
+
+def test_span_deletion_test_finds_the_context_an_entity_needs():
+    from textloop.evaluation.faithfulness import span_deletion_test
+
+    def predict(texts):  # "paris" is a LOC only after "visited"
+        out = []
+        for t in texts:
+            at = t.find("paris")
+            found = "visited" in t and at >= 0
+            out.append(
+                {"entities": [{"type": "LOC", "start": at, "end": at + 5, "score": 0.9}] * found}
+            )
+        return out
+
+    text = "angela visited paris today"
+    words = [
+        {"word": w, "start": text.index(w), "end": text.index(w) + len(w), "attribution": a}
+        for w, a in (("angela", -0.1), ("visited", 2.0), ("paris", 3.0), ("today", 0.1))
+    ]
+    ent = {"text": "paris", "label": "LOC", "start": 15, "end": 20, "score": 0.9, "words": words}
+    result = span_deletion_test([{"text": text, "entities": [ent]}] * 12, predict, ks=(1, 3))
+    one = result["k"]["1"]
+    assert result["n_entities"] == 12 and one["n"] == 12 and "3" not in result["k"]
+    assert one["top"] == {"mean_drop": pytest.approx(0.9), "flip_rate": 1.0}
+    # random deletions of "angela" shift the entity's offsets and it is still found there
+    assert 0 < one["random"]["flip_rate"] < 1 and one["top_beats_random"] > 0.5

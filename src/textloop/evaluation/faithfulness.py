@@ -95,14 +95,24 @@ def deletion_test(
                 meta.append((n, k, kind))
     originals = predict_proba([e["text"] for e in explanations])
     probs = predict_proba(texts) if texts else np.zeros((0, len(labels)))
+    records = []
+    for (n, k, kind), p in zip(meta, probs):
+        c = index[explanations[n]["label"]]
+        flipped = int(p.argmax()) != int(originals[n].argmax())
+        records.append((n, k, kind, float(originals[n, c] - p[c]), flipped))
+    return {"k": _by_k(records, ks), "seed": seed, "n_examples": len(explanations)}
+
+
+def _by_k(
+    records: Sequence[tuple[int, int, str, float, bool]], ks: Sequence[int]
+) -> dict[str, Any]:
+    """Per k: n, mean drop and flip rate of top-k vs random deletions, share top beats random."""
     drops: dict[tuple[int, str], list[float]] = {}
     flips: dict[tuple[int, str], list[bool]] = {}
     per_example: dict[tuple[int, int], dict[str, float]] = {}
-    for (n, k, kind), p in zip(meta, probs):
-        c = index[explanations[n]["label"]]
-        drop = float(originals[n, c] - p[c])
+    for n, k, kind, drop, flipped in records:
         drops.setdefault((k, kind), []).append(drop)
-        flips.setdefault((k, kind), []).append(int(p.argmax()) != int(originals[n].argmax()))
+        flips.setdefault((k, kind), []).append(flipped)
         per_example.setdefault((n, k), {})[kind] = drop
     out: dict[str, Any] = {}
     for k in ks:
@@ -120,7 +130,63 @@ def deletion_test(
             },
             "top_beats_random": float(np.mean([v["top"] > v["random"] for v in pairs])),
         }
-    return {"k": out, "seed": seed, "n_examples": len(explanations)}
+    return out
+
+
+def span_deletion_test(
+    explanations: Sequence[dict[str, Any]],
+    predict: Callable[[list[str]], list[dict[str, Any]]],
+    ks: Sequence[int] = (1, 3),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The deletion test for NER entities: delete context words, does the entity survive?
+
+    For each explained entity, its ``k`` highest-attributed words *outside* the entity (deleting
+    its own words removes it trivially) and, separately, ``k`` random words outside it are cut
+    from the text; the entity is then looked up at its shifted offsets in the new prediction.
+
+    Args:
+        explanations: from ``explain_spans`` (each with ``text`` and ``entities``).
+        predict: texts -> per text ``{"entities": [{"type", "start", "end", "score"}, ...]}``
+            (``run.predict``).
+        ks: context words to delete; an entity takes part for a ``k`` only if more than ``k``
+            attributed words lie outside it.
+        seed: seeds the random deletions (one stream per entity).
+
+    Returns:
+        As ``deletion_test``: per k, ``mean_drop`` is the mean fall of the entity's score (to
+        0 when it is no longer found with the same type and words) and ``flip_rate`` the share
+        of entities no longer found; plus ``n_entities``.
+    """
+    texts: list[str] = []
+    meta: list[tuple[int, int, str, dict[str, Any], int, int]] = []
+    entities = [(e["text"], x) for e in explanations for x in e["entities"]]
+    for n, (text, ent) in enumerate(entities):
+        words = [w for w in ent["words"] if w["end"] <= ent["start"] or w["start"] >= ent["end"]]
+        rng = random.Random(seed * 1_000_003 + n)
+        order = sorted(range(len(words)), key=lambda j: words[j]["attribution"], reverse=True)
+        for k in ks:
+            if len(words) <= k:
+                continue
+            for kind, chosen in (("top", order[:k]), ("random", rng.sample(range(len(words)), k))):
+                cut = sorted((words[j]["start"], words[j]["end"]) for j in chosen)
+                # cut the words out, keeping the rest verbatim so the entity's offsets only shift
+                kept, pos = [], 0
+                for a, b in cut:
+                    kept.append(text[pos:a])
+                    pos = b
+                shift = sum(b - a for a, b in cut if b <= ent["start"])
+                texts.append("".join(kept) + text[pos:])
+                meta.append((n, k, kind, ent, ent["start"] - shift, ent["end"] - shift))
+    records = []
+    for (n, k, kind, ent, start, end), pred in zip(meta, predict(texts) if texts else []):
+        found = [
+            x["score"]
+            for x in pred["entities"]
+            if (x["type"], x["start"], x["end"]) == (ent["label"], start, end)
+        ]
+        records.append((n, k, kind, ent["score"] - (found[0] if found else 0.0), not found))
+    return {"k": _by_k(records, ks), "seed": seed, "n_entities": len(entities)}
 
 
 def deletion_table(result: dict[str, Any]) -> list[str]:
