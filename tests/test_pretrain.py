@@ -190,7 +190,8 @@ def test_packed_documents_do_not_see_each_other(tokenizer, tmp_path, objective):
 def test_mlm_head_on_masked_positions_only_equals_the_full_forward(tokenizer):
     from transformers import AutoModelForMaskedLM, BertConfig
 
-    from textloop.tasks.pretrain import _encoder_and_head
+    from textloop.models.lora import apply_lora
+    from textloop.tasks.pretrain import mlm_head
 
     torch.manual_seed(0)
     model = AutoModelForMaskedLM.from_config(
@@ -202,8 +203,8 @@ def test_mlm_head_on_masked_positions_only_equals_the_full_forward(tokenizer):
             intermediate_size=64,
         )
     )
-    assert _encoder_and_head(model) is not None
-    assert _encoder_and_head(torch.nn.Sequential(model)) is None  # a wrapper is never split
+    assert mlm_head(model) is model.cls
+    assert mlm_head(torch.nn.Sequential(model)) is None  # an unknown container: full logits
     task = PretrainTask(tokenizer, "mlm", 24)  # type: ignore[arg-type]
     blocks = [Block(list(range(10 + i, 34 + i)), [0, 12], [0] * 24, i) for i in range(4)]
     batch = task.collate_blocks(blocks)
@@ -216,6 +217,10 @@ def test_mlm_head_on_masked_positions_only_equals_the_full_forward(tokenizer):
     loss = task.training_loss(model, batch)
     loss.backward()  # gradients reach the encoder through the split forward
     assert model.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+    assert task._forward(model, batch).shape[:2] == keep.shape  # the hook is gone afterwards
+    adapted = apply_lora(model, r=2, alpha=4, targets=["query", "value"], modules_to_save=["cls"])
+    assert mlm_head(adapted) is not None  # found through the peft wrapper
+    assert task._forward(adapted, batch, keep).shape == (int(keep.sum()), len(tokenizer))
 
 
 def test_stream_resumes_at_the_exact_position(corpus, tokenizer):

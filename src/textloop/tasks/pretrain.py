@@ -161,13 +161,17 @@ class PretrainTask:
             kwargs["position_ids"] = batch["position_ids"]
         else:
             kwargs["attention_mask"] = batch["attention_mask"]
-        if keep is not None:
-            split = _encoder_and_head(model)
-            if split is not None:  # the vocabulary projection only where there is a label
-                encoder, head = split
-                return head(encoder(**kwargs).last_hidden_state[keep])  # type: ignore[no-any-return]
+        if keep is None:
+            return model(**kwargs).logits  # type: ignore[no-any-return]
+        head = mlm_head(model)
+        if head is None:
             return model(**kwargs).logits[keep]  # type: ignore[no-any-return]
-        return model(**kwargs).logits  # type: ignore[no-any-return]
+        # the vocabulary projection only where there is a label: the head gets those rows alone
+        hook = head.register_forward_pre_hook(lambda _module, args: (args[0][keep], *args[1:]))
+        try:
+            return model(**kwargs).logits  # type: ignore[no-any-return]
+        finally:
+            hook.remove()
 
     def _token_losses(
         self, model: torch.nn.Module, batch: dict[str, Any]
@@ -237,28 +241,34 @@ class PretrainTask:
         }
 
 
-def _encoder_and_head(model: torch.nn.Module) -> tuple[Any, torch.nn.Module] | None:
-    """A plain masked-LM model's (encoder, LM head), when it is built as exactly those two
-    modules (BERT's ``bert`` + ``cls``, RoBERTa's ``roberta`` + ``lm_head``); else None.
+def mlm_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The LM head of a masked-LM model built as encoder + head (BERT's ``bert`` + ``cls``,
+    RoBERTa's ``roberta`` + ``lm_head``), looking through DDP/FSDP and peft wrappers; else None.
 
-    Running the head on the masked positions alone skips most of the vocabulary projection,
-    which is about half of a small encoder's forward FLOPs. Wrapped models (DDP, FSDP, peft)
-    are not split: their wrapper must see the whole forward (gradient sync, adapters).
+    ``_forward`` feeds this head only the masked positions (a forward pre-hook, so wrappers
+    still see the whole forward and sync gradients): the vocabulary projection is about half of
+    a small encoder's forward FLOPs, and only 15% of positions need it.
     """
     from transformers import PreTrainedModel
 
-    if not isinstance(model, PreTrainedModel):
+    inner: Any = model
+    for _ in range(4):  # DDP/FSDP keep the model in .module; peft behind get_base_model()
+        if isinstance(inner, PreTrainedModel) and not hasattr(inner, "get_base_model"):
+            break
+        inner = (
+            inner.get_base_model()
+            if hasattr(inner, "get_base_model")
+            else getattr(inner, "module", None)
+        )
+    if not isinstance(inner, PreTrainedModel):
         return None
-    children = dict(model.named_children())
-    prefix = getattr(model, "base_model_prefix", "")
-    encoder = children.pop(prefix, None)
-    output = model.get_output_embeddings()
+    children = dict(inner.named_children())
+    encoder = children.pop(getattr(inner, "base_model_prefix", ""), None)
+    output = inner.get_output_embeddings()
     if encoder is None or len(children) != 1 or output is None:
         return None
     (head,) = children.values()
-    if not any(m is output for m in head.modules()):
-        return None
-    return encoder, head
+    return head if any(m is output for m in head.modules()) else None
 
 
 def held_out_blocks(source: DocumentSource, task: PretrainTask, max_blocks: int) -> Encoded:
