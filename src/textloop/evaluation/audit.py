@@ -71,7 +71,7 @@ def audit(
     task = run.task
     if deletion_examples:
         _check_model(run)
-    if getattr(task, "pair", False) or not hasattr(task, "labels"):
+    if getattr(task, "pair", False) or getattr(task, "name", None) != "classification":
         kind = "sentence-pair" if getattr(task, "pair", False) else "non-classification"
         raise DataError(f"{run.path}: audit is not available for {kind} runs yet")
     probe_file = load_probes(probes) if probes is not None else None

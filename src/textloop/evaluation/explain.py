@@ -61,8 +61,8 @@ def _check_model(run: Any) -> None:
         raise DataError(f"{run.path}: explaining sentence-pair models is not supported yet")
     if not hasattr(run.task, "labels") or getattr(run.task, "name", None) != "classification":
         raise DataError(
-            f"{run.path}: explanations are available for classification and NER runs only "
-            f"(this is a {getattr(run.task, 'name', '?')} run)"
+            f"{run.path}: this needs a classification run, found a "
+            f"{getattr(run.task, 'name', '?')} run (`textloop explain` also takes NER runs)"
         )
 
 
