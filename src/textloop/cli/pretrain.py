@@ -6,6 +6,7 @@
     textloop pretrain --model embedded:smollm2 --objective clm --corpus corpus/tickets \\
         --lora r=8,alpha=16 --max-steps 2000 --output runs/smollm2-tickets
     torchrun --nproc-per-node 2 -m textloop pretrain run.yaml     # DDP, one process per device
+    torchrun --nproc-per-node 2 -m textloop pretrain run.yaml --distributed fsdp   # sharded
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _FLAGS = {
     "eval_every_steps": "train.eval_every_steps",
     "seed": "train.seed",
     "extend_vocab": "pretrain.extend_vocab",
+    "distributed": "train.distributed",
 }
 _SWITCHES = {
     "overwrite": "overwrite",
@@ -76,6 +78,12 @@ def add_parser(sub: Any) -> list[str]:
         help="train LoRA adapters (model/ gets the merged weights, adapter/ the adapter alone)",
     )
     p.add_argument("--gradient-checkpointing", action="store_true", help="less memory, more time")
+    p.add_argument(
+        "--distributed",
+        choices=["ddp", "fsdp"],
+        help="under torchrun: ddp (default) or fsdp (shard weights, gradients and optimizer "
+        "state over the processes, for models that do not fit one device)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --output")
     p.add_argument(

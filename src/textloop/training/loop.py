@@ -7,7 +7,7 @@ iterating). ``LoopState`` holds the data position and everything else resume nee
 that is stopped after step k and resumed from its checkpoint replays steps k+1.. exactly.
 
 Under torchrun every process walks the same global micro-batches and computes its share of each
-(``distributed.rank_share``); DDP all-reduces gradients once per step (``gradient_sync`` skips
+(``distributed.rank_share``); DDP or FSDP reduces gradients once per step (``gradient_sync`` skips
 it on the accumulation micro-batches). In one process both are no-ops.
 """
 
