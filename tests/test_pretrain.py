@@ -363,3 +363,34 @@ def test_new_embeddings_start_at_the_mean_of_their_pieces(tiny_bert, tmp_path):
     assert init_new_embeddings(model, tok) == 1
     new = model.get_input_embeddings().weight[len(tok) - 1]
     assert torch.allclose(new, emb[pieces].mean(0))
+
+
+def test_every_rank_runs_the_same_number_of_eval_forwards(
+    tiny_bert, tokenizer, corpus, monkeypatch
+):
+    # FSDP gathers weights collectively in each forward: a rank with fewer held-out blocks
+    # must still run as many forwards as the others (stand-ins, not counted)
+    from transformers import AutoModelForMaskedLM
+
+    import textloop.training.distributed as dist
+    from textloop.tasks.packing import document_source
+    from textloop.tasks.pretrain import held_out_blocks
+
+    task = PretrainTask(tokenizer, "mlm", 32)
+    val = held_out_blocks(document_source(f"{corpus}:validation"), task, 5)
+    assert len(val) == 5
+    model = AutoModelForMaskedLM.from_pretrained(tiny_bert)
+    whole = task.evaluate(model, val, 2)
+    calls: list[int] = []
+    real = task._token_losses
+    monkeypatch.setattr(task, "_token_losses", lambda m, b: calls.append(1) or real(m, b))
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce_sum", lambda t: t)
+    counts, tokens = [], 0
+    for r in (0, 1):  # rank 0 holds blocks 0, 2, 4; rank 1 holds 1, 3
+        monkeypatch.setattr(dist, "rank", lambda r=r: r)
+        calls.clear()
+        tokens += task.evaluate(model, val, 2)["tokens"]
+        counts.append(len(calls))
+    assert counts == [2, 2]  # rank 1's second forward is a stand-in
+    assert tokens == whole["tokens"]  # and it is not counted

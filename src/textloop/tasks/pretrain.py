@@ -202,12 +202,18 @@ class PretrainTask:
         model.eval()
         device = next(model.parameters()).device
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, tokens
-        mine = list(range(rank(), len(data), world_size()))
-        for start in range(0, len(mine), batch_size):
-            batch = self.collate(data, mine[start : start + batch_size])
+        world = world_size()
+        mine = list(range(rank(), len(data), world))
+        # every rank runs the same number of forwards (FSDP gathers weights collectively in
+        # each one); a rank out of blocks scores a stand-in batch and discards it
+        n_batches = math.ceil(math.ceil(len(data) / world) / batch_size) if len(data) else 0
+        for b in range(n_batches):
+            part = mine[b * batch_size : (b + 1) * batch_size]
+            batch = self.collate(data, part or [0])
             batch = {k: v.to(device) for k, v in batch.items()}
             losses, correct, n = self._token_losses(model, batch)
-            totals += torch.tensor([float(losses.sum()), float(correct), float(n)])
+            if part:
+                totals += torch.tensor([float(losses.sum()), float(correct), float(n)])
         loss_sum, correct, n = all_reduce_sum(totals).tolist()
         loss = loss_sum / max(n, 1.0)
         return {
