@@ -36,6 +36,7 @@ _TRAIN_FLAGS = {
     "prompt_column": "data.prompt_column",
     "target_column": "data.target_column",
     "messages_column": "data.messages_column",
+    "distributed": "train.distributed",
 }
 _TRAIN_SWITCHES = {
     "overwrite": "overwrite",
@@ -83,6 +84,11 @@ def _add_train(sub: Any) -> None:
         "--lora",
         metavar="SPEC",
         help="LoRA adapters, e.g. r=8,alpha=16,targets=q_proj,v_proj; 'off' trains all weights",
+    )
+    p.add_argument(
+        "--distributed",
+        choices=["ddp", "fsdp"],
+        help="under torchrun: replicate (ddp, default) or shard (fsdp) the model",
     )
     p.add_argument("--output", help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
