@@ -167,7 +167,8 @@ class Router:
             out.update(route="template", answer=TEMPLATES[intent], flagged=False)
         else:
             gen = self.assistant.predict([message])[0]
-            out.update(route="assistant", answer=gen["text"], flagged=score >= self.unsure)
+            unsure = self.unsure <= score < self.confident  # a confident Other is not unsure
+            out.update(route="assistant", answer=gen["text"], flagged=unsure)
         if out["flagged"]:  # maybe a known intent, maybe not: a human decides, the loop learns
             log_flagged(self.feedback, out)
         return out
