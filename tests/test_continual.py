@@ -422,3 +422,15 @@ def test_ewc_and_lwf_stay_closer_to_the_old_model_than_naive(prod):
         assert torch.equal(p, start[n]), n
     assert moved["ewc"] < 0.75 * moved["naive"], moved  # the penalty holds weights back
     assert kl["lwf"] < kl["naive"], kl  # distillation keeps the old labels' outputs closer
+
+
+def test_update_reader_can_drop_unlabelled_feedback(tmp_path):
+    from textloop.continual.replay import read_labelled
+    from textloop.errors import DataError
+
+    path = tmp_path / "feedback.jsonl"
+    rows = [{"text": "a good match", "label": "sport"}, {"text": "no label yet", "label": None}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(DataError, match=r"feedback\.jsonl"):
+        read_labelled(str(path), "text", "label")
+    assert read_labelled(str(path), "text", "label", drop_invalid=True) == [rows[0]]

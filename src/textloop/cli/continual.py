@@ -43,6 +43,11 @@ def add_parser(sub: Any) -> list[str]:
     u.add_argument("--lr", type=float)
     u.add_argument("--text-column")
     u.add_argument("--label-column")
+    u.add_argument(
+        "--drop-invalid-rows",
+        action="store_true",
+        help="drop rows without a text or label (unlabelled feedback) instead of failing",
+    )
     u.add_argument("--no-promote", action="store_true", help="leave an accepted model in staging")
     u.add_argument("--dry-run", action="store_true", help="show what would happen; write nothing")
     u.add_argument("--actor", help="who (for the audit log; default: the OS user)")
@@ -128,6 +133,8 @@ def _update(args: argparse.Namespace) -> int:
     extra = {k: v for k, v in flags.items() if v is not None}
     if args.no_promote:
         extra["gate.promote"] = False
+    if args.drop_invalid_rows:
+        extra["drop_invalid_rows"] = True
     cfg = load_update_config(args.config, args.set, extra)
     result = update(args.registry, args.name, args.new_data, cfg, args.dry_run, args.actor)
     p = result.plan

@@ -89,6 +89,11 @@ class UpdateConfig(_Strict):
     label_column: str | None = Field(
         None, description="Label column of the new data (default: the production run's)."
     )
+    drop_invalid_rows: bool = Field(
+        False,
+        description="Drop new-data rows with an empty text or label (e.g. feedback nobody "
+        "labelled yet) instead of failing.",
+    )
     holdout_fraction: float = Field(
         0.2,
         gt=0.0,

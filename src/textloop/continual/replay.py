@@ -69,8 +69,12 @@ def balanced_sample(rows: Sequence[Row], size: int, seed: int) -> list[Row]:
     return out
 
 
-def read_labelled(source: str, text_column: str, label_column: str) -> list[Row]:
+def read_labelled(
+    source: str, text_column: str, label_column: str, drop_invalid: bool = False
+) -> list[Row]:
     """Rows of a labelled file, directory, glob or builtin as ``{"text", "label"}`` dicts.
+
+    ``drop_invalid`` drops rows with an empty text or label instead of failing on them.
 
     Raises:
         DataError: unreadable source, a missing column (the columns found are listed), bad rows.
@@ -86,7 +90,7 @@ def read_labelled(source: str, text_column: str, label_column: str) -> list[Row]
         table,
         {"text": (text_column, "--text-column / text_column")},
         {"label": (label_column, "--label-column / label_column")},
-        drop_invalid=False,
+        drop_invalid=drop_invalid,
     )
     labels = [
         str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip()

@@ -190,7 +190,10 @@ def update(
     )
     d = run.config.data
     rows = read_labelled(
-        new_data, cfg.text_column or d.text_column, cfg.label_column or d.label_column
+        new_data,
+        cfg.text_column or d.text_column,
+        cfg.label_column or d.label_column,
+        cfg.drop_invalid_rows,
     )
     keep, held = stratified_split([r["label"] for r in rows], cfg.holdout_fraction, cfg.seed)
     if not keep or not held:
