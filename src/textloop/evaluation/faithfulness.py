@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,15 +84,10 @@ def deletion_test(
     texts, meta = [], []
     for n, e in enumerate(explanations):
         words = e["words"]
-        rng = random.Random(seed * 1_000_003 + n)
-        order = sorted(range(len(words)), key=lambda j: words[j]["attribution"], reverse=True)
-        for k in ks:
-            if len(words) <= k:
-                continue
-            for kind, chosen in (("top", order[:k]), ("random", rng.sample(range(len(words)), k))):
-                spans = [(words[j]["start"], words[j]["end"]) for j in chosen]
-                texts.append(remove_words(e["text"], spans))
-                meta.append((n, k, kind))
+        for k, kind, chosen in _top_and_random(words, ks, random.Random(seed * 1_000_003 + n)):
+            spans = [(words[j]["start"], words[j]["end"]) for j in chosen]
+            texts.append(remove_words(e["text"], spans))
+            meta.append((n, k, kind))
     originals = predict_proba([e["text"] for e in explanations])
     probs = predict_proba(texts) if texts else np.zeros((0, len(labels)))
     records = []
@@ -163,21 +158,16 @@ def span_deletion_test(
     entities = [(e["text"], x) for e in explanations for x in e["entities"]]
     for n, (text, ent) in enumerate(entities):
         words = [w for w in ent["words"] if w["end"] <= ent["start"] or w["start"] >= ent["end"]]
-        rng = random.Random(seed * 1_000_003 + n)
-        order = sorted(range(len(words)), key=lambda j: words[j]["attribution"], reverse=True)
-        for k in ks:
-            if len(words) <= k:
-                continue
-            for kind, chosen in (("top", order[:k]), ("random", rng.sample(range(len(words)), k))):
-                cut = sorted((words[j]["start"], words[j]["end"]) for j in chosen)
-                # cut the words out, keeping the rest verbatim so the entity's offsets only shift
-                kept, pos = [], 0
-                for a, b in cut:
-                    kept.append(text[pos:a])
-                    pos = b
-                shift = sum(b - a for a, b in cut if b <= ent["start"])
-                texts.append("".join(kept) + text[pos:])
-                meta.append((n, k, kind, ent, ent["start"] - shift, ent["end"] - shift))
+        for k, kind, chosen in _top_and_random(words, ks, random.Random(seed * 1_000_003 + n)):
+            cut = sorted((words[j]["start"], words[j]["end"]) for j in chosen)
+            # cut the words out, keeping the rest verbatim so the entity's offsets only shift
+            kept, pos = [], 0
+            for a, b in cut:
+                kept.append(text[pos:a])
+                pos = b
+            shift = sum(b - a for a, b in cut if b <= ent["start"])
+            texts.append("".join(kept) + text[pos:])
+            meta.append((n, k, kind, ent, ent["start"] - shift, ent["end"] - shift))
     records = []
     for (n, k, kind, ent, start, end), pred in zip(meta, predict(texts) if texts else []):
         found = [
@@ -187,6 +177,19 @@ def span_deletion_test(
         ]
         records.append((n, k, kind, ent["score"] - (found[0] if found else 0.0), not found))
     return {"k": _by_k(records, ks), "seed": seed, "n_entities": len(entities)}
+
+
+def _top_and_random(
+    words: list[dict[str, Any]], ks: Sequence[int], rng: random.Random
+) -> Iterator[tuple[int, str, list[int]]]:
+    """(k, "top" | "random", word indices) for each k the text has more than k words for:
+    its k highest-attributed words, then k words drawn at random."""
+    order = sorted(range(len(words)), key=lambda j: words[j]["attribution"], reverse=True)
+    for k in ks:
+        if len(words) <= k:
+            continue
+        yield k, "top", order[:k]
+        yield k, "random", rng.sample(range(len(words)), k)
 
 
 def deletion_table(result: dict[str, Any]) -> list[str]:
