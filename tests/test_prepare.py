@@ -546,3 +546,16 @@ def test_train_reads_a_prepared_corpus(tmp_path, tiny_bert):
     assert metrics["validation"]["n"] == m["splits"]["validation"]["records"]
     assert metrics["test"]["n"] == m["splits"]["test"]["records"]
     assert np.isfinite(metrics["validation"]["loss"])
+
+
+def test_texts_are_read_chunk_by_chunk_in_the_asked_order():
+    from textloop.data.prepare.finalize import _Columns
+
+    words = [f"doc{i}" for i in range(10)]
+    chunks = [pa.table({"text": words[a:b], "_file": [0] * (b - a), "_row": list(range(a, b))})
+              for a, b in ((0, 3), (3, 4), (4, 10))]  # fmt: skip
+    table = pa.concat_tables(chunks)
+    assert table.column("text").num_chunks == 3
+    cols = _Columns(table, ["f.jsonl"])
+    assert cols.texts(np.array([7, 0, 3, 9, 3])) == ["doc7", "doc0", "doc3", "doc9", "doc3"]
+    assert cols.texts(np.array([], dtype=np.int64)) == []

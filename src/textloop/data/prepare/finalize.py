@@ -56,7 +56,19 @@ class _Columns:
         return self.table.column(name).to_numpy()
 
     def texts(self, idx: np.ndarray) -> list[str]:
-        return self.table.column("text").take(pa.array(idx, type=pa.int64())).to_pylist()
+        """The texts of rows ``idx``, in that order, read chunk by chunk: ``take`` on the whole
+        chunked column would first concatenate it, copying the corpus into memory."""
+        column = self.table.column("text")
+        idx = np.asarray(idx, dtype=np.int64)
+        starts = np.cumsum([0] + [len(c) for c in column.chunks])
+        chunk_of = np.searchsorted(starts, idx, side="right") - 1
+        out: list[str] = [""] * len(idx)
+        for c in np.unique(chunk_of):
+            where = np.flatnonzero(chunk_of == c)
+            rows = pa.array(idx[where] - starts[c], type=pa.int64())
+            for j, text in zip(where, column.chunk(int(c)).take(rows).to_pylist()):
+                out[j] = text
+        return out
 
     def loc(self, i: int) -> str:
         return f"{self.paths[self._file[i]]}:{self._row[i]}"
