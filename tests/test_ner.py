@@ -274,19 +274,21 @@ def test_error_kinds():
 
 
 # ---- training end to end -------------------------------------------------------------------
-def ner_rows(n: int, seed: int) -> list[dict]:
-    """Sentences of filler words with people, places and things to find."""
+def ner_rows(
+    n: int, seed: int, surnames: tuple[str, ...] = ("merkel",), max_filler: int = 5
+) -> list[dict]:
+    """Sentences of filler words with people (angela + a surname), places and things to find."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         words, tags = [], []
         for _ in range(rng.randint(1, 3)):
-            filler = [rng.choice(FILLER) for _ in range(rng.randint(1, 5))]
+            filler = [rng.choice(FILLER) for _ in range(rng.randint(1, max_filler))]
             words += filler
             tags += ["O"] * len(filler)
             kind = rng.randrange(3)
             if kind == 0:
-                words += ["angela", "merkel"]
+                words += ["angela", surnames[0] if len(surnames) == 1 else rng.choice(surnames)]
                 tags += ["B-PER", "I-PER"]
             elif kind == 1:
                 words.append("paris")

@@ -152,21 +152,27 @@ def _tiny_llama(tmp: Path, tokenizer: Any) -> Path:
     return tmp
 
 
+def _tiny_mlm(tokenizer: Any) -> torch.nn.Module:
+    """A fresh 2-layer BERT masked-LM over ``tokenizer``'s vocabulary."""
+    from transformers import AutoModelForMaskedLM, BertConfig
+
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    return AutoModelForMaskedLM.from_config(config)
+
+
 @pytest.mark.parametrize("objective", ["mlm", "clm"])
 def test_packed_documents_do_not_see_each_other(tokenizer, tmp_path, objective):
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertConfig
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     if objective == "mlm":
-        model = AutoModelForMaskedLM.from_config(
-            BertConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
-            )
-        )
+        model = _tiny_mlm(tokenizer)
     else:
         model = AutoModelForCausalLM.from_pretrained(_tiny_llama(tmp_path, tokenizer))
     model.eval()
@@ -188,21 +194,12 @@ def test_packed_documents_do_not_see_each_other(tokenizer, tmp_path, objective):
 
 
 def test_mlm_head_on_masked_positions_only_equals_the_full_forward(tokenizer):
-    from transformers import AutoModelForMaskedLM, BertConfig
 
     from textloop.models.lora import apply_lora
     from textloop.tasks.pretrain import mlm_head
 
     torch.manual_seed(0)
-    model = AutoModelForMaskedLM.from_config(
-        BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    )
+    model = _tiny_mlm(tokenizer)
     assert mlm_head(model) is model.cls
     assert mlm_head(torch.nn.Sequential(model)) is None  # an unknown container: full logits
     task = PretrainTask(tokenizer, "mlm", 24)  # type: ignore[arg-type]

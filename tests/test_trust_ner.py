@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from textloop.errors import DataError
 
-from .conftest import FILLER, NOUNS
-from .test_ner import write_conll
+from .test_ner import ner_rows, write_conll
 
 SURNAMES = ["merkel", "kowalski", "schmidt"]  # the last two are many WordPiece pieces
 TEXT = "i think angela kowalski visited paris and the food was great"
@@ -17,26 +14,7 @@ TEXT = "i think angela kowalski visited paris and the food was great"
 
 def entity_rows(n: int, seed: int) -> list[dict]:
     """Filler sentences holding people (angela + a surname), paris (LOC) and nouns (ITEM)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        words, tags = [], []
-        for _ in range(rng.randint(1, 3)):
-            filler = [rng.choice(FILLER) for _ in range(rng.randint(1, 4))]
-            words += filler
-            tags += ["O"] * len(filler)
-            kind = rng.randrange(3)
-            if kind == 0:
-                words += ["angela", rng.choice(SURNAMES)]
-                tags += ["B-PER", "I-PER"]
-            elif kind == 1:
-                words.append("paris")
-                tags.append("B-LOC")
-            else:
-                words.append(rng.choice(NOUNS))
-                tags.append("B-ITEM")
-        rows.append({"tokens": words, "tags": tags})
-    return rows
+    return ner_rows(n, seed, surnames=tuple(SURNAMES), max_filler=4)
 
 
 @pytest.fixture(scope="module")
