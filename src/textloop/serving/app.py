@@ -80,6 +80,16 @@ class ServerState:
         )
         self.ready = False
 
+    def serving_model(self) -> LoadedModel:
+        """The model requests are answered with.
+
+        Raises:
+            ApiError: 503 ``not_ready`` while no model is loaded (start-up, shutdown).
+        """
+        if self.current is None or not self.ready:
+            raise ApiError(503, "not_ready", "no model is loaded yet; retry shortly")
+        return self.current
+
     def set_model(self, model: LoadedModel) -> None:
         self.current = model  # one reference assignment: batches see the old or the new model
         self.metrics.record_swap(model.version)
@@ -225,9 +235,7 @@ def create_app(
     @app.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES)
     async def predict(req: PredictRequest) -> JSONResponse:
         """Predict a batch of texts; concurrent requests are batched together."""
-        model = state.current
-        if model is None or not state.ready:
-            raise ApiError(503, "not_ready", "no model is loaded yet; retry shortly")
+        model = state.serving_model()
         texts = check_texts(req, model, opts)
         try:
             results = await asyncio.wait_for(

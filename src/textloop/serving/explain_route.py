@@ -42,9 +42,7 @@ def add_explain_route(app: FastAPI, state: Any) -> None:
     @app.post("/v1/explain", responses=ERROR_RESPONSES)
     async def explain_texts(req: ExplainRequest) -> JSONResponse:
         """Word attributions (integrated gradients) toward each text's label, or per entity."""
-        model = state.current
-        if model is None or not state.ready:
-            raise ApiError(503, "not_ready", "no model is loaded yet; retry shortly")
+        model = state.serving_model()
         if getattr(model.run.task, "name", None) not in ("classification", "ner"):
             raise ApiError(
                 400,

@@ -63,9 +63,7 @@ def add_generate_route(app: FastAPI, state: Any) -> None:
     @app.post("/v1/generate", responses=ERROR_RESPONSES)
     async def generate(req: GenerateRequest) -> Any:
         """Answer a prompt or chat with a generation model; ``stream`` sends pieces as SSE."""
-        model = state.current
-        if model is None or not state.ready:
-            raise ApiError(503, "not_ready", "no model is loaded yet; retry shortly")
+        model = state.serving_model()
         task = model.run.task
         if getattr(task, "name", None) != "generation":
             raise ApiError(
