@@ -56,23 +56,27 @@ def write_csv(path: Path, rows: list[dict[str, str]], delimiter: str = ",") -> P
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, hidden-32 BERT and a WordPiece tokenizer trained on the toy vocabulary."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+def build_tiny_bert(out: Path, corpus: list[str], vocab_size: int, max_len: int) -> Path:
+    """Write a 2-layer, hidden-32 BERT (seed 0) and a WordPiece tokenizer trained on ``corpus``
+    (lower-cased, ``vocab_size`` pieces, ``max_len`` positions) to ``out``."""
+    import torch
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    out = tmp_path_factory.mktemp("tiny-bert")
-    corpus = [r["text"] for r in toy_rows(400, seed=123)] + [
-        " ".join(POSITIVE + NEGATIVE + NOUNS + FILLER),
-        "Angela Merkel visited Paris. Shares rose after the results.",
-    ]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tok.train_from_iterator(
-        corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials)
+        corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
     )
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
@@ -80,8 +84,6 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
     )
-    from tokenizers import decoders
-
     tok.decoder = decoders.WordPiece()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -90,23 +92,31 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cls_token="[CLS]",
         sep_token="[SEP]",
         mask_token="[MASK]",
-        model_max_length=128,
+        model_max_length=max_len,
     )
     fast.save_pretrained(out)
     config = BertConfig(
-        vocab_size=fast.vocab_size if hasattr(fast, "vocab_size") else len(fast),
+        vocab_size=len(fast),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=128,
+        max_position_embeddings=max_len,
         pad_token_id=0,
     )
-    import torch
-
     torch.manual_seed(0)
     BertModel(config).save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-32 BERT and a WordPiece tokenizer trained on the toy vocabulary."""
+    corpus = [r["text"] for r in toy_rows(400, seed=123)] + [
+        " ".join(POSITIVE + NEGATIVE + NOUNS + FILLER),
+        "Angela Merkel visited Paris. Shares rose after the results.",
+    ]
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), corpus, 300, 128)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,8 @@ from textloop.tasks.qa_metrics import (
 )
 from textloop.training.run import train
 
+from .conftest import build_tiny_bert
+
 REPO = Path(__file__).resolve().parents[1]
 QA_DIR = REPO / "examples" / "qa"
 COLUMNS = {"question_column": "question", "context_column": "context", "answers_column": "answers"}
@@ -31,55 +33,8 @@ COLUMNS = {"question_column": "question", "context_column": "context", "answers_
 @pytest.fixture(scope="module")
 def qa_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-32 BERT with a WordPiece tokenizer trained on the example paragraphs."""
-    import torch
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    out = tmp_path_factory.mktemp("qa-bert")
     corpus = (QA_DIR / "paragraphs.txt").read_text(encoding="utf-8").splitlines()
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(
-        corpus, trainers.WordPieceTrainer(vocab_size=1500, special_tokens=specials)
-    )
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
-    )
-    tok.decoder = decoders.WordPiece()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=256,
-    )
-    fast.save_pretrained(out)
-    config = BertConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(out, safe_serialization=True)
-    return out
+    return build_tiny_bert(tmp_path_factory.mktemp("qa-bert"), corpus, 1500, 256)
 
 
 # ---- the official SQuAD definitions --------------------------------------------------------
