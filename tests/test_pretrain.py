@@ -295,6 +295,11 @@ def test_mlm_perplexity_falls_and_the_run_feeds_fine_tuning(
     ]
     assert (adapted[key] - original).abs().max() > 0.01  # ... which pre-training moved
     assert "test" in ft.metrics
+    # BertForMaskedLM has no pooler: the checkpoint's pooler is carried over unchanged, so the
+    # classifier starts from it (not from a random one) as it does from the original checkpoint
+    pooler = load_file(tiny_bert / "model.safetensors")["pooler.dense.weight"]
+    assert torch.equal(adapted["bert.pooler.dense.weight"], pooler)
+    assert (start["bert.pooler.dense.weight"] - pooler).abs().max() < 0.02
 
 
 def test_clm_perplexity_falls_on_a_tiny_llama(tokenizer, corpus, tmp_path):

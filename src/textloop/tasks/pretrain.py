@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -56,6 +56,9 @@ class PretrainTask:
     whole_word_mask: bool = False
     document_mask: bool = True
     seed: int = 0
+    # checkpoint tensors the LM architecture does not load (BERT's pooler under
+    # BertForMaskedLM), under their saved names; written back next to the adapted model
+    carried: dict[str, torch.Tensor] = field(default_factory=dict)
     name: str = "mlm"
 
     metric_names: tuple[str, ...] = METRIC_NAMES
@@ -72,7 +75,9 @@ class PretrainTask:
         from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
         auto = AutoModelForMaskedLM if self.objective == "mlm" else AutoModelForCausalLM
-        model = auto.from_pretrained(model_dir)
+        loaded = auto.from_pretrained(model_dir, output_loading_info=True)
+        model, info = cast(tuple[Any, dict[str, Any]], loaded)
+        self.carried = unloaded_tensors(model, model_dir, info["unexpected_keys"])
         n_rows = int(cast(torch.nn.Embedding, model.get_input_embeddings()).num_embeddings)
         if len(self.tokenizer) > n_rows:
             from textloop.tasks.domain_vocab import init_new_embeddings
@@ -245,6 +250,65 @@ class PretrainTask:
             "mask_rate": self.mask_rate,
             "seed": self.seed,
         }
+
+
+def unloaded_tensors(
+    model: torch.nn.Module, model_dir: Path, names: Any
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors ``names`` that the LM architecture left out, keyed as the
+    adapted model will save them.
+
+    BertForMaskedLM has no pooler, so an MLM run would otherwise save a checkpoint without the
+    pooler weights, and a classifier fine-tuned from it would start from a random pooler where
+    the unadapted checkpoint gives it a trained one: the comparison would not be like for like.
+    Names of a base checkpoint (``pooler.dense.weight``) get the model's prefix (``bert.``).
+    """
+    from safetensors import safe_open
+
+    names = sorted(names)
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not names or not files:
+        return {}
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    saved = {k for k in cast(Any, model).state_dict()}
+    has_prefix = bool(prefix) and any(k.startswith(prefix + ".") for k in saved)
+    out: dict[str, torch.Tensor] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in set(names) & set(f.keys()):
+                key = (
+                    f"{prefix}.{name}" if has_prefix and not name.startswith(prefix + ".") else name
+                )
+                if key not in saved:
+                    out[key] = f.get_tensor(name)
+    return out
+
+
+def save_carried(model_dir: Path, carried: dict[str, torch.Tensor]) -> None:
+    """Add ``carried`` tensors to a folder written by ``save_pretrained`` (single-file or
+    sharded safetensors), so nothing the input checkpoint held is lost."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    if not carried:
+        return
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        tensors = load_file(str(single))
+        tensors.update({k: v.contiguous() for k, v in carried.items()})
+        save_file(tensors, str(single), metadata={"format": "pt"})
+        return
+    index_path = model_dir / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    extra = "model-carried.safetensors"
+    save_file(
+        {k: v.contiguous() for k, v in carried.items()},
+        str(model_dir / extra),
+        metadata={"format": "pt"},
+    )
+    index["weight_map"].update(dict.fromkeys(carried, extra))
+    index_path.write_text(json.dumps(index, indent=2))
 
 
 def mlm_head(model: torch.nn.Module) -> torch.nn.Module | None:

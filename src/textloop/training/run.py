@@ -500,6 +500,11 @@ def _write_artifacts(
     if isinstance(emb, torch.nn.Embedding):
         emb.sparse = False  # a training-time choice; the saved model is a plain checkpoint
     model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
+    carried = getattr(task, "carried", None)  # checkpoint tensors the LM head model dropped
+    if carried:
+        from textloop.tasks.pretrain import save_carried
+
+        save_carried(tmp, carried)
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, out / "model")
     write_atomic(out / "labels.json", json.dumps(task.state(), indent=2, ensure_ascii=False))
