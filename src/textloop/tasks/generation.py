@@ -102,6 +102,10 @@ class GenerationTask:
             logits = model(**kwargs).logits[:, :-1][keep]  # (N, V)
         return F.cross_entropy(logits.float(), targets[keep], reduction="none")
 
+    def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The target tokens ``training_loss`` averages over (the driver weights by them)."""
+        return (batch["targets"][:, 1:] != IGNORE).sum()
+
     def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         losses = self.token_losses(model, batch)
         return losses.mean() if len(losses) else losses.sum()

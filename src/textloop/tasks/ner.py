@@ -153,6 +153,10 @@ class NerTask:
             batch["targets"] = targets
         return batch
 
+    def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The labelled tokens ``training_loss`` averages over (the driver weights by them)."""
+        return (batch["targets"] != -100).sum()
+
     def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         targets = batch.pop("targets")
         logits = model(**batch).logits.float()  # (B, T, C)

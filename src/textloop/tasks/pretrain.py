@@ -195,6 +195,14 @@ class PretrainTask:
         correct = (logits.argmax(-1) == target).sum()
         return losses, correct, keep.sum()
 
+    def loss_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
+        """How many tokens ``training_loss`` averages over: the driver weights each batch's mean
+        by its share of a step's tokens, so every token counts the same (see ``train_steps``)."""
+        labels = batch["targets"]
+        if self.objective == "clm":
+            labels = labels[:, 1:]
+        return (labels != IGNORE).sum()
+
     def training_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         losses, _, _ = self._token_losses(model, batch)
         return losses.mean() if len(losses) else losses.sum()  # a block with nothing masked: 0

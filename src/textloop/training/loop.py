@@ -25,7 +25,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from textloop.training.distributed import all_reduce_mean, gradient_sync, rank_share
+from textloop.training.distributed import (
+    all_reduce_mean,
+    all_reduce_sum,
+    gradient_sync,
+    rank_share,
+    world_size,
+)
 from textloop.training.optim import clip_gradients
 
 
@@ -134,6 +140,7 @@ def train_steps(
     higher_is_better: bool,
     log_every_steps: int,
     autocast_dtype: torch.dtype | None = None,
+    loss_tokens: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> Iterator[StepInfo]:
     """Train until ``epochs`` (or ``max_steps``) are done, yielding after each step and eval.
 
@@ -142,6 +149,13 @@ def train_steps(
     batch (model inputs + targets) from this process's share of one; ``loss_fn`` runs the model
     on it and returns the mean loss. ``evaluate`` returns a metrics dict holding
     ``metric_for_best``; it must not consume RNG.
+
+    Without ``loss_tokens`` each micro-batch's mean loss is weighted by its share of examples.
+    With it (token-level losses: MLM, causal LM), ``loss_tokens(batch)`` counts the tokens a
+    batch's mean is over, and each mean is weighted by its share of all the tokens of the step,
+    counted over every micro-batch and process: the step's gradient is that of the mean over all
+    its tokens, whatever the number of processes and accumulation micro-batches (a mean of
+    per-batch means would weight a token in a lightly masked batch more).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     device_type = next(model.parameters()).device.type
@@ -171,9 +185,14 @@ def train_steps(
             t0 = time.perf_counter()
             model.train()
             n_examples = n_tokens = n_padded = 0
-            for i, global_batch in enumerate(group):
-                items, weight = rank_share(global_batch)  # all of it in one process
-                batch = collate(items)
+            shares = [rank_share(global_batch) for global_batch in group]  # all in one process
+            micro = [collate(items) for items, _ in shares]
+            weights = [w for _, w in shares]
+            if loss_tokens is not None:  # each mean weighted by its share of the step's tokens
+                counts = [loss_tokens(b).float().cpu() * (w > 0) for b, w in zip(micro, weights)]
+                total = float(all_reduce_sum(torch.stack(counts).sum()))
+                weights = [float(c) * world_size() * len(group) / max(total, 1.0) for c in counts]
+            for i, (global_batch, batch, weight) in enumerate(zip(group, micro, weights)):
                 n_tokens += int(batch["attention_mask"].sum())
                 n_padded += batch["attention_mask"].numel()
                 with gradient_sync(model, enabled=i == len(group) - 1):

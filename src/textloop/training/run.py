@@ -363,6 +363,7 @@ def train(
             higher_is_better=higher,
             log_every_steps=t.log_every_steps,
             autocast_dtype=autocast,
+            loss_tokens=getattr(task, "loss_tokens", None),
         ):
             if info.kind == "step":
                 if info.loss is not None:
