@@ -3,11 +3,21 @@
 embedded:minilm is first adapted by masked-LM continued pre-training on the BBC News training
 articles (text only, labels unused; a fresh MLM head tied to the embeddings), then fine-tuned
 on a few labelled articles per topic; the same fine-tuning runs from the unadapted checkpoint.
-Both are scored on the 445 BBC test articles, over several seeds (each seed draws its own
-labelled sample). Prints JSON.
+Each seed draws its own labelled sample (``--per-topic`` train and as many validation
+articles per topic, for picking the best epoch) and its own development sample (``--dev-per-topic``
+further training articles per topic). Every arm is scored on the development sample and on the
+445 BBC test articles; when several pre-training recipes run, the one with the best mean
+development macro-F1 is the headline (``selected``), so the choice never looks at the test set.
 
-    .venv/bin/python bench/dapt.py --threads 1           # ~25 min on 2 free cores
-    .venv/bin/python bench/dapt.py --mlm-steps 20 --seeds 1 --per-topic 4   # smoke
+    .venv/bin/python bench/dapt.py --threads 2                     # recipe "short", ~40 min
+    .venv/bin/python bench/dapt.py --recipes short,long,lora --seeds 5 --jobs 6   # a GPU
+    .venv/bin/python bench/dapt.py --recipes smoke --seeds 1 --per-topic 2        # smoke
+
+Recipes (MLM steps x blocks of 128 tokens): short = 400 x 16 at lr 1e-4 (what 2 CPU cores
+manage in ~20 min); long = 2,000 x 64 at lr 1e-4 (~15 passes over the 1,780 articles); slow =
+long at lr 3e-5; wwm = long with whole-word masking; lora = long through rank-16 adapters on
+the attention projections (lr 5e-4), merged at save. ``--jobs`` runs that many trainings at once
+(each its own process: on one GPU they share it).
 
 (Gururangan et al. 2020, "Don't Stop Pretraining", arXiv:2004.10964.)
 """
@@ -17,11 +27,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import os
 import random
 import statistics
 import tempfile
 import time
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +41,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import textloop
-from textloop.config import load_config
-from textloop.data.builtin import read_builtin
+RECIPES: dict[str, dict[str, Any]] = {
+    "short": {"steps": 400, "batch": 16, "lr": 1e-4},
+    "long": {"steps": 2000, "batch": 64, "lr": 1e-4},
+    "slow": {"steps": 2000, "batch": 64, "lr": 3e-5},
+    "wwm": {"steps": 2000, "batch": 64, "lr": 1e-4, "whole_word_mask": True},
+    "lora": {"steps": 2000, "batch": 64, "lr": 5e-4, "lora_r": 16},
+    "smoke": {"steps": 4, "batch": 4, "lr": 1e-4},
+}
+FINETUNE = {"epochs": 10, "batch": 8, "lr": 1e-4, "max_seq_len": 128}
+BASE = "embedded:minilm"
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> str:
@@ -42,68 +61,88 @@ def _write_csv(path: Path, rows: list[dict[str, str]]) -> str:
     return str(path)
 
 
-def _sample(rows: list[dict[str, Any]], per_topic: int, seed: int) -> tuple[list, list]:
-    """``per_topic`` training and ``per_topic`` validation articles per topic, disjoint."""
+def _sample(
+    rows: list[dict[str, Any]], per_topic: int, dev_per_topic: int, seed: int
+) -> tuple[list, list, list]:
+    """Disjoint training, validation and development articles, drawn per topic."""
     rng = random.Random(seed)
-    train, val = [], []
+    train, val, dev = [], [], []
     for topic in sorted({r["label"] for r in rows}):
         pool = [r for r in rows if r["label"] == topic]
         rng.shuffle(pool)
         train += pool[:per_topic]
         val += pool[per_topic : 2 * per_topic]
-    return train, val
+        dev += pool[2 * per_topic : 2 * per_topic + dev_per_topic]
+    return train, val, dev
 
 
-def pretrain(out: Path, steps: int, lr: float, threads: int | None) -> dict[str, Any]:
-    cfg = load_config(
-        None,
-        extra={
-            "task": "mlm",
-            "model": "embedded:minilm",
-            "output": str(out),
-            "data.train": "builtin:bbc-news:train",
-            "train.max_seq_len": 128,
-            "train.batch_size": 16,
-            "train.lr": lr,
-            "train.max_steps": steps,
-            "train.warmup_ratio": 0.06,
-            "train.eval_every_steps": max(1, steps // 3),
-            "train.log_every_steps": 10,
-            "train.threads": threads,
-            "pretrain.eval_blocks": 128,
-        },
-    )
+def pretrain(name: str, out: str, threads: int | None) -> dict[str, Any]:
+    """One MLM recipe from embedded:minilm on the BBC training text; its run summary."""
+    import textloop
+    from textloop.config import load_config
+
+    recipe = RECIPES[name]
+    steps = recipe["steps"]
+    extra: dict[str, Any] = {
+        "task": "mlm",
+        "model": BASE,
+        "output": out,
+        "data.train": "builtin:bbc-news:train",
+        "train.max_seq_len": 128,
+        "train.batch_size": recipe["batch"],
+        "train.lr": recipe["lr"],
+        "train.max_steps": steps,
+        "train.warmup_ratio": 0.06,
+        "train.eval_every_steps": max(1, steps // 4),
+        "train.log_every_steps": 50,
+        "train.threads": threads,
+        "pretrain.eval_blocks": 256,
+        "pretrain.whole_word_mask": recipe.get("whole_word_mask", False),
+    }
+    if recipe.get("lora_r"):
+        extra.update({"lora.enabled": True, "lora.r": recipe["lora_r"], "lora.alpha": 32})
     started = time.perf_counter()
-    run = textloop.train(cfg)
-    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    run = textloop.train(load_config(None, extra=extra))
+    log = [json.loads(x) for x in (Path(out) / "log.jsonl").read_text().splitlines()]
     return {
-        "steps": steps,
+        "recipe": recipe,
         "seconds": round(time.perf_counter() - started, 1),
         "perplexity_by_eval": [round(r["perplexity"], 2) for r in log if r["kind"] == "eval"],
         "final_perplexity": round(run.metrics["validation"]["perplexity"], 2),
     }
 
 
-def finetune(model: str, train: str, val: str, out: Path, seed: int, threads: int | None) -> dict:
+def finetune(
+    model: str, train: str, val: str, dev: str, out: str, seed: int, threads: int | None
+) -> dict[str, Any]:
+    """Fine-tune ``model`` on ``train``; accuracy and macro-F1 on ``dev`` and the BBC test set."""
+    import textloop
+    from textloop.config import load_config
+
     cfg = load_config(
         None,
         extra={
             "model": model,
-            "output": str(out),
+            "output": out,
             "data.train": train,
             "data.validation": val,
             "data.test": "builtin:bbc-news:test",
-            "train.epochs": 10,
-            "train.batch_size": 8,
-            "train.lr": 1e-4,
-            "train.max_seq_len": 128,
+            "train.epochs": FINETUNE["epochs"],
+            "train.batch_size": FINETUNE["batch"],
+            "train.lr": FINETUNE["lr"],
+            "train.max_seq_len": FINETUNE["max_seq_len"],
             "train.seed": seed,
             "train.threads": threads,
             "train.log_every_steps": 5,
         },
     )
-    m = textloop.train(cfg).metrics
-    return {"accuracy": m["test"]["accuracy"], "macro_f1": m["test"]["macro_f1"]}
+    run = textloop.train(cfg)
+    d = run.evaluate(dev)
+    t = run.metrics["test"]
+    return {
+        "test": {"accuracy": t["accuracy"], "macro_f1": t["macro_f1"]},
+        "dev": {"accuracy": d["accuracy"], "macro_f1": d["macro_f1"]},
+    }
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -117,57 +156,125 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--mlm-steps", type=int, default=150)
-    ap.add_argument("--mlm-lr", type=float, default=1e-4)
+    ap.add_argument("--recipes", default="short", help=f"comma-separated: {', '.join(RECIPES)}")
     ap.add_argument("--per-topic", type=int, default=8, help="labelled articles per topic")
+    ap.add_argument("--dev-per-topic", type=int, default=60, help="development articles per topic")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--output", help="also write the JSON here")
+    ap.add_argument("--threads", type=int, default=None, help="threads per training process")
+    ap.add_argument("--jobs", type=int, default=1, help="trainings at once (processes)")
+    ap.add_argument("--output", help="also write the JSON here (updated after every training)")
     args = ap.parse_args()
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        ap.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+
+    from textloop.data.builtin import read_builtin
+
     rows = read_builtin("builtin:bbc-news:train").rows
     result: dict[str, Any] = {
         "setup": {
-            "model": "embedded:minilm",
+            "model": BASE,
             "unlabelled_corpus": "builtin:bbc-news:train (1,780 articles, text only)",
             "labelled": f"{args.per_topic} per topic x 5 topics (train), same for validation",
+            "development": f"{args.dev_per_topic} per topic x 5 topics, other training articles",
             "test": "builtin:bbc-news:test (445 articles)",
-            "mlm": {"steps": args.mlm_steps, "lr": args.mlm_lr, "block": 128, "batch": 16},
-            "finetune": {"epochs": 10, "batch": 8, "lr": 1e-4, "max_seq_len": 128},
+            "mlm_block": 128,
+            "finetune": FINETUNE,
+            "seeds": args.seeds,
         },
-        "per_seed": [],
+        "mlm": {},
+        "per_seed": [{"seed": s} for s in range(args.seeds)],
     }
-    with tempfile.TemporaryDirectory() as tmp_dir:
+    started = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory() as tmp_dir,
+        ProcessPoolExecutor(
+            max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")
+        ) as pool,
+    ):
         tmp = Path(tmp_dir)
-        adapted = tmp / "minilm-bbc"
-        result["mlm"] = pretrain(adapted, args.mlm_steps, args.mlm_lr, args.threads)
-        _emit(result, args.output, final=False)
+        samples = []
         for seed in range(args.seeds):
-            train_rows, val_rows = _sample(rows, args.per_topic, seed)
-            train = _write_csv(tmp / f"train{seed}.csv", train_rows)
-            val = _write_csv(tmp / f"val{seed}.csv", val_rows)
-            base = finetune("embedded:minilm", train, val, tmp / f"base{seed}", seed, args.threads)
-            dapt = finetune(str(adapted), train, val, tmp / f"dapt{seed}", seed, args.threads)
-            result["per_seed"].append({"seed": seed, "baseline": base, "dapt": dapt})
-            _summarise(result)
-            _emit(result, args.output, final=seed == args.seeds - 1)
+            train, val, dev = _sample(rows, args.per_topic, args.dev_per_topic, seed)
+            samples.append(
+                tuple(
+                    _write_csv(tmp / f"{part}{seed}.csv", data)
+                    for part, data in (("train", train), ("val", val), ("dev", dev))
+                )
+            )
+
+        def finetune_job(arm: str, model: str, seed: int) -> Future:
+            train, val, dev = samples[seed]
+            out = str(tmp / f"ft-{arm}-{seed}")
+            future = pool.submit(finetune, model, train, val, dev, out, seed, args.threads)
+            future.tag = ("finetune", arm, seed)  # type: ignore[attr-defined]
+            return future
+
+        pending = {finetune_job("baseline", BASE, s) for s in range(args.seeds)}
+        for name in recipes:  # pre-training first in the queue order, baselines beside it
+            future = pool.submit(pretrain, name, str(tmp / f"mlm-{name}"), args.threads)
+            future.tag = ("pretrain", name, None)  # type: ignore[attr-defined]
+            pending.add(future)
+        while pending:
+            done = next(as_completed(pending))
+            pending.remove(done)
+            kind, arm, seed = done.tag  # type: ignore[attr-defined]
+            if kind == "pretrain":
+                result["mlm"][arm] = done.result()
+                for s in range(args.seeds):
+                    pending.add(finetune_job(arm, str(tmp / f"mlm-{arm}"), s))
+            else:
+                result["per_seed"][seed][arm] = done.result()
+            result["seconds"] = round(time.perf_counter() - started, 1)
+            _summarise(result, ["baseline", *recipes])
+            _emit(result, args.output, final=not pending)
 
 
-def _summarise(result: dict[str, Any]) -> None:
-    per_seed = result["per_seed"]
-    result["summary"] = {
-        arm: {
-            metric: _stats([s[arm][metric] for s in per_seed])
-            for metric in ("accuracy", "macro_f1")
-        }
-        for arm in ("baseline", "dapt")
+def _paired(gains: list[float]) -> dict[str, Any]:
+    """Mean paired gain, the seeds it was positive on, and the paired t statistic."""
+    out: dict[str, Any] = {
+        "mean": round(statistics.mean(gains), 4),
+        "seeds_improved": f"{sum(g > 0 for g in gains)}/{len(gains)}",
     }
-    result["gain_macro_f1_per_seed"] = [
-        round(s["dapt"]["macro_f1"] - s["baseline"]["macro_f1"], 4) for s in per_seed
-    ]
+    if len(gains) > 1 and statistics.stdev(gains) > 0:
+        t = statistics.mean(gains) / (statistics.stdev(gains) / len(gains) ** 0.5)
+        out["paired_t"] = round(t, 2)
+    return out
+
+
+def _summarise(result: dict[str, Any], arms: list[str]) -> None:
+    per_seed = result["per_seed"]
+    complete = [a for a in arms if all(a in s for s in per_seed)]
+    summary: dict[str, Any] = {}
+    for arm in complete:
+        summary[arm] = {
+            split: {
+                metric: _stats([s[arm][split][metric] for s in per_seed])
+                for metric in ("accuracy", "macro_f1")
+            }
+            for split in ("dev", "test")
+        }
+        if arm != "baseline" and "baseline" in complete:
+            summary[arm]["test_gain_macro_f1_per_seed"] = [
+                round(s[arm]["test"]["macro_f1"] - s["baseline"]["test"]["macro_f1"], 4)
+                for s in per_seed
+            ]
+            summary[arm]["dev_gain_macro_f1_per_seed"] = [
+                round(s[arm]["dev"]["macro_f1"] - s["baseline"]["dev"]["macro_f1"], 4)
+                for s in per_seed
+            ]
+            gains = summary[arm]["test_gain_macro_f1_per_seed"]
+            summary[arm]["test_gain_macro_f1"] = _paired(gains)
+    result["summary"] = summary
+    adapted = [a for a in complete if a != "baseline"]
+    if adapted:  # chosen on development macro-F1 alone
+        best = max(adapted, key=lambda a: summary[a]["dev"]["macro_f1"]["mean"])
+        result["selected"] = {"recipe": best, "by": "mean development macro-F1"}
 
 
 def _emit(result: dict[str, Any], output: str | None, final: bool) -> None:
-    """Print the JSON at the end; keep a partial copy in ``output`` after each stage."""
+    """Print the JSON at the end; keep a partial copy in ``output`` after each training."""
     text = json.dumps(result, indent=2)
     if final:
         print(text)
