@@ -8,6 +8,7 @@ back into the base weights so the saved model is an ordinary checkpoint.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,11 @@ def apply_lora(
         modules_to_save=list(modules_to_save) or None,
         bias="none",
     )
-    return get_peft_model(model, config)  # type: ignore[arg-type]
+    with warnings.catch_warnings():  # peft reads a property transformers has deprecated
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+        )
+        return get_peft_model(model, config)  # type: ignore[arg-type]
 
 
 def is_lora(model: torch.nn.Module) -> bool:
