@@ -18,6 +18,7 @@ prediction of a document's first token from the previous document.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ METRIC_NAMES = ("perplexity", "accuracy")  # the first picks the best checkpoint
 LOWER_IS_BETTER = ("perplexity",)
 MASK_RATE, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
 IGNORE = -100  # label of a position that is not trained
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -275,7 +277,16 @@ def unloaded_tensors(
 
     names = sorted(names)
     files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not names or not files:
+    if not names:
+        return {}
+    if not files:  # a .bin checkpoint: say what the adapted model will lack
+        log.warning(
+            "%s is not in safetensors format: the adapted model will not keep %s "
+            "(checkpoint tensors the %s model does not use)",
+            model_dir,
+            ", ".join(names),
+            type(model).__name__,
+        )
         return {}
     prefix = str(getattr(model, "base_model_prefix", "") or "")
     saved = {k for k in cast(Any, model).state_dict()}
