@@ -396,3 +396,20 @@ def test_every_rank_runs_the_same_number_of_eval_forwards(
         counts.append(len(calls))
     assert counts == [2, 2]  # rank 1's second forward is a stand-in
     assert tokens == whole["tokens"]  # and it is not counted
+
+
+def test_carried_tensors_join_a_sharded_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from textloop.tasks.pretrain import save_carried
+
+    save_file({"bert.a": torch.ones(2)}, str(tmp_path / "model-00001-of-00001.safetensors"))
+    index = {"metadata": {}, "weight_map": {"bert.a": "model-00001-of-00001.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    save_carried(tmp_path, {"bert.pooler.dense.weight": torch.full((2, 2), 3.0)})
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    file = index["weight_map"]["bert.pooler.dense.weight"]
+    assert torch.equal(
+        load_file(tmp_path / file)["bert.pooler.dense.weight"], torch.full((2, 2), 3.0)
+    )
+    assert index["weight_map"]["bert.a"] == "model-00001-of-00001.safetensors"
