@@ -208,31 +208,31 @@ def main() -> None:
                 )
             )
 
-        def finetune_job(arm: str, model: str, seed: int) -> Future:
+        jobs: dict[Future, tuple[str, str, int]] = {}  # -> (kind, arm, seed)
+
+        def finetune_job(arm: str, model: str, seed: int) -> None:
             train, val, dev = samples[seed]
             out = str(tmp / f"ft-{arm}-{seed}")
             future = pool.submit(finetune, model, train, val, dev, out, seed, args.threads)
-            future.tag = ("finetune", arm, seed)  # type: ignore[attr-defined]
-            return future
+            jobs[future] = ("finetune", arm, seed)
 
-        pending = {finetune_job("baseline", BASE, s) for s in range(args.seeds)}
-        for name in recipes:  # pre-training first in the queue order, baselines beside it
+        for name in recipes:  # the long pre-training runs first, the baselines beside them
             future = pool.submit(pretrain, name, str(tmp / f"mlm-{name}"), args.threads)
-            future.tag = ("pretrain", name, None)  # type: ignore[attr-defined]
-            pending.add(future)
-        while pending:
-            done = next(as_completed(pending))
-            pending.remove(done)
-            kind, arm, seed = done.tag  # type: ignore[attr-defined]
+            jobs[future] = ("pretrain", name, -1)
+        for seed in range(args.seeds):
+            finetune_job("baseline", BASE, seed)
+        while jobs:
+            done = next(as_completed(jobs))
+            kind, arm, seed = jobs.pop(done)
             if kind == "pretrain":
                 result["mlm"][arm] = done.result()
                 for s in range(args.seeds):
-                    pending.add(finetune_job(arm, str(tmp / f"mlm-{arm}"), s))
+                    finetune_job(arm, str(tmp / f"mlm-{arm}"), s)
             else:
                 result["per_seed"][seed][arm] = done.result()
             result["seconds"] = round(time.perf_counter() - started, 1)
             _summarise(result, ["baseline", *recipes])
-            _emit(result, args.output, final=not pending)
+            _emit(result, args.output, final=not jobs)
 
 
 def _paired(gains: list[float]) -> dict[str, Any]:
