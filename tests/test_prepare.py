@@ -8,6 +8,7 @@ import html
 import importlib.util
 import json
 import random
+import time
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -426,32 +427,70 @@ def test_fail_mode_stops_and_leaves_no_output(tmp_path, capsys):
     assert not out.exists() and not any(p.name.startswith(".corpus") for p in tmp_path.iterdir())
 
 
-@pytest.mark.integration
-def test_killed_run_leaves_no_output(tmp_path):
+def _start_and_kill(
+    tmp_path: Path, hook_code: str, wait_for: Path | None = None
+) -> tuple[int, Path]:
+    """Run `textloop prepare` with the filter ``hook_code`` defines (``hook``), SIGTERM it once
+    its temp output exists (and ``wait_for``, if given); its exit status, and the output path."""
     import os
     import signal
     import subprocess
     import sys
-    import time
 
-    hook = tmp_path / "slow.py"
-    hook.write_text("import time\ndef slow(text):\n    time.sleep(0.2)\n    return True\n")
+    hook = tmp_path / "hook.py"
+    hook.write_text(hook_code)
     src = _jsonl(tmp_path / "s.jsonl", [f"document number {i}" for i in range(500)])
     out = tmp_path / "corpus"
     stale = tmp_path / ".corpus.tmp-999999999-dead"  # left by a run killed with SIGKILL
     stale.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     cmd = [sys.executable, "-m", "textloop", "prepare", str(src), "--output", str(out),
-           "--set", f"clean.custom_filter={hook}:slow"]  # fmt: skip
+           "--set", f"clean.custom_filter={hook}:hook"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (tmp_path / "corpus").exists() and time.time() < deadline:
+    while not out.exists() and time.time() < deadline:
         running = [p for p in tmp_path.glob(".corpus.tmp-*") if p != stale]
-        if running and not stale.exists():
+        if running and not stale.exists() and (wait_for is None or wait_for.exists()):
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) != 0
+    try:
+        return proc.wait(timeout=60), out
+    except subprocess.TimeoutExpired:
+        proc.kill()  # do not leave a hung run behind the failing test
+        raise
+
+
+@pytest.mark.integration
+def test_killed_run_leaves_no_output(tmp_path):
+    slow = "import time\ndef hook(text):\n    time.sleep(0.2)\n    return True\n"
+    rc, out = _start_and_kill(tmp_path, slow)
+    assert rc != 0
+    assert not out.exists() and not list(tmp_path.glob(".corpus*"))
+
+
+@pytest.mark.integration
+def test_killed_run_exits_even_when_a_thread_holds_up_shutdown(tmp_path):
+    """A non-daemon thread (here one the filter starts) keeps the interpreter from exiting after
+    SystemExit; SIGTERM still ends the run within the grace period, leaving no output."""
+    from textloop.cli.prepare import TERM_GRACE_S
+
+    marker = tmp_path / "thread-started"
+    stuck = (
+        "import pathlib, threading, time\n"
+        "started = []\n"
+        "def hook(text):\n"
+        "    if not started:\n"
+        "        started.append(threading.Thread(target=time.sleep, args=(3600,)))\n"
+        "        started[0].start()\n"
+        f"        pathlib.Path({str(marker)!r}).touch()\n"
+        "    time.sleep(0.2)\n"
+        "    return True\n"
+    )
+    t0 = time.perf_counter()
+    rc, out = _start_and_kill(tmp_path, stuck, wait_for=marker)
+    assert rc == 128 + 15  # SIGTERM's status, set by the forced exit
+    assert TERM_GRACE_S <= time.perf_counter() - t0 < TERM_GRACE_S + 30  # it was forced
     assert not out.exists() and not list(tmp_path.glob(".corpus*"))
 
 

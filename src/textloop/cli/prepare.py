@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -101,10 +102,28 @@ def _print_summary(manifest: dict[str, Any], path: Any, is_shard: bool) -> None:
     print(f"report: {path}/report.md")
 
 
+TERM_GRACE_S = 10  # after SIGTERM, how long an orderly exit may take before it is forced
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """A plain kill becomes SystemExit, so the temp output is removed on the way out. If that
+    exit is held up (a library's thread or worker pool at interpreter shutdown), SIGALRM forces
+    it after ``TERM_GRACE_S``, removing the temp output first."""
+
+    def force(_signum: int, _frame: Any) -> None:
+        from textloop.data.prepare.pipeline import remove_active_temp_dirs
+
+        remove_active_temp_dirs()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGALRM, force)
+    signal.alarm(TERM_GRACE_S)
+    sys.exit(128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``prepare`` or ``prepare merge``."""
-    # a plain kill becomes SystemExit, so the temp output is removed on the way out
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _run(args)
     finally:

@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 SHARD_MARKER = "shard.json"
 # config keys that may differ between the shards of one corpus
 _PER_MACHINE = ("output", "overwrite", "num_proc", "shard_index")
+_ACTIVE_TEMP_DIRS: set[Path] = set()  # this process's unfinished outputs (for a forced exit)
+
+
+def remove_active_temp_dirs() -> None:
+    """Delete the temp outputs of this process's running ``prepare`` calls (before a forced
+    exit, which skips the ``except`` that would otherwise remove them)."""
+    for tmp in list(_ACTIVE_TEMP_DIRS):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass
@@ -79,6 +87,7 @@ def _atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
     _remove_stale_temp_dirs(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    _ACTIVE_TEMP_DIRS.add(tmp)
     try:
         yield tmp
         shutil.rmtree(tmp / ".work", ignore_errors=True)
@@ -92,6 +101,8 @@ def _atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _ACTIVE_TEMP_DIRS.discard(tmp)
 
 
 def _shared_config(cfg: PrepareConfig) -> dict[str, Any]:
