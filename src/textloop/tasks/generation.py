@@ -80,9 +80,14 @@ class GenerationTask:
             pad_id(self.tokenizer),
         )
 
+    @staticmethod
+    def _next_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The targets aligned with the logits: position t predicts token t + 1 (B, T-1)."""
+        return batch["targets"][:, 1:]
+
     def token_losses(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Negative log-likelihood of every target token (N,): position t predicts token t + 1."""
-        targets = batch["targets"][:, 1:]  # (B, T-1)
+        targets = self._next_tokens(batch)
         keep = targets != IGNORE
         kwargs: dict[str, Any] = {"input_ids": batch["input_ids"]}
         if "segment_ids" in batch:  # packed rows: attend within each example only
@@ -104,7 +109,7 @@ class GenerationTask:
 
     def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The target tokens ``training_loss`` averages over (the driver weights by them)."""
-        return (batch["targets"][:, 1:] != IGNORE).sum()
+        return (self._next_tokens(batch) != IGNORE).sum()
 
     def training_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         losses = self.token_losses(model, batch)

@@ -180,17 +180,20 @@ class PretrainTask:
         finally:
             hook.remove()
 
+    def _labels(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The labels the loss is over, aligned with the logits it uses: for CLM position t
+        predicts token t + 1, so the first label is dropped."""
+        labels = batch["targets"]
+        return labels[:, 1:] if self.objective == "clm" else labels
+
     def _token_losses(
         self, model: torch.nn.Module, batch: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        labels = batch["targets"]
-        if self.objective == "clm":  # position t predicts token t + 1
-            logits = self._forward(model, batch).float()[:, :-1]
-            labels = labels[:, 1:]
-            keep = labels != IGNORE
-            logits = logits[keep]
+        labels = self._labels(batch)
+        keep = labels != IGNORE
+        if self.objective == "clm":
+            logits = self._forward(model, batch).float()[:, :-1][keep]
         else:  # masked LM: 15% of positions carry a label; only they need the vocabulary
-            keep = labels != IGNORE
             logits = self._forward(model, batch, keep).float()  # (N, V)
         target = labels[keep]
         losses = F.cross_entropy(logits, target, reduction="none")  # (N,)
@@ -200,10 +203,7 @@ class PretrainTask:
     def loss_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
         """How many tokens ``training_loss`` averages over: the driver weights each batch's mean
         by its share of a step's tokens, so every token counts the same (see ``train_steps``)."""
-        labels = batch["targets"]
-        if self.objective == "clm":
-            labels = labels[:, 1:]
-        return (labels != IGNORE).sum()
+        return (self._labels(batch) != IGNORE).sum()
 
     def training_loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         losses, _, _ = self._token_losses(model, batch)
@@ -276,9 +276,9 @@ def unloaded_tensors(
     from safetensors import safe_open
 
     names = sorted(names)
-    files = sorted(Path(model_dir).glob("*.safetensors"))
     if not names:
         return {}
+    files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:  # a .bin checkpoint: say what the adapted model will lack
         log.warning(
             "%s is not in safetensors format: the adapted model will not keep %s "
@@ -289,7 +289,7 @@ def unloaded_tensors(
         )
         return {}
     prefix = str(getattr(model, "base_model_prefix", "") or "")
-    saved = {k for k in cast(Any, model).state_dict()}
+    saved = set(cast(Any, model).state_dict())
     has_prefix = bool(prefix) and any(k.startswith(prefix + ".") for k in saved)
     out: dict[str, torch.Tensor] = {}
     for file in files:

@@ -189,9 +189,12 @@ def train_steps(
             micro = [collate(items) for items, _ in shares]
             weights = [w for _, w in shares]
             if loss_tokens is not None:  # each mean weighted by its share of the step's tokens
-                counts = [loss_tokens(b).float().cpu() * (w > 0) for b, w in zip(micro, weights)]
-                total = float(all_reduce_sum(torch.stack(counts).sum()))
-                weights = [float(c) * world_size() * len(group) / max(total, 1.0) for c in counts]
+                # one device-to-host copy for the whole group; a stand-in share (weight 0) has none
+                found = torch.stack([loss_tokens(b) for b in micro]).tolist()
+                counts = [c if w > 0 else 0 for c, w in zip(found, weights)]
+                total = float(all_reduce_sum(torch.tensor(sum(counts), dtype=torch.float64)))
+                scale = world_size() * len(group)  # DDP averages over ranks, the loop over micro
+                weights = [c * scale / max(total, 1.0) for c in counts]
             for i, (global_batch, batch, weight) in enumerate(zip(group, micro, weights)):
                 n_tokens += int(batch["attention_mask"].sum())
                 n_padded += batch["attention_mask"].numel()
