@@ -185,6 +185,8 @@ def test_packed_documents_do_not_see_each_other(tokenizer, tmp_path, objective):
     with torch.no_grad():
         out_a = task._forward(model, task.collate_blocks([a]))
         out_b = task._forward(model, task.collate_blocks([b]))
+        # fp32; the same rows through a batch of another shape: only kernel blocking differs
+        # (~1e-7), a leak from doc 1 moves them by ~1e-2
         assert torch.allclose(out_a[0, 10:], out_b[0, 10:], atol=1e-6, rtol=0)  # doc 2 unaffected
         leaky = PretrainTask(tokenizer, objective, 24, document_mask=False)  # type: ignore[arg-type]
         out_c = leaky._forward(model, leaky.collate_blocks([a]))
@@ -210,6 +212,7 @@ def test_mlm_head_on_masked_positions_only_equals_the_full_forward(tokenizer):
     model.eval()  # no dropout: both forwards are deterministic
     full = task._forward(model, batch)[keep]
     split = task._forward(model, batch, keep)
+    # fp32 logits over a 300-word vocabulary: a gathered matmul rounds like the full one, to ~1e-6
     assert torch.allclose(full, split, atol=1e-5, rtol=0)
     loss = task.training_loss(model, batch)
     loss.backward()  # gradients reach the encoder through the split forward
@@ -250,6 +253,7 @@ def _pretrain_config(model: Path, corpus: Path, out: Path, objective: str, **ext
         "train.warmup_ratio": 0.05,
         "train.log_every_steps": 10,
         "pretrain.eval_blocks": 64,
+        "train.precision": "fp32",  # the numerics these tests compare (auto is bf16 on AMX)
     }
     tree.update(extra)
     return load_config(None, extra=tree)
@@ -278,6 +282,7 @@ def test_mlm_perplexity_falls_and_the_run_feeds_fine_tuning(
     assert evals[-1]["perplexity"] < 0.5 * before["perplexity"]
     assert evals[-1]["perplexity"] < evals[0]["perplexity"]
     m = run.metrics["validation"]
+    # the best checkpoint re-evaluated: exp() of a loss summed in another order (rel ~1e-6)
     assert m["perplexity"] == pytest.approx(min(e["perplexity"] for e in evals), rel=1e-4)
     assert "perplexity" in (tmp_path / "mlm" / "report.md").read_text()
     assert load_run(tmp_path / "mlm").task.name == "mlm"

@@ -47,6 +47,7 @@ from textloop.training.loop import (
     train_steps,
 )
 from textloop.training.optim import build_optimizer, build_scheduler, make_embeddings_sparse
+from textloop.training.precision import PrecisionChoice, choose_precision, read_cpu_info
 
 log = logging.getLogger("textloop")
 
@@ -80,8 +81,11 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def environment(seed: int, precision: str, threads: int) -> dict[str, Any]:
-    """Package versions, seed and hardware, as written to env.json."""
+def environment(seed: int, precision: PrecisionChoice | str, threads: int) -> dict[str, Any]:
+    """Package versions, seed, precision (and why) and hardware, as written to env.json."""
+    if isinstance(precision, str):
+        precision = PrecisionChoice(precision, "requested", None)
+    cpu = read_cpu_info()
     versions: dict[str, str | None] = {}
     for name in _VERSIONED:
         try:
@@ -92,37 +96,14 @@ def environment(seed: int, precision: str, threads: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": versions,
         "seed": seed,
-        "precision": precision,
+        **precision.as_dict(),
         "threads": threads,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu.model if cpu.model != "unknown" else platform.processor() or platform.machine(),
+        "cpu_flags": list(cpu.flags),
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
     }
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
-
-
-def choose_precision(requested: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast only on hardware that runs it fast; fp32 elsewhere.
-
-    On an AVX2-only CPU bf16 autocast measured ~13x slower than fp32, so 'auto' keeps fp32 there.
-    """
-    if requested == "fp32":
-        return None
-    if requested == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    if device.type == "cpu" and _cpu_has_bf16():
-        return torch.bfloat16
-    return None
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -241,7 +222,9 @@ def train(
 
     threads = _set_threads(t.threads)
     device = dist.init()  # under torchrun: join the process group; cuda:LOCAL_RANK on GPUs
-    autocast = choose_precision(t.precision, device)
+    precision = choose_precision(t.precision, device)
+    autocast = precision.dtype
+    log.info("precision: %s (%s)", precision.name, precision.reason)
     seed_everything(t.seed)
     import transformers
 
@@ -441,7 +424,7 @@ def train(
             (state.examples_seen - examples_at_start) / max(train_seconds, 1e-9), 2
         ),
         "device": str(device),
-        "precision": "bf16" if autocast else "fp32",
+        "precision": precision.name,
         "threads": threads,
         "temperature": temperature,
     }
@@ -454,9 +437,7 @@ def train(
             model = build_model(torch.device("cpu"))
             model.load_state_dict(weights)
     if main:
-        _write_artifacts(
-            out, model, tokenizer, task, final, t.seed, "bf16" if autocast else "fp32", threads
-        )
+        _write_artifacts(out, model, tokenizer, task, final, t.seed, precision, threads)
         (out / INCOMPLETE).unlink(missing_ok=True)
     fire(callbacks, "on_train_end", final)
     dist.barrier()  # the run dir is complete before any process reads it
@@ -483,7 +464,7 @@ def _write_artifacts(
     task: Any,
     metrics: dict[str, Any],
     seed: int,
-    precision: str,
+    precision: PrecisionChoice,
     threads: int,
 ) -> None:
     from textloop.models.lora import is_lora, merge_lora, save_adapter
