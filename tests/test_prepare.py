@@ -401,20 +401,50 @@ def _bad_inputs(d: Path) -> list[str]:
     return [str(d)]
 
 
-def test_bad_input_is_reported_with_file_and_line(tmp_path):
+def test_bad_input_is_reported_with_file_and_line(tmp_path, capsys):
     inputs = _bad_inputs(tmp_path / "bad")
-    m = _run(inputs, tmp_path / "out", dedup={"mode": "exact"}, split={"fractions": [1.0]})
+    m = _run(
+        inputs,
+        tmp_path / "out",
+        dedup={"mode": "exact"},
+        split={"fractions": [1.0]},
+        on_error="skip",
+    )
     errors = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     where = {e["location"].rsplit("/", 1)[-1]: e["error"] for e in errors}
     assert "invalid JSON" in where["mixed.jsonl:3"]
     assert "not valid utf-8" in where["mixed.jsonl:6"]
     assert "more fields" in where["extra.csv:3"]
     trunc = [k for k in where if k.startswith("trunc.jsonl.gz:")]
-    assert len(trunc) == 1 and "unreadable from here on" in where[trunc[0]]
-    assert m["errors"]["skipped_records"] == len(errors) == 4
+    assert len(trunc) == 1 and "the rest of the file is unreadable" in where[trunc[0]]
+    # the broken file is no "record": three records skipped, one file broken off, said as such
+    assert m["errors"]["skipped_records"] == len(errors) - 1 == 3
+    (broken,) = m["errors"]["unreadable_files"]
+    line = int(trunc[0].rsplit(":", 1)[1])
+    assert 0 < line <= 50 and broken["from_line"] == line  # the records before the cut are kept
+    assert (
+        broken["records_read"] == line - 1 and f"{line - 1} record(s) were read" in where[trunc[0]]
+    )
     read = _stage(m, "read")
-    assert read["removed"] == 4 and read["in"] == m["records_out"] + 4  # nothing lost silently
-    assert 0 < int(trunc[0].rsplit(":", 1)[1]) <= 50  # the records before the cut are kept
+    assert read["removed"] == 3 and read["in"] == m["records_out"] + 3  # nothing lost silently
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"trunc.jsonl.gz breaks off at line {line}: the rest of the file is unreadable" in report
+
+
+def test_truncated_input_stops_unless_on_error_skip(tmp_path, capsys):
+    inputs = _bad_inputs(tmp_path / "bad")
+    out = tmp_path / "corpus"
+    for mode in ([], ["--on-error", "skip_records"]):  # the default skips records, not files
+        assert main(["prepare", *inputs, "--output", str(out), *mode]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err
+        msg = err.splitlines()[-1]
+        assert msg.startswith("error: ") and "trunc.jsonl.gz: unreadable from line" in msg
+        assert "--on-error skip" in msg
+        assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["bad"]
+    assert main(["prepare", *inputs, "--output", str(out), "--on-error", "skip"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "trunc.jsonl.gz breaks off at line" in err
 
 
 def test_fail_mode_stops_and_leaves_no_output(tmp_path, capsys):

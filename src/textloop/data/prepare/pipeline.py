@@ -166,6 +166,7 @@ def _merge_infos(infos: list[dict[str, Any]], k: int) -> dict[str, Any]:
         for stage in infos[0]["examples"]
     }
     merged["errors"] = [e for info in infos for e in info["errors"]][:100]
+    merged["unreadable_files"] = [f for info in infos for f in info.get("unreadable_files", [])]
     merged["input_chars_hist"] = [
         sum(col) for col in zip(*(info["input_chars_hist"] for info in infos))
     ]

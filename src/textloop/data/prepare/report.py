@@ -29,6 +29,15 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def broken_file_lines(unreadable_files: list[dict[str, Any]]) -> list[str]:
+    """One sentence per input file that broke off (``on_error: skip``)."""
+    return [
+        f"{f['path']} breaks off at line {f['from_line']}: the rest of the file is unreadable "
+        f"(truncated or corrupt); {f['records_read']} record(s) were read from it"
+        for f in unreadable_files
+    ]
+
+
 def stage_table(counts: dict[str, Any]) -> list[dict[str, Any]]:
     """Records in and out of every stage, in pipeline order."""
     rows = []
@@ -95,6 +104,7 @@ def build_manifest(
         "inputs": inputs,
         "errors": {
             "skipped_records": counts["read_errors"],
+            "unreadable_files": info.get("unreadable_files", []),
             "first": info["errors"],
             "all_in": "errors.jsonl",
         },
@@ -238,9 +248,8 @@ def write_report(
         lines.append("")
     lines += ["## Unreadable records", ""]
     errors = manifest["errors"]
-    lines.append(
-        f"{errors['skipped_records']} record(s) or file tail(s) skipped; all in `errors.jsonl`."
-    )
+    lines.append(f"{errors['skipped_records']} record(s) skipped; all in `errors.jsonl`.")
+    lines += [f"- {line}" for line in broken_file_lines(errors.get("unreadable_files", []))]
     for e in errors["first"][:20]:
         lines.append(f"- `{e['location']}`: {e['error']}")
     lines += ["", "## Lengths", "", "![length histogram](length_histogram.png)", ""]

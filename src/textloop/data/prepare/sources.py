@@ -3,8 +3,10 @@
 Inputs are files, directories, globs and ``builtin:NAME[:SPLIT]``, compressed or not (``.gz``,
 ``.bz2``, ``.zst``). Every record keeps its file id and line (or row) number. A record or file that
 cannot be read becomes an *error record* carrying ``file:line`` and the reason, so the pipeline can
-count and report it (``on_error: skip``) -- or reading stops at it with a ``DataError``
-(``on_error: fail``). Each file ends with one *trailer* record holding its size, SHA-256 and counts.
+count and report it (``on_error: skip_records``, the default, for records; ``skip`` for records
+and files that break off) -- or reading stops at it with a ``DataError`` (``on_error: fail``; a
+file that breaks off stops the run unless ``on_error: skip``). Each file ends with one *trailer*
+record holding its size, SHA-256 and counts (and where it broke off).
 """
 
 from __future__ import annotations
@@ -331,12 +333,15 @@ def generate_records(
         settings: format, txt_mode, text_column, label_column, encoding, on_error.
 
     Raises:
-        DataError: the first bad record or file, when ``settings['on_error'] == 'fail'``.
+        DataError: the first bad record when ``settings['on_error'] == 'fail'``; a file that
+            breaks off unless ``settings['on_error'] == 'skip'``.
     """
     fail = settings["on_error"] == "fail"
+    skip_files = settings["on_error"] == "skip"
     read_errors = _read_errors()
     for file_id, path in files:
         n_records = n_errors = last = 0
+        broken_at: int | None = None
         try:
             for row, rec in _records(path, settings):
                 last = row
@@ -355,13 +360,28 @@ def generate_records(
         except read_errors as exc:
             line = exc.line if isinstance(exc, _FileError) else last + 1
             what = exc if isinstance(exc, _FileError) else f"{type(exc).__name__}: {exc}"
-            message = f"unreadable from here on: {what}"
-            if fail:
-                raise DataError(f"{path}:{line}: {message} (on_error: fail)") from None
-            n_errors += 1
-            yield record(file_id, line, error=message)
+            if not skip_files:
+                raise DataError(
+                    f"{path}: unreadable from line {line} on ({what}) after {n_records} "
+                    "record(s): the file is truncated or corrupt — repair or replace it, or pass "
+                    "--on-error skip to keep the records before the break "
+                    f"(on_error: {settings['on_error']})"
+                ) from None
+            broken_at = line
+            yield record(
+                file_id,
+                line,
+                error=f"file breaks off here ({what}): the rest of the file is unreadable; "
+                f"{n_records} record(s) were read from it",
+            )
         size, digest = (0, None) if path.startswith("builtin:") else _file_digest(path)
-        meta = {"bytes": size, "sha256": digest, "records": n_records, "errors": n_errors}
+        meta = {
+            "bytes": size,
+            "sha256": digest,
+            "records": n_records,
+            "errors": n_errors,
+            "unreadable_from_line": broken_at,
+        }
         yield record(file_id, 0, meta=json.dumps(meta))
 
 
