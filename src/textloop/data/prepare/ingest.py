@@ -65,6 +65,7 @@ def _ingest_features() -> Any:
             "_row": Value("int64"),
             "_error": Value("string"),
             "_meta": Value("string"),
+            "_extra": Value("string"),  # the record's other fields, as JSON
         }
     )
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from textloop.data.prepare.clean import DROP_STAGES
 from textloop.data.prepare.config import PrepareConfig, load_prepare_config
-from textloop.data.prepare.finalize import decide, write_splits
+from textloop.data.prepare.finalize import OWN_COLUMNS, decide, write_splits
 from textloop.data.prepare.ingest import Partial, clean_partial
 from textloop.data.prepare.report import build_manifest, write_histogram, write_report
 from textloop.errors import ConfigError, DataError
@@ -202,7 +202,7 @@ def _finalize(
     seconds["dedup_and_split"] = time.perf_counter() - started
     started = time.perf_counter()
     n_splits = len(cfg.split.fractions)
-    files = write_splits(
+    files, extras = write_splits(
         table,
         info["all_files"],
         status,
@@ -210,11 +210,19 @@ def _finalize(
         n_splits,
         out,
         cfg.shard_rows,
-        cfg.label_column is not None,
+        (cfg.text_column, cfg.label_column),
     )
     seconds["write"] = time.perf_counter() - started
     config = _shared_config(cfg)
     manifest = build_manifest(config, info, outcome, files, out, seconds)
+    manifest["columns"] = [
+        cfg.text_column,
+        *([cfg.label_column] if cfg.label_column else []),
+        *extras.schema.names,
+        *OWN_COLUMNS,
+    ]
+    if extras.as_text:
+        manifest["columns_as_text"] = extras.as_text
     write_histogram(info, outcome, out / "length_histogram.png")
     write_report(manifest, info, outcome, out / "report.md")
     (out / "manifest.json").write_text(

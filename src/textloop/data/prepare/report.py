@@ -93,14 +93,12 @@ def build_manifest(
     splits = {name: {**entry, "files": files[name]} for name, entry in outcome.splits.items()}
     return {
         "format": MANIFEST_FORMAT,
-        "version": 1,
+        "version": 2,  # 2: input columns kept; textloop's own are _tl_id, _tl_source
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "config": config,
         "labelled": config.get("label_column") is not None,
-        "columns": ["text", "label", "id", "source"]
-        if config.get("label_column")
-        else ["text", "id", "source"],
+        "columns": [],  # set once the output is written
         "inputs": inputs,
         "errors": {
             "skipped_records": counts["read_errors"],

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from textloop.data.readers import _SUFFIX_FORMAT
+from textloop.data.readers import _SUFFIX_FORMAT, CSV_FIELD_LIMIT, check_header
 from textloop.errors import DataError
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
@@ -224,9 +224,14 @@ def _rows_json(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
         yield n, record if isinstance(record, dict) else f"record {n} is not a JSON object"
 
 
-def _rows_delimited(stream: IO[str], delimiter: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    csv.field_size_limit(2**31 - 1)  # documents can exceed csv's 128 KiB default field limit
+def _rows_delimited(
+    stream: IO[str], delimiter: str, path: str
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    # documents can exceed csv's 128 KiB default field limit
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     reader = csv.DictReader(stream, delimiter=delimiter)
+    if reader.fieldnames is not None:
+        check_header(path, reader.fieldnames)
     for row in reader:
         if None in row:
             yield (
@@ -246,7 +251,7 @@ def _rows_parquet(
     names = pf.schema_arrow.names
     wanted = [c for c in (settings["text_column"], settings["label_column"]) if c and c in names]
     n = 0
-    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted or None):
+    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH):  # every column is kept
         for record in batch.to_pylist():
             n += 1
             yield n, record if wanted else {k: record[k] for k in list(record)[:20]}
@@ -285,7 +290,7 @@ def _records(path: str, settings: dict[str, Any]) -> Iterator[tuple[int, dict[st
         elif fmt == "json":
             yield from _rows_json(stream)
         elif fmt in ("csv", "tsv"):
-            yield from _rows_delimited(stream, "," if fmt == "csv" else "\t")
+            yield from _rows_delimited(stream, "," if fmt == "csv" else "\t", path)
         else:
             yield from _rows_txt(stream, settings["txt_mode"])
 
@@ -311,6 +316,7 @@ def record(
     label: str | None = None,
     error: str | None = None,
     meta: str | None = None,
+    extra: str | None = None,
 ) -> dict[str, Any]:
     """One row of the ingest table (the schema ``INGEST_FEATURES`` describes)."""
     return {
@@ -320,7 +326,22 @@ def record(
         "_row": row,
         "_error": error,
         "_meta": meta,
+        "_extra": extra,
     }
+
+
+def _json_value(value: Any) -> Any:
+    """A parquet value JSON cannot hold, as text: dates and times in ISO form, decimals and
+    bytes as their ``str``."""
+    iso = getattr(value, "isoformat", None)
+    return iso() if callable(iso) else str(value)
+
+
+def other_fields(rec: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """The record's fields other than the text and label, as JSON (kept in the output)."""
+    own = (settings["text_column"], settings["label_column"])
+    rest = {str(k): v for k, v in rec.items() if k not in own}
+    return json.dumps(rest, ensure_ascii=False, default=_json_value) if rest else None
 
 
 def generate_records(
@@ -342,6 +363,7 @@ def generate_records(
     for file_id, path in files:
         n_records = n_errors = last = 0
         broken_at: int | None = None
+        builtin = path.startswith("builtin:")
         try:
             for row, rec in _records(path, settings):
                 last = row
@@ -356,7 +378,9 @@ def generate_records(
                     yield record(file_id, row, error=str(exc))
                     continue
                 n_records += 1
-                yield record(file_id, row, text, label)
+                # a builtin's own columns are not the user's: only its text and label are kept
+                extra = None if builtin else other_fields(rec, settings)
+                yield record(file_id, row, text, label, extra=extra)
         except read_errors as exc:
             line = exc.line if isinstance(exc, _FileError) else last + 1
             what = exc if isinstance(exc, _FileError) else f"{type(exc).__name__}: {exc}"
