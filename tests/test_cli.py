@@ -383,3 +383,15 @@ def test_resume_uses_the_saved_config_and_names_a_damaged_checkpoint_file(
     assert not (cut / ".incomplete").exists()
     n_train = len(toy_data["train"].read_text().splitlines()) - 1
     assert json.loads((cut / "metrics.json").read_text())["train"]["steps"] == -(-n_train // 16)
+
+
+def test_duplicated_csv_header_is_refused_by_train_and_prepare(
+    tiny_bert, toy_data, tmp_path, capsys
+):
+    bad = tmp_path / "dup.csv"
+    bad.write_text("text,label,text\n" + "".join(f"good food {i},pos,other\n" for i in range(20)))
+    args = base_args(tiny_bert, toy_data, tmp_path / "run")
+    args[args.index("--train") + 1] = str(bad)
+    _fails(args, capsys, str(bad), "'text' appears more than once")
+    _fails(["prepare", str(bad), "--output", str(tmp_path / "corpus")], capsys, str(bad), "'text'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dup.csv"]
