@@ -692,3 +692,22 @@ def test_every_input_column_is_kept_with_its_name_and_type(tmp_path):
     with pytest.raises(DataError, match="'_tl_id'.*rename or drop it"):
         _run([str(clash)], tmp_path / "clash", split={"fractions": [1.0]})
     assert not (tmp_path / "clash").exists()
+
+
+def test_overwrite_never_replaces_what_is_not_a_corpus(tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(_doc(random.Random(i)) for i in range(20)) + "\n")
+    notacorpus = tmp_path / "mine"
+    notacorpus.mkdir()
+    (notacorpus / "important.txt").write_text("precious")
+    afile = tmp_path / "afile.txt"
+    afile.write_text("precious")
+    for out, needle in [(notacorpus, "not a prepared corpus"), (afile / "sub", "is a file")]:
+        assert main(["prepare", str(src), "--output", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        msg = err.splitlines()[-1]
+        assert msg.startswith("error: ") and needle in msg and "Traceback" not in err
+        assert "pass --overwrite" not in msg
+    assert (notacorpus / "important.txt").read_text() == "precious"
+    assert afile.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "in.txt", "mine"]
