@@ -25,7 +25,7 @@ from textloop.continual.replay import continual_dir, ensure_frozen
 from textloop.continual.store import FeedbackStore
 from textloop.data.batching import sorted_batches
 from textloop.errors import DataError
-from textloop.fileio import atomic_dir
+from textloop.fileio import atomic_dir, make_parent_dirs
 from textloop.serving.registry import Registry
 
 
@@ -185,7 +185,7 @@ def _write(
 ) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     final = Path(output) if output else continual_dir(registry, name) / "drift" / stamp
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_dirs(final)
     slim = json.loads(json.dumps(report))
     if "null" in slim["tests"]["input"]:
         slim["tests"]["input"]["null"] = f"{len(report['tests']['input']['null'])} values"

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from textloop.errors import DataError
-from textloop.fileio import atomic_file
+from textloop.fileio import atomic_file, make_parent_dirs
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ class FeedbackStore:
             latest = {r["text_hash"]: r for r in rows}
             rows = sorted(latest.values(), key=lambda r: r["id"])
         out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_parent_dirs(out)
         with atomic_file(out) as f:
             for r in rows:
                 f.write(json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False))

@@ -24,7 +24,7 @@ from textloop.evaluation.explain import DEFAULT_STEPS, _check_model, class_proba
 from textloop.evaluation.faithfulness import completeness_summary, deletion_table, deletion_test
 from textloop.evaluation.probes import load_probes, run_probes
 from textloop.evaluation.slices import build_slices, slice_metrics, slice_table
-from textloop.fileio import atomic_dir, atomic_path
+from textloop.fileio import atomic_dir, atomic_path, make_parent_dirs
 from textloop.tasks.calibration import calibration_summary, probabilities
 
 
@@ -234,7 +234,7 @@ def _short(text: str, n: int = 140) -> str:
 
 def _write(out: Path, result: dict[str, Any], curves: dict[str, list[dict[str, float]]]) -> None:
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_dirs(out)
     with atomic_dir(out) as tmp:
         (tmp / "plots").mkdir()
         has_plots = {}
