@@ -294,10 +294,10 @@ def test_overwrite_never_replaces_what_is_not_a_run(tiny_bert, toy_data, tmp_pat
         args = [*base_args(tiny_bert, toy_data, out), "--overwrite"]
         msg = _fails(args, capsys, str(out) if out != afile / "sub" else str(afile), needle)
         assert "pass --overwrite" not in msg
-    from textloop.errors import RunDirError
+    from textloop.errors import ExportError
     from textloop.serving.export import export_run
 
-    with pytest.raises(RunDirError, match="not a textloop run or export"):
+    with pytest.raises(ExportError, match="not a textloop run or export"):
         export_run(tmp_path / "norun", notarun, overwrite=True)
     assert _tree(tmp_path) == before  # nothing deleted, nothing left behind
 

@@ -689,7 +689,7 @@ def test_every_input_column_is_kept_with_its_name_and_type(tmp_path):
     assert split.locations[0].startswith(f"{src}:")
     clash = tmp_path / "clash.jsonl"
     clash.write_text(json.dumps({"text": "a b c d e", "_tl_id": 3}) + "\n")
-    with pytest.raises(DataError, match="'_tl_id'.*rename or drop it"):
+    with pytest.raises(DataError, match=r"'_tl_id'.*rename or drop it"):
         _run([str(clash)], tmp_path / "clash", split={"fractions": [1.0]})
     assert not (tmp_path / "clash").exists()
 

@@ -70,6 +70,6 @@ def check_replaceable(out: Path, overwrite: bool, what: str = "a textloop run") 
         )
     if not overwrite:
         raise RunDirError(
-            f"output folder {out} already holds {what}; pass --overwrite to replace it"
+            f"output folder {out} already exists and holds {what}; pass --overwrite to replace it"
         )
     return True

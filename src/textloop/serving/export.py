@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 
 from textloop.artifacts.rundir import check_replaceable
-from textloop.errors import ExportError, TextloopError
+from textloop.errors import ExportError, RunDirError, TextloopError
 from textloop.fileio import make_parent_dirs, swap_dir, temp_dir_prefix
 from textloop.serving.agreement import compare_predictions
 from textloop.serving.onnx_backend import ONNX_FILE, OnnxSequenceClassifier
@@ -118,7 +118,10 @@ def export_run(
     if sample_size < 1:
         raise ExportError(f"sample size must be >= 1, got {sample_size}")
     out = Path(output)
-    check_replaceable(out, overwrite, "a textloop run or export")
+    try:
+        check_replaceable(out, overwrite, "a textloop run or export")
+    except RunDirError as exc:
+        raise ExportError(str(exc)) from None
     run = load_run(run_dir)
     if isinstance(run.model, OnnxSequenceClassifier):
         raise ExportError(f"{run_dir} is already an ONNX export; export the original run instead")
