@@ -57,9 +57,9 @@ def check_replaceable(out: Path, overwrite: bool, what: str = "a textloop run") 
                 break
         return False
     if out.is_symlink() or not out.is_dir():
+        kind = "a symbolic link" if out.is_symlink() else "a file, not a folder"
         raise RunDirError(
-            f"output {out} is a file, not a folder; textloop never replaces it — "
-            "choose another --output"
+            f"output {out} is {kind}; textloop never replaces it — choose another --output"
         )
     if is_empty_dir(out):
         return False
