@@ -149,7 +149,7 @@ def _quality(out_dir: Path, truth: dict[str, Any], read: int) -> dict[str, Any]:
 
     kept = set()
     for p in out_dir.glob("*/*.parquet"):
-        kept.update(pq.read_table(p, columns=["source"]).column("source").to_pylist())
+        kept.update(pq.read_table(p, columns=["_tl_source"]).column("_tl_source").to_pylist())
     exact, near, hard = set(truth["exact"]), set(truth["near"]), set(truth["hard_negative"])
     removed_count = read - len(kept)  # read: records read minus unreadable ones
     removed_planted_exact = len(exact - kept)

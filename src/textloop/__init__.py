@@ -23,6 +23,7 @@ from textloop.errors import (
     ConfigError,
     DataError,
     ModelError,
+    OutputError,
     RunDirError,
     TextloopError,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ModelError",
+    "OutputError",
     "Run",
     "RunConfig",
     "RunDirError",

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from textloop.errors import ConfigError
+from textloop.errors import CheckpointError, ConfigError
 
 TaskName = Literal["classification", "ner", "qa", "mlm", "clm", "generation"]
 _M = TypeVar("_M", bound=BaseModel)
@@ -513,6 +513,42 @@ def load_config(
     """
     tree = load_tree(path, overrides, extra)
     return build_config(tree, source=str(path) if path is not None else "config")
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> None:
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def load_resume_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> RunConfig:
+    """The config of a run to resume: the ``config.yaml`` saved in its output folder, with the
+    keys the YAML file, the flags and ``--set`` give on top. Nothing falls back to a default:
+    ``train --output runs/x --resume`` continues with exactly the saved settings; a key given
+    with a different value is refused by ``train`` (naming the key).
+
+    Raises:
+        ConfigError: no output folder given.
+        CheckpointError: the output folder holds no saved config to resume.
+    """
+    given = load_tree(path, overrides, extra)
+    output = given.get("output")
+    if not output:
+        raise ConfigError("--resume needs the run folder: pass --output DIR (or set output)")
+    saved = Path(output) / "config.yaml"
+    if not saved.is_file():
+        raise CheckpointError(
+            f"nothing to resume in {output}: no config.yaml there (start without --resume)"
+        )
+    tree = read_yaml(saved)
+    _merge(tree, given)
+    return build_config(tree, source=str(saved))
 
 
 def config_to_yaml(cfg: RunConfig) -> str:

@@ -39,3 +39,8 @@ class ExportError(TextloopError):
 
 class RegistryError(TextloopError):
     """A registry name, version or stage is unknown, or a registered file fails its hash check."""
+
+
+class OutputError(TextloopError):
+    """An output path cannot be written: its folder is missing or is a file, or it is a folder
+    where a file belongs; or it holds something textloop must not replace."""

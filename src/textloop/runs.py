@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 
 from textloop.config import RunConfig, build_config, read_yaml
 from textloop.errors import CheckpointError, ModelError
+from textloop.fileio import atomic_file, check_output_path
 from textloop.models.resolve import force_offline
 from textloop.tasks import task_module
 from textloop.tasks.base import Task
@@ -64,6 +64,7 @@ class Run:
         from textloop.data.examples import select_columns
         from textloop.data.readers import read_table
 
+        out = check_output_path(output)  # before the work: a bad --output fails at once
         d = self.config.data
         table = read_table(source)
         text = {"text": (text_column or d.text_column, "--text-column")}
@@ -71,12 +72,9 @@ class Run:
             text["pair"] = (d.text_pair_column, "--text-pair-column")
         sel = select_columns(table, text, {}, drop_invalid_rows)
         preds = self.predict(sel.values["text"], sel.values.get("pair"), top_k=top_k)
-        out = Path(output)
-        tmp = out.with_name(out.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
+        with atomic_file(out) as f:
             for loc, txt, pred in zip(sel.locations, sel.values["text"], preds):
                 f.write(json.dumps({"source": loc, "text": txt, **pred}, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
         return len(preds)
 
 

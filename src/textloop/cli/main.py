@@ -92,7 +92,11 @@ def _add_train(sub: Any) -> None:
     )
     p.add_argument("--output", help="run directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
-    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --output")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run in --output with its saved config",
+    )
     p.add_argument(
         "--drop-invalid-rows",
         action="store_true",
@@ -109,7 +113,7 @@ def _add_train(sub: Any) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from textloop.config import load_config
+    from textloop.config import load_config, load_resume_config
     from textloop.training.callbacks import LogLines, ProgressBar
     from textloop.training.run import train
 
@@ -123,7 +127,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from textloop.models.lora import parse_lora_spec
 
         extra.update({f"lora.{k}": v for k, v in parse_lora_spec(args.lora).items()})
-    cfg = load_config(args.config, args.set, extra)
+    # --resume continues from the run's saved config; given flags must agree with it
+    cfg = (load_resume_config if args.resume else load_config)(args.config, args.set, extra)
     callbacks = [LogLines()] if args.quiet or not sys.stderr.isatty() else [ProgressBar()]
     run = train(cfg, resume=args.resume, callbacks=callbacks)
     from textloop.evaluation.report import summary_line

@@ -61,7 +61,12 @@ def add_parser(sub: Any) -> list[str]:
     p.add_argument("--text-column", help="field with the text (default 'text')")
     p.add_argument("--label-column", help="field with the label (labelled data)")
     p.add_argument("--encoding", help="encoding of text inputs (default utf-8)")
-    p.add_argument("--on-error", choices=["skip", "fail"], help="bad records: skip+report or stop")
+    p.add_argument(
+        "--on-error",
+        choices=["skip_records", "skip", "fail"],
+        help="skip_records (default): skip+report bad records, stop at a truncated/corrupt file; "
+        "skip: skip both; fail: stop at the first",
+    )
     p.add_argument("--num-proc", type=int, help="worker processes on this machine")
     p.add_argument("--num-shards", type=int, help="machines sharing the inputs (then merge)")
     p.add_argument("--shard-index", type=int, help="this machine's slice, 0..num-shards-1")
@@ -96,6 +101,10 @@ def _print_summary(manifest: dict[str, Any], path: Any, is_shard: bool) -> None:
         if row["removed"] or row.get("changed"):
             what = f"-{row['removed']}" if row["removed"] else f"changed {row['changed']}"
             print(f"{row['stage']:<{width}}  {what}")
+    from textloop.data.prepare.report import broken_file_lines
+
+    for line in broken_file_lines(manifest["errors"].get("unreadable_files", [])):
+        print(f"warning: {line}", file=sys.stderr)
     splits = ", ".join(f"{k} {v['records']}" for k, v in manifest["splits"].items())
     print(f"{manifest['records_in']} records in, {manifest['records_out']} out ({splits})")
     print(f"corpus: {path}")

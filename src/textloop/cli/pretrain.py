@@ -119,16 +119,16 @@ def parse_lora(text: str) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from textloop.config import load_config
+    from textloop.config import load_config, load_resume_config
     from textloop.training.callbacks import LogLines, ProgressBar
     from textloop.training.run import train
 
-    extra: dict[str, Any] = {"task": "mlm"} if args.config is None else {}
+    extra: dict[str, Any] = {"task": "mlm"} if args.config is None and not args.resume else {}
     extra.update({k: getattr(args, f) for f, k in _FLAGS.items() if getattr(args, f) is not None})
     extra.update({k: True for f, k in _SWITCHES.items() if getattr(args, f)})
     if args.lora:
         extra.update(parse_lora(args.lora))
-    cfg = load_config(args.config, args.set, extra)
+    cfg = (load_resume_config if args.resume else load_config)(args.config, args.set, extra)
     if cfg.task not in ("mlm", "clm"):
         raise ConfigError(f"pretrain: task must be mlm or clm (got {cfg.task!r}); use --objective")
     callbacks = [LogLines()] if args.quiet or not sys.stderr.isatty() else [ProgressBar()]

@@ -11,9 +11,7 @@ prediction and confidence tests, from the logged values.
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +25,7 @@ from textloop.continual.replay import continual_dir, ensure_frozen
 from textloop.continual.store import FeedbackStore
 from textloop.data.batching import sorted_batches
 from textloop.errors import DataError
+from textloop.fileio import atomic_dir, make_parent_dirs
 from textloop.serving.registry import Registry
 
 
@@ -186,22 +185,17 @@ def _write(
 ) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     final = Path(output) if output else continual_dir(registry, name) / "drift" / stamp
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    make_parent_dirs(final)
     slim = json.loads(json.dumps(report))
     if "null" in slim["tests"]["input"]:
         slim["tests"]["input"]["null"] = f"{len(report['tests']['input']['null'])} values"
-    (tmp / "report.json").write_text(json.dumps(slim, indent=2, ensure_ascii=False))
-    (tmp / "report.md").write_text(report_markdown(report), encoding="utf-8")
-    plot_report(
-        {**report, "_confidences": {"reference": ref.confidence, "current": cur.confidence}},
-        tmp / "drift.png",
-    )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        (tmp / "report.json").write_text(json.dumps(slim, indent=2, ensure_ascii=False))
+        (tmp / "report.md").write_text(report_markdown(report), encoding="utf-8")
+        plot_report(
+            {**report, "_confidences": {"reference": ref.confidence, "current": cur.confidence}},
+            tmp / "drift.png",
+        )
     return final
 
 

@@ -15,9 +15,7 @@ registered by hand, the first time ``update`` or ``drift`` needs them: built fro
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from textloop.data.examples import select_columns
 from textloop.data.readers import read_table
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError, RegistryError
+from textloop.fileio import atomic_dir
 from textloop.serving.integrity import sha256_file
 
 Row = dict[str, str]
@@ -144,24 +143,20 @@ def freeze(
     if (final / "manifest.json").is_file():
         raise RegistryError(f"{final} already holds frozen data for {name} v{version}")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{version}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write_jsonl(tmp / "replay.jsonl", replay)
-    write_jsonl(tmp / "regression.jsonl", regression)
-    manifest = {
-        "name": name,
-        "version": version,
-        "frozen_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "sources": sources,
-        "replay": {"n": len(replay), "per_label": _counts(replay)},
-        "regression": {"n": len(regression), "per_label": _counts(regression)},
-        "sha256": {f: sha256_file(tmp / f) for f in ("replay.jsonl", "regression.jsonl")},
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-    if final.exists():  # left by a crash before the manifest was renamed in
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    # a folder already at ``final`` without a manifest was left by a crash: it is replaced
+    with atomic_dir(final) as tmp:
+        write_jsonl(tmp / "replay.jsonl", replay)
+        write_jsonl(tmp / "regression.jsonl", regression)
+        manifest = {
+            "name": name,
+            "version": version,
+            "frozen_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "sources": sources,
+            "replay": {"n": len(replay), "per_label": _counts(replay)},
+            "regression": {"n": len(regression), "per_label": _counts(regression)},
+            "sha256": {f: sha256_file(tmp / f) for f in ("replay.jsonl", "regression.jsonl")},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
     return FrozenData(list(replay), list(regression), manifest)
 
 

@@ -10,8 +10,6 @@ regulariser in ``regularisers.py``).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from textloop.data.batching import bucketed_batches
+from textloop.fileio import atomic_dir
 from textloop.tasks.base import Encoded
 from textloop.training.loop import LoopState, seed_everything, steps_per_epoch, train_steps
 from textloop.training.optim import build_optimizer, build_scheduler
@@ -213,15 +212,13 @@ def write_run_dir(
     from textloop.evaluation.report import write_report
     from textloop.training.run import environment
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "model", safe_serialization=True)  # type: ignore[operator]
-    tokenizer.save_pretrained(tmp / "model")
-    (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
-    (tmp / "labels.json").write_text(json.dumps(task.state(), indent=2, ensure_ascii=False))
-    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    env = environment(0, "fp32", torch.get_num_threads())
-    (tmp / "env.json").write_text(json.dumps(env, indent=2))
-    write_report(tmp, metrics, list(task.labels))
-    os.replace(tmp, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp / "model", safe_serialization=True)  # type: ignore[operator]
+        tokenizer.save_pretrained(tmp / "model")
+        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+        (tmp / "labels.json").write_text(json.dumps(task.state(), indent=2, ensure_ascii=False))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+        env = environment(0, "fp32", torch.get_num_threads())
+        (tmp / "env.json").write_text(json.dumps(env, indent=2))
+        write_report(tmp, metrics, list(task.labels))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import queue
 import sqlite3
 import threading
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from textloop.errors import DataError
+from textloop.fileio import atomic_file, make_parent_dirs
 
 log = logging.getLogger(__name__)
 
@@ -325,11 +325,9 @@ class FeedbackStore:
             latest = {r["text_hash"]: r for r in rows}
             rows = sorted(latest.values(), key=lambda r: r["id"])
         out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
+        make_parent_dirs(out)
+        with atomic_file(out) as f:
             for r in rows:
                 f.write(json.dumps({"text": r["text"], "label": r["label"]}, ensure_ascii=False))
                 f.write("\n")
-        os.replace(tmp, out)
         return len(rows)

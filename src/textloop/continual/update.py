@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +48,7 @@ from textloop.continual.retrain import (
 )
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
+from textloop.fileio import atomic_dir
 from textloop.serving.registry import Registry
 from textloop.tasks.classification import ClassificationTask
 
@@ -297,14 +296,9 @@ def update(
 def _write_report(parent: Path, name: str, report: dict[str, Any]) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / name
-    tmp = parent / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    (tmp / "report.md").write_text(update_markdown(report), encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        (tmp / "report.md").write_text(update_markdown(report), encoding="utf-8")
     return final
 
 

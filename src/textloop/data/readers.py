@@ -14,6 +14,7 @@ import glob
 import gzip
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,19 +99,45 @@ def _read_text(path: Path) -> str:
     return raw.decode("utf-8", errors="surrogateescape")
 
 
+# csv's default field limit is 128 KiB; a document can be longer. 2**31 - 1 fits a C long
+# everywhere (csv raises OverflowError above the platform's long)
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def check_header(path: Path | str, fieldnames: Sequence[str]) -> None:
+    """Refuse a header that names a column twice (DictReader would keep only the last one).
+
+    Raises:
+        DataError: naming the file and the duplicated column(s).
+    """
+    twice = sorted({name for name in fieldnames if fieldnames.count(name) > 1})
+    if twice:
+        raise DataError(
+            f"{path}: column {', '.join(map(repr, twice))} appears more than once in the header "
+            f"({', '.join(fieldnames)}); rename the duplicates so each column has one name"
+        )
+
+
 def _read_delimited(path: Path, delimiter: str, table: Table) -> None:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
-    if reader.fieldnames is None:
-        return
-    for row in reader:
-        # line_num counts physical lines, so multi-line quoted fields still point at the row's end
-        if None in row:
-            raise DataError(
-                f"{path}:{reader.line_num}: more fields than the header has "
-                f"({len(reader.fieldnames)}); check the delimiter or quoting"
-            )
-        table.rows.append(row)
-        table.locations.append(f"{path}:{reader.line_num}")
+    try:
+        if reader.fieldnames is None:
+            return
+        check_header(path, reader.fieldnames)
+        for row in reader:
+            # line_num counts physical lines, so multi-line quoted fields point at the row's end
+            if None in row:
+                raise DataError(
+                    f"{path}:{reader.line_num}: more fields than the header has "
+                    f"({len(reader.fieldnames)}); check the delimiter or quoting"
+                )
+            table.rows.append(row)
+            table.locations.append(f"{path}:{reader.line_num}")
+    except csv.Error as exc:
+        raise DataError(
+            f"{path}:{reader.line_num}: cannot parse the row ({exc}); check its quoting"
+        ) from None
 
 
 def _read_jsonl(path: Path, table: Table) -> None:

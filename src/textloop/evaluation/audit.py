@@ -9,8 +9,6 @@ one intact.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from textloop.evaluation.explain import DEFAULT_STEPS, _check_model, class_proba
 from textloop.evaluation.faithfulness import completeness_summary, deletion_table, deletion_test
 from textloop.evaluation.probes import load_probes, run_probes
 from textloop.evaluation.slices import build_slices, slice_metrics, slice_table
+from textloop.fileio import atomic_dir, atomic_path, make_parent_dirs
 from textloop.tasks.calibration import calibration_summary, probabilities
 
 
@@ -156,10 +155,11 @@ def _plot_probes(groups: dict[str, Any], png: Path) -> None:
         ax.set_xlim(0, 1)
     fig.suptitle("Counterfactual bias probes")
     fig.tight_layout()
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png)
+    try:
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _markdown(result: dict[str, Any], has_plots: dict[str, bool]) -> str:
@@ -234,22 +234,14 @@ def _short(text: str, n: int = 140) -> str:
 
 def _write(out: Path, result: dict[str, Any], curves: dict[str, list[dict[str, float]]]) -> None:
     out = out.resolve()
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "plots").mkdir(parents=True)
-    has_plots = {}
-    if curves:
-        plot_reliability(curves, tmp / "plots" / "reliability.png")
-    if result.get("probes", {}).get("groups"):
-        _plot_probes(result["probes"]["groups"], tmp / "plots" / "probes.png")
-        has_plots["probes"] = True
-    (tmp / "audit.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), "utf-8")
-    (tmp / "audit.md").write_text(_markdown(result, has_plots), "utf-8")
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    make_parent_dirs(out)
+    with atomic_dir(out) as tmp:
+        (tmp / "plots").mkdir()
+        has_plots = {}
+        if curves:
+            plot_reliability(curves, tmp / "plots" / "reliability.png")
+        if result.get("probes", {}).get("groups"):
+            _plot_probes(result["probes"]["groups"], tmp / "plots" / "probes.png")
+            has_plots["probes"] = True
+        (tmp / "audit.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), "utf-8")
+        (tmp / "audit.md").write_text(_markdown(result, has_plots), "utf-8")

@@ -6,9 +6,10 @@ this module only draws and words them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from textloop.fileio import atomic_path
 
 
 def plot_reliability(
@@ -49,10 +50,11 @@ def plot_reliability(
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png)
+    try:
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def calibration_lines(split_metrics: dict[str, Any]) -> list[str]:

@@ -22,7 +22,6 @@ pre-tokenizer (whitespace and punctuation for BERT, each character for Chinese).
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from textloop.errors import DataError, ModelError
+from textloop.fileio import write_text_atomic
 from textloop.tasks.calibration import probabilities
 
 DEFAULT_STEPS = 50
@@ -409,7 +409,5 @@ def render_html(explanations: Sequence[dict[str, Any]]) -> str:
 def write_html(explanations: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write ``render_html(explanations)`` to ``path`` atomically."""
     out = Path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render_html(explanations), encoding="utf-8")
-    os.replace(tmp, out)
+    write_text_atomic(out, render_html(explanations))
     return out

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from textloop.evaluation.calibration import reliability_section
+from textloop.fileio import atomic_path, write_text_atomic
 
 
 def _plot_learning_curve(log_path: Path, png: Path) -> bool:
@@ -52,10 +52,11 @@ def _plot_learning_curve(log_path: Path, png: Path) -> bool:
     ax.legend(loc="upper right")
     ax.set_title("Learning curve")
     fig.tight_layout()
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png)
+    try:
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return True
 
 
@@ -90,10 +91,11 @@ def _plot_confusion(matrix: list[list[int]], labels: list[str], png: Path, title
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png)
+    try:
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def _fmt(v: Any) -> str:
@@ -251,6 +253,4 @@ def write_report(out: Path, metrics: dict[str, Any], labels: list[str]) -> None:
                 parts += [f"![confusion matrix]({'plots/confusion_' + split + '.png'})", ""]
             parts += reliability_section(split, metrics[split], plots)
             break
-    tmp = out / "report.md.tmp"
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, out / "report.md")
+    write_text_atomic(out / "report.md", "\n".join(parts))

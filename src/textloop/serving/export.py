@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,9 @@ from typing import Any, Literal
 
 import torch
 
-from textloop.errors import ExportError, TextloopError
+from textloop.artifacts.rundir import check_replaceable
+from textloop.errors import ExportError, RunDirError, TextloopError
+from textloop.fileio import make_parent_dirs, swap_dir, temp_dir_prefix
 from textloop.serving.agreement import compare_predictions
 from textloop.serving.onnx_backend import ONNX_FILE, OnnxSequenceClassifier
 
@@ -115,8 +118,10 @@ def export_run(
     if sample_size < 1:
         raise ExportError(f"sample size must be >= 1, got {sample_size}")
     out = Path(output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ExportError(f"{out} already exists; pass --overwrite to replace it")
+    try:
+        check_replaceable(out, overwrite, "a textloop run or export")
+    except RunDirError as exc:
+        raise ExportError(str(exc)) from None
     run = load_run(run_dir)
     if isinstance(run.model, OnnxSequenceClassifier):
         raise ExportError(f"{run_dir} is already an ONNX export; export the original run instead")
@@ -128,11 +133,9 @@ def export_run(
     n_labels = len(run.task.state().get("labels", [])) or 1
     reference = run.predict(texts, pairs=pairs, top_k=n_labels)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    make_parent_dirs(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=temp_dir_prefix(out)))
     try:
-        tmp.mkdir()
         for name in RUN_FILES:
             if (run.path / name).is_file():
                 shutil.copy2(run.path / name, tmp / name)
@@ -179,9 +182,7 @@ def export_run(
                 f"<= {diff_max}); nothing was written — try without --quantize, or loosen "
                 "--min-label-agreement / --max-prob-diff if this is expected"
             )
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
+        swap_dir(tmp, out)  # out is new, empty or a run (check_replaceable above)
     except TextloopError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 import sqlite3
-import time
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from textloop.errors import RegistryError
+from textloop.fileio import swap_dir
 from textloop.serving.integrity import check_model_folder, config_hash, hash_tree
 
 Stage = Literal["staging", "production", "archived"]
@@ -264,7 +265,7 @@ class Registry:
         fmt = check_model_folder(src)
         models = self.root / "models" / name
         models.mkdir(parents=True, exist_ok=True)
-        tmp = models / f".incoming-{os.getpid()}-{time.monotonic_ns()}"
+        tmp = Path(tempfile.mkdtemp(dir=models, prefix=f".incoming-{os.getpid()}-"))
         try:
             for item in _COPIED:
                 if (src / item).is_file():
@@ -280,9 +281,7 @@ class Registry:
                 ).fetchone()
                 version = int(row[0]) + 1
                 final = models / str(version)
-                if final.exists():  # left over by a crash between rename and commit
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
+                swap_dir(tmp, final)  # replaces a folder a crash left between rename and commit
                 db.execute(
                     "INSERT INTO versions VALUES (?, ?, 'staging', ?, ?, ?, ?, ?, ?)",
                     (

@@ -22,6 +22,7 @@ from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
 from textloop.tasks.base import Encoded, Splits, pad_inputs
 from textloop.tasks.calibration import calibration_summary, fit_temperature
+from textloop.tasks.clip import clip_long_texts
 
 MULTI_LABEL_THRESHOLD = 0.5
 METRIC_NAMES = ("macro_f1", "accuracy", "micro_f1", "weighted_f1")  # the first is the default
@@ -111,6 +112,9 @@ class ClassificationTask:
 
     def encode(self, texts: Sequence[str], pairs: Sequence[str] | None) -> Encoded:
         """Tokenize with truncation to ``max_seq_len``, counting truncated examples."""
+        texts, _ = clip_long_texts(self.tokenizer, texts, self.max_seq_len)
+        if pairs is not None:
+            pairs, _ = clip_long_texts(self.tokenizer, pairs, self.max_seq_len, "text pair")
         enc = self.tokenizer(
             list(texts),
             list(pairs) if pairs is not None else None,

@@ -75,7 +75,7 @@ def document_source(source: str, text_column: str = "text") -> DocumentSource:
     Raises:
         DataError: unreadable source, missing split or missing text column.
     """
-    from textloop.data.prepare.corpus import read_manifest
+    from textloop.data.prepare.corpus import corpus_columns, read_manifest
 
     base, sep, split = source.rpartition(":")
     root, split = (Path(base), split) if sep and base and split in _SPLITS else (Path(source), "")
@@ -87,7 +87,8 @@ def document_source(source: str, text_column: str = "text") -> DocumentSource:
             raise DataError(
                 f"{root} has no split {split!r}; splits: {', '.join(manifest.get('splits', {}))}"
             )
-        return DocumentSource(f"{root}:{split}", [_parquet_loader(root / f) for f in files])
+        column = corpus_columns(manifest)["text"] or "text"
+        return DocumentSource(f"{root}:{split}", [_parquet_loader(root / f, column) for f in files])
     from textloop.data.builtin import builtin_columns
     from textloop.data.readers import read_table
 
@@ -109,11 +110,11 @@ def document_source(source: str, text_column: str = "text") -> DocumentSource:
 _SPLITS = ("train", "validation", "test")
 
 
-def _parquet_loader(path: Path) -> Callable[[], list[str]]:
+def _parquet_loader(path: Path, column: str) -> Callable[[], list[str]]:
     def load() -> list[str]:
         import pyarrow.parquet as pq
 
-        return [t for t in pq.read_table(path, columns=["text"]).column(0).to_pylist() if t]
+        return [t for t in pq.read_table(path, columns=[column]).column(0).to_pylist() if t]
 
     return load
 

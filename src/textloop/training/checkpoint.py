@@ -17,21 +17,24 @@ unsharded files a single process writes; ``load_checkpoint`` scatters them back.
 from __future__ import annotations
 
 import json
-import os
+import pickle
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from textloop.errors import CheckpointError
+from textloop.fileio import atomic_dir
 from textloop.training import distributed as dist
 from textloop.training.loop import LoopState
 
 _FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
+_T = TypeVar("_T")
 _CONTENT_KEY = "textloop.weights"  # safetensors metadata: "full" or "trainable"
 
 
@@ -76,18 +79,6 @@ def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Snapsh
     return Snapshot(weights, trainable_only, dist.full_optimizer_state(model, optimizer))
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``, replacing what was there with one rename at the end."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def _rng_to_safe(rng: dict[str, Any]) -> dict[str, Any]:
     # numpy's state holds an ndarray; weights_only loading accepts tensors, lists and numbers
     out = dict(rng)
@@ -119,38 +110,71 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint (weights and optimizer from ``snapshot``) to ``directory`` atomically."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().contiguous() for k, v in snap.weights.items()},
-        str(tmp / "model.safetensors"),
-        metadata={_CONTENT_KEY: "trainable" if snap.trainable_only else "full"},
-    )
-    torch.save(snap.optimizer, tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_to_safe(state.rng), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({**state.to_json(), **(extra or {})}, indent=2))
-    replace_dir(tmp, directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(directory) as tmp:
+        save_file(
+            {k: v.detach().contiguous() for k, v in snap.weights.items()},
+            str(tmp / "model.safetensors"),
+            metadata={_CONTENT_KEY: "trainable" if snap.trainable_only else "full"},
+        )
+        torch.save(snap.optimizer, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_to_safe(state.rng), tmp / "rng.pt")
+        state_json = json.dumps({**state.to_json(), **(extra or {})}, indent=2)
+        (tmp / "state.json").write_text(state_json)
 
 
 def copy_weights(src: Path, dst: Path) -> None:
     """Copy a checkpoint's weights and state (not the optimizer) to ``dst``, atomically."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for name in ("model.safetensors", "state.json"):
-        shutil.copy2(src / name, tmp / name)
-    replace_dir(tmp, dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(dst) as tmp:
+        for name in ("model.safetensors", "state.json"):
+            shutil.copy2(src / name, tmp / name)
+
+
+# what reading a truncated or corrupted file raises: safetensors' SafetensorError, torch.load's
+# RuntimeError / EOFError / UnpicklingError, json's ValueError, a state that does not fit
+_UNREADABLE = (
+    OSError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    pickle.UnpicklingError,
+    SafetensorError,
+)
+
+
+def _damaged(path: Path, exc: BaseException) -> CheckpointError:
+    reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return CheckpointError(
+        f"checkpoint file {path} is truncated or damaged ({reason}); it cannot be resumed "
+        f"from — start the run over (without --resume, with --overwrite), or delete "
+        f"{path.parent} and resume from an earlier copy if you have one"
+    )
+
+
+def _read_file(path: Path, read: Callable[[Path], _T]) -> _T:
+    """``read(path)``, with a damaged file reported as a ``CheckpointError`` naming it."""
+    try:
+        return read(path)
+    except _UNREADABLE as exc:
+        raise _damaged(path, exc) from None
+
+
+def _torch_load(path: Path) -> Any:
+    return torch.load(path, weights_only=True)
 
 
 def read_state(directory: Path) -> dict[str, Any]:
     path = directory / "state.json"
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {directory} (state.json missing)")
-    return dict(json.loads(path.read_text()))
+    state = _read_file(path, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    if not isinstance(state, dict):
+        raise _damaged(path, ValueError("not a JSON object"))
+    return state
 
 
 def _examples(names: set[str]) -> str:
@@ -168,9 +192,13 @@ def load_weights(directory: Path, model: torch.nn.Module) -> None:
     path = directory / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"checkpoint {directory} has no model.safetensors")
-    with safe_open(str(path), "pt") as f:
-        trainable_only = (f.metadata() or {}).get(_CONTENT_KEY) == "trainable"
-    tensors = load_file(path)
+
+    def read(p: Path) -> tuple[bool, dict[str, torch.Tensor]]:
+        with safe_open(str(p), "pt") as f:
+            trainable_only = (f.metadata() or {}).get(_CONTENT_KEY) == "trainable"
+        return trainable_only, load_file(p)
+
+    trainable_only, tensors = _read_file(path, read)
     for group in _tied_groups(model):  # a tied parameter is stored under one of its names
         present = [name for name in group if name in tensors]
         for name in group:
@@ -204,13 +232,24 @@ def load_checkpoint(
     missing = [f for f in _FILES if not (directory / f).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {directory} is incomplete: missing {', '.join(missing)}")
-    load_weights(directory, model)
-    dist.load_optimizer_state(
-        model, optimizer, torch.load(directory / "optimizer.pt", weights_only=True)
-    )
-    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+    # every file is read (and checked) before anything is restored from it
     saved = read_state(directory)
+    optimizer_state = _read_file(directory / "optimizer.pt", _torch_load)
+    scheduler_state = _read_file(directory / "scheduler.pt", _torch_load)
+    rng = _read_file(directory / "rng.pt", lambda p: _rng_from_safe(_torch_load(p)))
+    load_weights(directory, model)
+    try:
+        dist.load_optimizer_state(model, optimizer, optimizer_state)
+    except _UNREADABLE as exc:
+        raise _damaged(directory / "optimizer.pt", exc) from None
+    try:
+        scheduler.load_state_dict(scheduler_state)
+    except _UNREADABLE as exc:
+        raise _damaged(directory / "scheduler.pt", exc) from None
     fields = LoopState.__dataclass_fields__
-    state = LoopState(**{k: v for k, v in saved.items() if k in fields and k != "rng"})
-    state.rng = _rng_from_safe(torch.load(directory / "rng.pt", weights_only=True))
+    try:
+        state = LoopState(**{k: v for k, v in saved.items() if k in fields and k != "rng"})
+    except TypeError as exc:
+        raise _damaged(directory / "state.json", exc) from None
+    state.rng = rng
     return state

@@ -23,10 +23,12 @@ from typing import Any
 
 import torch
 
-from textloop.config import RunConfig, config_to_yaml, load_config
+from textloop.artifacts.rundir import INCOMPLETE, check_replaceable, is_run_dir
+from textloop.config import RunConfig, config_to_yaml, load_config, read_yaml
 from textloop.data.batching import bucketed_batches
 from textloop.errors import CheckpointError, ConfigError, ModelError, RunDirError, TextloopError
 from textloop.evaluation.report import write_report
+from textloop.fileio import atomic_dir, write_text_atomic
 from textloop.models.resolve import resolve_model
 from textloop.tasks import task_module
 from textloop.tasks.base import Encoded, Task
@@ -51,7 +53,6 @@ from textloop.training.precision import PrecisionChoice, choose_precision, read_
 
 log = logging.getLogger("textloop")
 
-INCOMPLETE = ".incomplete"
 _VERSIONED = (
     "torch",
     "transformers",
@@ -64,21 +65,15 @@ _VERSIONED = (
 )
 
 
-# keys a resumed run may change: how it runs, not what it trains (a checkpoint is the same file
-# under one process, DDP or FSDP)
-_FREE_ON_RESUME = ("overwrite", "train.distributed")
+# keys a resumed run may change: where and how it runs, not what it trains (a checkpoint is the
+# same file under one process, DDP or FSDP; a moved run folder is the same run)
+_FREE_ON_RESUME = ("output", "overwrite", "train.distributed")
 
 
 class TrainingInterrupted(TextloopError):
     """Ctrl-C during training; ``checkpoints/last`` holds the state to resume from."""
 
     exit_code = 130
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def environment(seed: int, precision: PrecisionChoice | str, threads: int) -> dict[str, Any]:
@@ -118,10 +113,11 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
 
 
 def _check_output(out: Path, cfg: RunConfig, resume: bool) -> bool:
-    """Decide fresh start vs resume; refuse to clobber a different run. Returns True to resume."""
+    """Decide fresh start vs resume; refuse to clobber a different run or anything that is not a
+    textloop run (never replaced, even with --overwrite). Returns True to resume."""
     last = out / "checkpoints" / "last"
     if resume:
-        if not (last / "state.json").is_file():
+        if not (last / "state.json").is_file() or not (out / "config.yaml").is_file():
             raise CheckpointError(
                 f"nothing to resume in {out}: no checkpoints/last (start without --resume)"
             )
@@ -129,34 +125,31 @@ def _check_output(out: Path, cfg: RunConfig, resume: bool) -> bool:
             raise CheckpointError(
                 f"{out} holds a finished run; nothing to resume (use --overwrite to retrain)"
             )
-        import yaml
-
-        saved = yaml.safe_load((out / "config.yaml").read_text())
+        saved = read_yaml(out / "config.yaml")
         diffs = _config_diff(saved, cfg.model_dump(mode="json"))
         if diffs:
             raise ConfigError(
-                f"--resume with a different config than {out}/config.yaml: {'; '.join(diffs)}"
+                f"--resume with settings that differ from {out}/config.yaml: {'; '.join(diffs)}; "
+                "drop those flags (--resume continues with the saved config)"
             )
         return True
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.overwrite:
+    try:
+        check_replaceable(out, cfg.overwrite)
+    except RunDirError as exc:
+        if not is_run_dir(out) or cfg.overwrite:
+            raise
+        # a run without --overwrite: say which run it is
         what = (
             "an unfinished run (pass --resume to continue it)"
             if (out / INCOMPLETE).exists()
             else "a run"
         )
-        if (out / "config.yaml").is_file():
-            import yaml
-
-            diffs = _config_diff(
-                yaml.safe_load((out / "config.yaml").read_text()) or {}, cfg.model_dump(mode="json")
-            )
-            if diffs:
-                what += f" with a different config ({'; '.join(diffs[:3])})"
-        elif not (out / "metrics.json").is_file():
-            what = "files that are not a textloop run"
+        diffs = _config_diff(read_yaml(out / "config.yaml"), cfg.model_dump(mode="json"))
+        if diffs:
+            what += f" with a different config ({'; '.join(diffs[:3])})"
         raise RunDirError(
             f"output directory {out} already holds {what}; pass --overwrite to replace it"
-        )
+        ) from exc
     return False
 
 
@@ -279,11 +272,11 @@ def train(
             _truncate_log(out / "log.jsonl", state.step)
     else:
         if main:
-            if out.exists() and cfg.overwrite:
-                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            if is_run_dir(out) and cfg.overwrite:  # checked by _check_output: only a run
+                shutil.rmtree(out)
             out.mkdir(parents=True, exist_ok=True)
             (out / INCOMPLETE).write_text("training in progress; resume with --resume\n")
-            write_atomic(out / "config.yaml", config_to_yaml(cfg))
+            write_text_atomic(out / "config.yaml", config_to_yaml(cfg))
         state = LoopState()
 
     def batches_for_epoch(state: LoopState) -> Iterable[Sequence[Any]]:
@@ -454,7 +447,7 @@ def _truncate_log(path: Path, step: int) -> None:
     kept = [
         ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
     ]
-    write_atomic(path, "".join(ln + "\n" for ln in kept))
+    write_text_atomic(path, "".join(ln + "\n" for ln in kept))
 
 
 def _write_artifacts(
@@ -468,32 +461,27 @@ def _write_artifacts(
     threads: int,
 ) -> None:
     from textloop.models.lora import is_lora, merge_lora, save_adapter
-    from textloop.training.checkpoint import replace_dir
 
-    for name in ("model.tmp", "adapter.tmp"):
-        if (out / name).exists():
-            shutil.rmtree(out / name)
     if is_lora(model):  # adapter/ alone (small, peft format); model/ holds the merged weights
-        save_adapter(model, out / "adapter.tmp")
-        replace_dir(out / "adapter.tmp", out / "adapter")
+        with atomic_dir(out / "adapter") as tmp:
+            save_adapter(model, tmp)
         model = merge_lora(model)
-    tmp = out / "model.tmp"
     emb = getattr(model, "get_input_embeddings", lambda: None)()
     if isinstance(emb, torch.nn.Embedding):
         emb.sparse = False  # a training-time choice; the saved model is a plain checkpoint
-    model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
-    carried = getattr(task, "carried", None)  # checkpoint tensors the LM head model dropped
-    if carried:
-        from textloop.tasks.pretrain import save_carried
+    with atomic_dir(out / "model") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
+        carried = getattr(task, "carried", None)  # checkpoint tensors the LM head model dropped
+        if carried:
+            from textloop.tasks.pretrain import save_carried
 
-        save_carried(tmp, carried)
-    tokenizer.save_pretrained(tmp)
-    replace_dir(tmp, out / "model")
-    write_atomic(out / "labels.json", json.dumps(task.state(), indent=2, ensure_ascii=False))
-    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False))
-    write_atomic(out / "env.json", json.dumps(environment(seed, precision, threads), indent=2))
+            save_carried(tmp, carried)
+        tokenizer.save_pretrained(tmp)
+    write_text_atomic(out / "labels.json", json.dumps(task.state(), indent=2, ensure_ascii=False))
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False))
+    write_text_atomic(out / "env.json", json.dumps(environment(seed, precision, threads), indent=2))
     write_report(out, metrics, list(task.state().get("labels", [])))
     section = getattr(task, "report_section", None)  # a task's own part of the report
     if callable(section):
         report = out / "report.md"
-        write_atomic(report, report.read_text(encoding="utf-8") + "\n" + section(metrics))
+        write_text_atomic(report, report.read_text(encoding="utf-8") + "\n" + section(metrics))

@@ -167,8 +167,13 @@ class PrepareConfig(_Strict):
         None, description="Field holding the label; set it for labelled data."
     )
     encoding: str = Field("utf-8", description="Encoding of text inputs.")
-    on_error: Literal["skip", "fail"] = Field(
-        "skip", description="Bad records/files: skip and report them, or stop at the first."
+    on_error: Literal["skip_records", "skip", "fail"] = Field(
+        "skip_records",
+        description=(
+            "skip_records: skip and report bad records, stop at a file that breaks off "
+            "(truncated or corrupt); skip: skip both (the records before a break are kept); "
+            "fail: stop at the first bad record or file."
+        ),
     )
     num_proc: int = Field(1, ge=1, le=512, description="Worker processes on this machine.")
     num_shards: int = Field(1, ge=1, description="Machines sharing the inputs (then merge).")

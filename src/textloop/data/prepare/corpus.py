@@ -1,7 +1,8 @@
 """Read a prepared corpus back: ``textloop train --train corpus/news`` and friends.
 
 A prepared corpus is a directory holding ``manifest.json`` (format ``textloop-prepared-corpus``)
-and one folder of Parquet shards per split. ``DIR`` names its train split, ``DIR:validation`` and
+and one folder of Parquet shards per split. The shards hold every input column under its own name
+and type, plus textloop's ``_tl_id`` and ``_tl_source``. ``DIR`` names its train split, ``DIR:validation`` and
 ``DIR:test`` the others. Rows keep their origin: a data error in training names the raw file and
 line the record came from.
 """
@@ -43,8 +44,32 @@ def is_prepared_corpus(source: str) -> bool:
     return read_manifest(_split_source(source)[0]) is not None
 
 
+def corpus_columns(manifest: dict[str, Any]) -> dict[str, str | None]:
+    """The corpus's text and label columns (the input's names) and textloop's own columns.
+
+    Version 1 corpora (before input columns were kept) hold ``text``, ``label``, ``id`` and
+    ``source``; later ones the input's text/label names and ``_tl_id``, ``_tl_source``.
+    """
+    config = manifest.get("config", {})
+    if manifest.get("version", 1) < 2:
+        labelled = config.get("label_column") is not None
+        return {
+            "text": "text",
+            "label": "label" if labelled else None,
+            "id": "id",
+            "source": "source",
+        }
+    return {
+        "text": config.get("text_column", "text"),
+        "label": config.get("label_column"),
+        "id": "_tl_id",
+        "source": "_tl_source",
+    }
+
+
 def prepared_split(path: str | Path, split: str = "train") -> Table:
-    """Read one split of a prepared corpus into a ``Table`` (columns text, label, id, source).
+    """Read one split of a prepared corpus into a ``Table``: every input column, under its own
+    name, plus ``_tl_id`` (content digest) and ``_tl_source`` (the raw file:line).
 
     Raises:
         DataError: not a prepared corpus, or the corpus has no such split.
@@ -59,10 +84,11 @@ def prepared_split(path: str | Path, split: str = "train") -> Table:
     if split not in splits:
         raise DataError(f"{root} has no split {split!r}; splits: {', '.join(splits)}")
     table = Table(source=f"{root}:{split}")
+    source = corpus_columns(manifest)["source"]
     for rel in splits[split]["files"]:
         rows = pq.read_table(root / rel).to_pylist()
         table.rows.extend(rows)
-        table.locations.extend(f"{r['source']} (via {root / rel})" for r in rows)
+        table.locations.extend(f"{r[source]} (via {root / rel})" for r in rows)
     return table
 
 
@@ -84,10 +110,19 @@ def with_prepared_splits(data: Any) -> Any:
     if not train or not is_prepared_corpus(train):
         return data
     root, _ = _split_source(train)
-    splits = (read_manifest(root) or {}).get("splits", {})
-    update = {
+    manifest = read_manifest(root) or {}
+    splits = manifest.get("splits", {})
+    update: dict[str, Any] = {
         name: f"{root}:{name}"
         for name in ("validation", "test")
         if getattr(data, name) is None and splits.get(name, {}).get("records", 0) > 0
     }
+    # a corpus keeps the input's column names: a text/label column the corpus lacks means the
+    # one it was prepared with (train --train corpus/news, prepared with --text-column body)
+    own = corpus_columns(manifest)
+    present = manifest.get("columns") or [c for c in own.values() if c]
+    for key, role in (("text_column", "text"), ("label_column", "label")):
+        name = own[role]
+        if name and hasattr(data, key) and getattr(data, key) not in present:
+            update[key] = name
     return data.model_copy(update=update) if update else data

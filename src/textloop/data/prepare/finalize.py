@@ -22,6 +22,7 @@ from textloop.data.prepare.config import SPLIT_NAMES, PrepareConfig
 from textloop.data.prepare.dedup import candidate_pairs, clusters, exact_groups, verify_pairs
 from textloop.data.prepare.ingest import LENGTH_BINS
 from textloop.data.prepare.splits import assign_splits, cross_split_pairs, rare_classes
+from textloop.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,67 @@ def _some(cols: _Columns, mask: np.ndarray, k: int) -> tuple[list[int], list[str
     return [int(i) for i in idx], cols.texts(idx) if len(idx) else []
 
 
+# textloop's own output columns, prefixed so that they never take a user column's name
+ID_COLUMN, SOURCE_COLUMN = "_tl_id", "_tl_source"
+OWN_COLUMNS = (ID_COLUMN, SOURCE_COLUMN)
+
+
+@dataclass
+class Extras:
+    """The user's other columns: names in first-seen order, one Arrow type each; a column whose
+    records disagree on the type (``1`` here, ``"a1"`` there) is kept as text (``as_text``)."""
+
+    schema: pa.Schema
+    as_text: list[str] = field(default_factory=list)
+
+
+def _extra_rows(column: pa.ChunkedArray | pa.Array) -> list[dict[str, Any]]:
+    return [json.loads(x) if x is not None else {} for x in column.to_pylist()]
+
+
+def extra_columns(table: pa.Table, status: np.ndarray, reserved: tuple[str, ...]) -> Extras:
+    """The schema of the kept records' other columns, read batch by batch.
+
+    Raises:
+        DataError: a column takes the name of one of textloop's own (``reserved``).
+    """
+    schema = pa.schema([])
+    as_text: set[str] = set()
+    offset = 0
+    for batch in table.select(["_extra"]).to_batches(max_chunksize=10_000):
+        kept = np.flatnonzero(status[offset : offset + batch.num_rows] == 0)
+        offset += batch.num_rows
+        rows = _extra_rows(batch.column(0).take(pa.array(kept, type=pa.int64())))
+        names = list(dict.fromkeys(k for r in rows for k in r))
+        fields = []
+        for name in names:
+            if name in reserved:
+                raise DataError(
+                    f"input column {name!r} has the name of a column textloop adds to the "
+                    f"corpus ({', '.join(reserved)}); rename or drop it in the input"
+                )
+            try:
+                fields.append(pa.field(name, pa.array([r.get(name) for r in rows]).type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                as_text.add(name)
+                fields.append(pa.field(name, pa.string()))
+        for f in fields:
+            try:
+                schema = pa.unify_schemas([schema, pa.schema([f])], promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                as_text.add(f.name)
+    if as_text:
+        schema = pa.schema(
+            [pa.field(f.name, pa.string()) if f.name in as_text else f for f in schema]
+        )
+        log.warning(
+            "column(s) %s hold values of different types across records; written as text "
+            "(JSON for non-strings)",
+            ", ".join(sorted(as_text)),
+        )
+    return Extras(schema, sorted(as_text))
+
+
 def write_splits(
     table: pa.Table,
     paths: list[str],
@@ -246,16 +308,24 @@ def write_splits(
     n_splits: int,
     out_dir: Path,
     shard_rows: int,
-    labelled: bool,
-) -> dict[str, list[str]]:
+    columns: tuple[str, str | None],
+) -> tuple[dict[str, list[str]], Extras]:
     """Write the kept records of each split as Parquet shards ``<split>/part-NNNNN.parquet``.
 
-    Columns: text, label (labelled corpora), id (the 128-bit content digest, hex), source (file:line).
+    Columns: the text and label (labelled corpora) under the input's column names (``columns``),
+    every other input column with its name and type, then ``_tl_id`` (the 128-bit content
+    digest, hex) and ``_tl_source`` (file:line).
+
+    Raises:
+        DataError: an input column is named like one of textloop's own columns.
     """
-    fields = [pa.field("text", pa.string())]
-    if labelled:
-        fields.append(pa.field("label", pa.string()))
-    fields += [pa.field("id", pa.string()), pa.field("source", pa.string())]
+    text_column, label_column = columns
+    extras = extra_columns(table, status, OWN_COLUMNS)
+    fields = [pa.field(text_column, pa.string())]
+    if label_column:
+        fields.append(pa.field(label_column, pa.string()))
+    fields += list(extras.schema)
+    fields += [pa.field(ID_COLUMN, pa.string()), pa.field(SOURCE_COLUMN, pa.string())]
     schema = pa.schema(fields)
     written: dict[str, list[str]] = {}
     writers: dict[int, tuple[pq.ParquetWriter, int]] = {}
@@ -286,7 +356,8 @@ def write_splits(
                 w = writer_for(s, 1)
                 room = shard_rows - writers[s][1]
                 part, take = take[:room], take[room:]
-                w.write_table(_output_rows(batch.take(pa.array(part)), paths, schema, labelled))
+                chosen = batch.take(pa.array(part))
+                w.write_table(_output_rows(chosen, paths, schema, label_column, extras))
                 writers[s] = (w, writers[s][1] + len(part))
         offset += rows
     for w, _ in writers.values():
@@ -296,11 +367,19 @@ def write_splits(
             rel = f"{name}/part-00000.parquet"
             pq.write_table(schema.empty_table(), out_dir / rel)
             written[name].append(rel)
-    return written
+    return written, extras
+
+
+def _as_text(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else json.dumps(value)
 
 
 def _output_rows(
-    batch: pa.RecordBatch, paths: list[str], schema: pa.Schema, labelled: bool
+    batch: pa.RecordBatch,
+    paths: list[str],
+    schema: pa.Schema,
+    label_column: str | None,
+    extras: Extras,
 ) -> pa.Table:
     h1 = batch.column("_h1").to_numpy()
     h2 = batch.column("_h2").to_numpy()
@@ -309,7 +388,13 @@ def _output_rows(
     ids = [f"{a:016x}{b:016x}" for a, b in zip(h1.tolist(), h2.tolist())]
     source = [f"{paths[f]}:{r}" for f, r in zip(files.tolist(), rows.tolist())]
     arrays = [batch.column("text")]
-    if labelled:
+    if label_column:
         arrays.append(batch.column("label"))
+    other = _extra_rows(batch.column("_extra"))
+    for f in extras.schema:
+        values = [r.get(f.name) for r in other]
+        if f.name in extras.as_text:
+            values = [_as_text(v) for v in values]
+        arrays.append(pa.array(values, type=f.type))
     arrays += [pa.array(ids), pa.array(source)]
     return pa.Table.from_arrays(arrays, schema=schema)

@@ -65,6 +65,7 @@ def _ingest_features() -> Any:
             "_row": Value("int64"),
             "_error": Value("string"),
             "_meta": Value("string"),
+            "_extra": Value("string"),  # the record's other fields, as JSON
         }
     )
 
@@ -261,10 +262,21 @@ def _summarise(
     def loc(i: int) -> str:
         return f"{files[file_col[i]]}:{row_col[i]}"
 
+    meta_col = table.column("_meta")
+    inputs = []
+    for i in np.flatnonzero(drop == TRAILER):
+        meta = json.loads(meta_col[int(i)].as_py())
+        inputs.append({"id": int(file_col[i]), "path": files[file_col[i]], **meta})
+    # a file that broke off leaves one error row for its unreadable rest: not a record
+    broken = [
+        {"path": f["path"], "from_line": f["unreadable_from_line"], "records_read": f["records"]}
+        for f in inputs
+        if f.get("unreadable_from_line") is not None
+    ]
     examples: dict[str, list[dict[str, Any]]] = {}
     counts: dict[str, int] = {
-        "read": int(real.sum()),
-        "read_errors": int((drop == READ_ERROR).sum()),
+        "read": int(real.sum()) - len(broken),
+        "read_errors": int((drop == READ_ERROR).sum()) - len(broken),
     }
     for bit, name in enumerate(CHANGE_STAGES):
         hit = read_ok & ((changed & (1 << bit)) != 0)
@@ -290,11 +302,6 @@ def _summarise(
             if len(first_errors) < 100:
                 first_errors.append(entry)
 
-    meta_col = table.column("_meta")
-    inputs = []
-    for i in np.flatnonzero(drop == TRAILER):
-        meta = json.loads(meta_col[int(i)].as_py())
-        inputs.append({"id": int(file_col[i]), "path": files[file_col[i]], **meta})
     hist, _ = np.histogram(chars_in[read_ok], bins=LENGTH_BINS)
     return {
         "shard_index": cfg.shard_index,
@@ -306,6 +313,7 @@ def _summarise(
         "counts": counts,
         "examples": examples,
         "errors": first_errors,
+        "unreadable_files": broken,
         "errors_file": str(errors_path),
         "input_chars_hist": hist.tolist(),
     }

@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,10 +25,11 @@ from typing import Any
 
 from textloop.data.prepare.clean import DROP_STAGES
 from textloop.data.prepare.config import PrepareConfig, load_prepare_config
-from textloop.data.prepare.finalize import decide, write_splits
+from textloop.data.prepare.finalize import OWN_COLUMNS, decide, write_splits
 from textloop.data.prepare.ingest import Partial, clean_partial
 from textloop.data.prepare.report import build_manifest, write_histogram, write_report
 from textloop.errors import ConfigError, DataError
+from textloop.fileio import atomic_dir, is_stale_temp, make_parent_dirs, temp_dir_prefix
 
 log = logging.getLogger(__name__)
 
@@ -57,52 +57,41 @@ class PrepareResult:
 
 def _remove_stale_temp_dirs(target: Path) -> None:
     """Temp dirs of earlier runs into ``target`` that were killed (their process is gone)."""
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        try:
-            pid = int(stale.name.rsplit(".tmp-", 1)[1].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
+    for stale in target.parent.glob(temp_dir_prefix(target) + "*"):
+        if is_stale_temp(stale):
             shutil.rmtree(stale, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            continue
+
+
+def _is_corpus(path: Path) -> bool:
+    return (path / "manifest.json").is_file() or (path / SHARD_MARKER).is_file()
 
 
 @contextmanager
 def _atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
     """A temp dir next to ``target`` that replaces it only when the block succeeds."""
-    if target.exists():
+    if target.exists() or target.is_symlink():
         if not target.is_dir():
             raise ConfigError(f"output {target} is a file; choose a directory path")
-        known = (target / "manifest.json").exists() or (target / SHARD_MARKER).exists()
         if any(target.iterdir()):
+            if not _is_corpus(target):  # never offer --overwrite for what textloop did not write
+                raise ConfigError(
+                    f"output {target} holds files that are not a prepared corpus or shard; "
+                    "refusing to replace it — choose a new or empty output directory"
+                )
             if not overwrite:
                 raise ConfigError(
-                    f"output {target} already exists; pass --overwrite (overwrite: true) to replace it"
+                    f"output {target} already holds a prepared corpus; pass --overwrite "
+                    "(overwrite: true) to replace it"
                 )
-            if not known:
-                raise ConfigError(
-                    f"output {target} is not a prepared corpus or shard; refusing to replace it"
-                )
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_parent_dirs(target)
     _remove_stale_temp_dirs(target)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    _ACTIVE_TEMP_DIRS.add(tmp)
-    try:
-        yield tmp
-        shutil.rmtree(tmp / ".work", ignore_errors=True)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            target.rename(old)
-        tmp.rename(target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        _ACTIVE_TEMP_DIRS.discard(tmp)
+    with atomic_dir(target) as tmp:
+        _ACTIVE_TEMP_DIRS.add(tmp)
+        try:
+            yield tmp
+            shutil.rmtree(tmp / ".work", ignore_errors=True)
+        finally:
+            _ACTIVE_TEMP_DIRS.discard(tmp)
 
 
 def _shared_config(cfg: PrepareConfig) -> dict[str, Any]:
@@ -177,6 +166,7 @@ def _merge_infos(infos: list[dict[str, Any]], k: int) -> dict[str, Any]:
         for stage in infos[0]["examples"]
     }
     merged["errors"] = [e for info in infos for e in info["errors"]][:100]
+    merged["unreadable_files"] = [f for info in infos for f in info.get("unreadable_files", [])]
     merged["input_chars_hist"] = [
         sum(col) for col in zip(*(info["input_chars_hist"] for info in infos))
     ]
@@ -212,7 +202,7 @@ def _finalize(
     seconds["dedup_and_split"] = time.perf_counter() - started
     started = time.perf_counter()
     n_splits = len(cfg.split.fractions)
-    files = write_splits(
+    files, extras = write_splits(
         table,
         info["all_files"],
         status,
@@ -220,11 +210,19 @@ def _finalize(
         n_splits,
         out,
         cfg.shard_rows,
-        cfg.label_column is not None,
+        (cfg.text_column, cfg.label_column),
     )
     seconds["write"] = time.perf_counter() - started
     config = _shared_config(cfg)
     manifest = build_manifest(config, info, outcome, files, out, seconds)
+    manifest["columns"] = [
+        cfg.text_column,
+        *([cfg.label_column] if cfg.label_column else []),
+        *extras.schema.names,
+        *OWN_COLUMNS,
+    ]
+    if extras.as_text:
+        manifest["columns_as_text"] = extras.as_text
     write_histogram(info, outcome, out / "length_histogram.png")
     write_report(manifest, info, outcome, out / "report.md")
     (out / "manifest.json").write_text(

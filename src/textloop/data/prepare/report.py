@@ -29,6 +29,15 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def broken_file_lines(unreadable_files: list[dict[str, Any]]) -> list[str]:
+    """One sentence per input file that broke off (``on_error: skip``)."""
+    return [
+        f"{f['path']} breaks off at line {f['from_line']}: the rest of the file is unreadable "
+        f"(truncated or corrupt); {f['records_read']} record(s) were read from it"
+        for f in unreadable_files
+    ]
+
+
 def stage_table(counts: dict[str, Any]) -> list[dict[str, Any]]:
     """Records in and out of every stage, in pipeline order."""
     rows = []
@@ -84,17 +93,16 @@ def build_manifest(
     splits = {name: {**entry, "files": files[name]} for name, entry in outcome.splits.items()}
     return {
         "format": MANIFEST_FORMAT,
-        "version": 1,
+        "version": 2,  # 2: input columns kept; textloop's own are _tl_id, _tl_source
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
         "config": config,
         "labelled": config.get("label_column") is not None,
-        "columns": ["text", "label", "id", "source"]
-        if config.get("label_column")
-        else ["text", "id", "source"],
+        "columns": [],  # set once the output is written
         "inputs": inputs,
         "errors": {
             "skipped_records": counts["read_errors"],
+            "unreadable_files": info.get("unreadable_files", []),
             "first": info["errors"],
             "all_in": "errors.jsonl",
         },
@@ -238,9 +246,8 @@ def write_report(
         lines.append("")
     lines += ["## Unreadable records", ""]
     errors = manifest["errors"]
-    lines.append(
-        f"{errors['skipped_records']} record(s) or file tail(s) skipped; all in `errors.jsonl`."
-    )
+    lines.append(f"{errors['skipped_records']} record(s) skipped; all in `errors.jsonl`.")
+    lines += [f"- {line}" for line in broken_file_lines(errors.get("unreadable_files", []))]
     for e in errors["first"][:20]:
         lines.append(f"- `{e['location']}`: {e['error']}")
     lines += ["", "## Lengths", "", "![length histogram](length_histogram.png)", ""]

@@ -3,8 +3,10 @@
 Inputs are files, directories, globs and ``builtin:NAME[:SPLIT]``, compressed or not (``.gz``,
 ``.bz2``, ``.zst``). Every record keeps its file id and line (or row) number. A record or file that
 cannot be read becomes an *error record* carrying ``file:line`` and the reason, so the pipeline can
-count and report it (``on_error: skip``) -- or reading stops at it with a ``DataError``
-(``on_error: fail``). Each file ends with one *trailer* record holding its size, SHA-256 and counts.
+count and report it (``on_error: skip_records``, the default, for records; ``skip`` for records
+and files that break off) -- or reading stops at it with a ``DataError`` (``on_error: fail``; a
+file that breaks off stops the run unless ``on_error: skip``). Each file ends with one *trailer*
+record holding its size, SHA-256 and counts (and where it broke off).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from textloop.data.readers import _SUFFIX_FORMAT
+from textloop.data.readers import _SUFFIX_FORMAT, CSV_FIELD_LIMIT, check_header
 from textloop.errors import DataError
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
@@ -222,9 +224,14 @@ def _rows_json(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
         yield n, record if isinstance(record, dict) else f"record {n} is not a JSON object"
 
 
-def _rows_delimited(stream: IO[str], delimiter: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    csv.field_size_limit(2**31 - 1)  # documents can exceed csv's 128 KiB default field limit
+def _rows_delimited(
+    stream: IO[str], delimiter: str, path: str
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    # documents can exceed csv's 128 KiB default field limit
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     reader = csv.DictReader(stream, delimiter=delimiter)
+    if reader.fieldnames is not None:
+        check_header(path, reader.fieldnames)
     for row in reader:
         if None in row:
             yield (
@@ -244,7 +251,7 @@ def _rows_parquet(
     names = pf.schema_arrow.names
     wanted = [c for c in (settings["text_column"], settings["label_column"]) if c and c in names]
     n = 0
-    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted or None):
+    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH):  # every column is kept
         for record in batch.to_pylist():
             n += 1
             yield n, record if wanted else {k: record[k] for k in list(record)[:20]}
@@ -283,7 +290,7 @@ def _records(path: str, settings: dict[str, Any]) -> Iterator[tuple[int, dict[st
         elif fmt == "json":
             yield from _rows_json(stream)
         elif fmt in ("csv", "tsv"):
-            yield from _rows_delimited(stream, "," if fmt == "csv" else "\t")
+            yield from _rows_delimited(stream, "," if fmt == "csv" else "\t", path)
         else:
             yield from _rows_txt(stream, settings["txt_mode"])
 
@@ -309,6 +316,7 @@ def record(
     label: str | None = None,
     error: str | None = None,
     meta: str | None = None,
+    extra: str | None = None,
 ) -> dict[str, Any]:
     """One row of the ingest table (the schema ``INGEST_FEATURES`` describes)."""
     return {
@@ -318,7 +326,22 @@ def record(
         "_row": row,
         "_error": error,
         "_meta": meta,
+        "_extra": extra,
     }
+
+
+def _json_value(value: Any) -> Any:
+    """A parquet value JSON cannot hold, as text: dates and times in ISO form, decimals and
+    bytes as their ``str``."""
+    iso = getattr(value, "isoformat", None)
+    return iso() if callable(iso) else str(value)
+
+
+def other_fields(rec: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """The record's fields other than the text and label, as JSON (kept in the output)."""
+    own = (settings["text_column"], settings["label_column"])
+    rest = {str(k): v for k, v in rec.items() if k not in own}
+    return json.dumps(rest, ensure_ascii=False, default=_json_value) if rest else None
 
 
 def generate_records(
@@ -331,12 +354,16 @@ def generate_records(
         settings: format, txt_mode, text_column, label_column, encoding, on_error.
 
     Raises:
-        DataError: the first bad record or file, when ``settings['on_error'] == 'fail'``.
+        DataError: the first bad record when ``settings['on_error'] == 'fail'``; a file that
+            breaks off unless ``settings['on_error'] == 'skip'``.
     """
     fail = settings["on_error"] == "fail"
+    skip_files = settings["on_error"] == "skip"
     read_errors = _read_errors()
     for file_id, path in files:
         n_records = n_errors = last = 0
+        broken_at: int | None = None
+        builtin = path.startswith("builtin:")
         try:
             for row, rec in _records(path, settings):
                 last = row
@@ -351,17 +378,34 @@ def generate_records(
                     yield record(file_id, row, error=str(exc))
                     continue
                 n_records += 1
-                yield record(file_id, row, text, label)
+                # a builtin's own columns are not the user's: only its text and label are kept
+                extra = None if builtin else other_fields(rec, settings)
+                yield record(file_id, row, text, label, extra=extra)
         except read_errors as exc:
             line = exc.line if isinstance(exc, _FileError) else last + 1
             what = exc if isinstance(exc, _FileError) else f"{type(exc).__name__}: {exc}"
-            message = f"unreadable from here on: {what}"
-            if fail:
-                raise DataError(f"{path}:{line}: {message} (on_error: fail)") from None
-            n_errors += 1
-            yield record(file_id, line, error=message)
+            if not skip_files:
+                raise DataError(
+                    f"{path}: unreadable from line {line} on ({what}) after {n_records} "
+                    "record(s): the file is truncated or corrupt — repair or replace it, or pass "
+                    "--on-error skip to keep the records before the break "
+                    f"(on_error: {settings['on_error']})"
+                ) from None
+            broken_at = line
+            yield record(
+                file_id,
+                line,
+                error=f"file breaks off here ({what}): the rest of the file is unreadable; "
+                f"{n_records} record(s) were read from it",
+            )
         size, digest = (0, None) if path.startswith("builtin:") else _file_digest(path)
-        meta = {"bytes": size, "sha256": digest, "records": n_records, "errors": n_errors}
+        meta = {
+            "bytes": size,
+            "sha256": digest,
+            "records": n_records,
+            "errors": n_errors,
+            "unreadable_from_line": broken_at,
+        }
         yield record(file_id, 0, meta=json.dumps(meta))
 
 

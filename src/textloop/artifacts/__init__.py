@@ -1,0 +1,1 @@
+"""What outlives a run: the run-folder layout and the checks before one is replaced."""
