@@ -3,15 +3,21 @@
 Same model (embedded:minilm + a 5-way head), same data (BBC News sentences: real text with a
 realistic length spread), batch size, learning rate, clipping, schedule and threads. Prints JSON.
 
-    .venv/bin/python bench/train_throughput.py               # full: 10,240 examples, ~15 min
+    .venv/bin/python bench/train_throughput.py               # full: 10,240 examples
     .venv/bin/python bench/train_throughput.py --quick       # smoke: 640 examples
+    .venv/bin/python bench/train_throughput.py --precisions fp32,bf16
+
+Each precision is a dimension: textloop at ``train.precision: fp32`` / ``bf16`` against Trainer
+fp32 / ``Trainer(bf16=True)`` (CPU autocast, the same bf16 path), so no row compares two
+precisions. The default is fp32, plus bf16 where the CPU has AMX (``amx_bf16``): elsewhere
+bf16 is emulated and ~13x slower, which measures nothing useful.
 
 Trainer runs three ways: DataCollatorWithPadding (dynamic padding, random batches),
 ``train_sampling_strategy="group_by_length"``, and padding to max_length 128 (the tutorial way).
 Full-epoch runs are used where batch composition depends on the epoch (textloop's buckets,
 Trainer's group_by_length); fixed-step runs where every step looks alike (the other two).
 Model FLOP utilisation counts only real tokens (6N per token + attention over real lengths) and
-is relative to a large fp32 matmul measured in the same process.
+is relative to a large matmul measured in the same process, in fp32 and (where run) in bf16.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import torch
 import textloop
 from textloop.data.builtin import read_builtin
 from textloop.models.resolve import resolve_model
+from textloop.training.precision import read_cpu_info
 
 MAX_LEN = 128
 
@@ -54,8 +61,10 @@ def bbc_sentences(n: int, seed: int) -> list[dict[str, str]]:
     return rows[:n]
 
 
-def matmul_peak_gflops(size: int = 2048, reps: int = 8) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak_gflops(
+    size: int = 2048, reps: int = 8, dtype: torch.dtype = torch.float32
+) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(2):
         a @ b
     best = float("inf")
@@ -107,6 +116,7 @@ def run_textloop(
     args: argparse.Namespace,
     embedding_update: str,
     max_steps: int | None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     sets = {
         "model": "embedded:minilm",
@@ -125,6 +135,7 @@ def run_textloop(
         "train.embedding_update": embedding_update,
         "train.threads": args.threads,
         "train.log_every_steps": 50,
+        "train.precision": precision,
     }
     cfg = textloop.load_config(None, extra=sets)
     timer = StepTimer()
@@ -138,6 +149,7 @@ def run_textloop(
         "real_tokens_per_s": round(timer.tokens / seconds, 1),
         "padding_efficiency": round(timer.tokens / max(1, timer.padded), 4),
         "validation_accuracy": round(run.metrics["validation"]["accuracy"], 4),
+        "precision": run.metrics["train"]["precision"],
     }
 
 
@@ -164,7 +176,12 @@ class CountingCollator:
 
 
 def run_trainer(
-    rows: list[dict[str, str]], labels: list[str], mode: str, steps: int, args: argparse.Namespace
+    rows: list[dict[str, str]],
+    labels: list[str],
+    mode: str,
+    steps: int,
+    args: argparse.Namespace,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import (
@@ -211,6 +228,7 @@ def run_trainer(
             use_cpu=True,
             seed=args.seed,
             disable_tqdm=True,
+            bf16=precision == "bf16",
             train_sampling_strategy="group_by_length" if mode == "group_by_length" else "random",
         )
         trainer = Trainer(model=model, args=targs, train_dataset=ds, data_collator=collator)
@@ -226,6 +244,7 @@ def run_trainer(
         "real_tokens_per_s": round(real / seconds, 1),
         "padding_efficiency": round(real / max(1, padded), 4),
         "optimizer": str(targs.optim.value if hasattr(targs.optim, "value") else targs.optim),
+        "precision": precision,
     }
 
 
@@ -239,8 +258,18 @@ def main() -> None:
         "--fixed-steps", type=int, default=80, help="steps for the fixed-shape Trainer runs"
     )
     p.add_argument("--quick", action="store_true", help="640 examples, 10 fixed steps (smoke test)")
+    p.add_argument(
+        "--precisions",
+        help="comma-separated, of fp32,bf16 (default: fp32, and bf16 where the CPU has amx_bf16)",
+    )
     p.add_argument("--output", help="also write the JSON here")
     args = p.parse_args()
+    cpu = read_cpu_info()
+    precisions = (
+        args.precisions.split(",")
+        if args.precisions
+        else ["fp32", *(["bf16"] if cpu.has_amx_bf16 else [])]
+    )
     if args.quick:
         args.examples, args.fixed_steps = 640, 10
     torch.set_num_threads(args.threads)
@@ -258,12 +287,16 @@ def main() -> None:
     n_nonemb = sum(p.numel() for n, p in body.named_parameters() if "embeddings" not in n)
     del body
 
-    peak = matmul_peak_gflops()
+    peaks = {"fp32": matmul_peak_gflops()}
+    if "bf16" in precisions:
+        peaks["bf16"] = matmul_peak_gflops(dtype=torch.bfloat16)
     results: dict[str, Any] = {
         "machine": {
+            "cpu": cpu.model,
+            "cpu_flags": list(cpu.flags),
             "threads": args.threads,
             "cpu_count": os.cpu_count(),
-            "matmul_fp32_gflops": round(peak, 1),
+            **{f"matmul_{k}_gflops": round(v, 1) for k, v in peaks.items()},
             "torch": torch.__version__,
         },
         "data": {
@@ -277,23 +310,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train_csv = write_csv(train_rows, Path(tmp) / "train.csv")
         val_csv = write_csv(val_rows, Path(tmp) / "val.csv")
-        runs = {
-            "textloop": lambda: run_textloop(
-                train_csv, val_csv, Path(tmp) / "tl", args, "lazy", None
-            ),
-            "textloop_dense_embedding_update": lambda: run_textloop(
-                train_csv, val_csv, Path(tmp) / "tld", args, "dense", args.fixed_steps
-            ),
-            "trainer_group_by_length": lambda: run_trainer(
-                train_rows, labels, "group_by_length", epoch_steps, args
-            ),
-            "trainer_dynamic_padding": lambda: run_trainer(
-                train_rows, labels, "dynamic", args.fixed_steps, args
-            ),
-            "trainer_max_length_128": lambda: run_trainer(
-                train_rows, labels, "max_length", args.fixed_steps, args
-            ),
-        }
+        runs: dict[str, Any] = {}
+        for prec in precisions:
+            runs[f"textloop_{prec}"] = lambda prec=prec: run_textloop(
+                train_csv, val_csv, Path(tmp) / f"tl-{prec}", args, "lazy", None, prec
+            )
+        runs["textloop_fp32_dense_embedding_update"] = lambda: run_textloop(
+            train_csv, val_csv, Path(tmp) / "tld", args, "dense", args.fixed_steps
+        )
+        for prec in precisions:
+            runs[f"trainer_group_by_length_{prec}"] = lambda prec=prec: run_trainer(
+                train_rows, labels, "group_by_length", epoch_steps, args, prec
+            )
+            runs[f"trainer_dynamic_padding_{prec}"] = lambda prec=prec: run_trainer(
+                train_rows, labels, "dynamic", args.fixed_steps, args, prec
+            )
+        runs["trainer_max_length_128_fp32"] = lambda: run_trainer(
+            train_rows, labels, "max_length", args.fixed_steps, args
+        )
         for name, fn in runs.items():
             print(f"running {name} ...", file=sys.stderr, flush=True)
             results[name] = fn()
@@ -315,16 +349,27 @@ def main() -> None:
     results["data"]["p95_tokens"] = sorted(lengths)[int(0.95 * len(lengths))]
     for name in runs:
         r = results[name]
-        r["mfu_real_tokens"] = round(r["real_tokens_per_s"] * flops_per_token / (peak * 1e9), 3)
-    base = results["textloop"]["real_tokens_per_s"]
-    results["speedup_textloop_vs"] = {
-        name: round(base / results[name]["real_tokens_per_s"], 2)
-        for name in runs
-        if name.startswith("trainer")
-    }
-    results["speedup_textloop_vs"]["textloop_dense_embedding_update"] = round(
-        base / results["textloop_dense_embedding_update"]["real_tokens_per_s"], 2
+        for prec, peak in peaks.items():
+            r[f"mfu_vs_{prec}_matmul"] = round(
+                r["real_tokens_per_s"] * flops_per_token / (peak * 1e9), 3
+            )
+    speed = {name: results[name]["real_tokens_per_s"] for name in runs}
+    results["speedup"] = {}
+    for prec in precisions:
+        base = speed[f"textloop_{prec}"]
+        for name in runs:
+            if name.startswith("trainer") and name.endswith(prec):
+                results["speedup"][f"textloop_{prec}_vs_{name}"] = round(base / speed[name], 2)
+    results["speedup"]["textloop_fp32_vs_textloop_fp32_dense_embedding_update"] = round(
+        speed["textloop_fp32"] / speed["textloop_fp32_dense_embedding_update"], 2
     )
+    if "bf16" in precisions and "fp32" in precisions:
+        results["speedup"]["textloop_bf16_vs_textloop_fp32"] = round(
+            speed["textloop_bf16"] / speed["textloop_fp32"], 2
+        )
+        results["speedup"]["trainer_group_by_length_bf16_vs_fp32"] = round(
+            speed["trainer_group_by_length_bf16"] / speed["trainer_group_by_length_fp32"], 2
+        )
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:
