@@ -7,7 +7,10 @@ A task module exposes ``build_splits(cfg, tokenizer)`` and ``task_from_state(sta
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from textloop.tasks.base import TaskModule
 
 TASK_MODULES: dict[str, str] = {
     "classification": "textloop.tasks.classification",
@@ -19,6 +22,6 @@ TASK_MODULES: dict[str, str] = {
 }
 
 
-def task_module(name: str) -> ModuleType:
-    """The module implementing task ``name``."""
-    return importlib.import_module(TASK_MODULES[name])
+def task_module(name: str) -> TaskModule:
+    """The module implementing task ``name`` (it satisfies ``textloop.tasks.base.TaskModule``)."""
+    return cast("TaskModule", importlib.import_module(TASK_MODULES[name]))

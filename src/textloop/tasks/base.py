@@ -1,19 +1,27 @@
-"""What every task provides. Tasks are composed, not subclassed: any object with these methods is a task.
+"""The contract between the training driver and a task: everything the driver calls is declared here.
 
-A task module (``textloop.tasks.<name>``) exposes two functions besides its task class:
+A task module (``textloop.tasks.<name>``) satisfies ``TaskModule``: three constants and two
+functions besides its task class:
 
+- ``METRIC_NAMES``: validation metrics that may pick the best checkpoint, the default first;
+- ``LOWER_IS_BETTER``: those of them where lower is better (perplexity);
+- ``LORA_DEFAULT``: whether the task trains LoRA adapters when ``lora.enabled`` is unset;
 - ``build_splits(cfg, tokenizer) -> Splits``: read, validate and encode the data a run config
   names (all problems raised as ``DataError`` before anything is trained);
 - ``task_from_state(state, tokenizer) -> Task``: rebuild the task of a finished run from the
   ``labels.json`` it wrote (``Task.state()``).
+
+A task class names ``Task`` as its base to take the defaults of the optional hooks (token-level
+loss weighting, temperature scaling, extra files, a report section); the required methods have
+no default. The driver calls only what this module declares: it never probes a task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -81,10 +89,20 @@ class Splits:
 
 
 class Task(Protocol):
-    """A task owns its preprocessing, head, batching, loss, metrics and prediction."""
+    """A task owns its preprocessing, head, batching, loss, metrics and prediction.
+
+    Required: the methods without a body below. Optional hooks, with the default a task
+    inherits by naming ``Task`` as its base: ``token_weighted`` / ``loss_tokens``,
+    ``can_scale_temperature`` / ``fit_temperature``, ``save_extras``, ``report_section``.
+    """
 
     name: str
     tokenizer: Any
+    # token-level losses (MLM, causal LM, NER): the driver weights each micro-batch's mean loss
+    # by its share of the step's tokens (``loss_tokens``) instead of its share of examples
+    token_weighted: ClassVar[bool] = False
+    # whether ``fit_temperature`` calibrates this task's scores (train.temperature_scaling)
+    can_scale_temperature: ClassVar[bool] = False
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -112,8 +130,18 @@ class Task(Protocol):
         """Mean loss of a batch (the batch holds ``targets``; the model is in train mode)."""
         ...
 
-    def evaluate(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> dict[str, Any]:
-        """Metrics (with 'loss') over a whole labelled split; must not consume RNG."""
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        data: Encoded,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Metrics (with 'loss') over a whole labelled split; must not consume RNG.
+
+        ``progress(n)`` is called with the examples each batch finished, where the task reports
+        progress (a task may ignore it).
+        """
         ...
 
     def encode_source(self, source: str, columns: dict[str, Any], drop_invalid: bool) -> Encoded:
@@ -127,3 +155,34 @@ class Task(Protocol):
     def state(self) -> dict[str, Any]:
         """What is needed to rebuild the task from a run dir (label map, options)."""
         ...
+
+    # ---- optional hooks, with their defaults -------------------------------------------------
+    def loss_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The units a batch's mean loss is over; the driver weights by them only where
+        ``token_weighted`` (default: the batch's examples, i.e. plain per-example weighting)."""
+        return torch.tensor(len(batch["targets"]))
+
+    def fit_temperature(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> float:
+        """Fit one temperature on ``data``; called only where ``can_scale_temperature``
+        (default: 1.0, the identity)."""
+        return 1.0
+
+    def save_extras(self, model_dir: Path) -> None:
+        """Add task-specific files to a saved model folder (default: nothing)."""
+        return None
+
+    def report_section(self, metrics: dict[str, Any]) -> str:
+        """The task's own Markdown section of report.md (default: none)."""
+        return ""
+
+
+class TaskModule(Protocol):
+    """What ``textloop.tasks.task_module(name)`` returns: see this module's docstring."""
+
+    METRIC_NAMES: tuple[str, ...]
+    LOWER_IS_BETTER: tuple[str, ...]
+    LORA_DEFAULT: bool
+
+    def build_splits(self, cfg: Any, tokenizer: Any) -> Splits: ...
+
+    def task_from_state(self, state: dict[str, Any], tokenizer: Any) -> Task: ...

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,12 +20,14 @@ from textloop.data.prepare.corpus import with_prepared_splits
 from textloop.data.readers import Table, read_table
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
-from textloop.tasks.base import Encoded, Splits, pad_inputs
+from textloop.tasks.base import Encoded, Splits, Task, pad_inputs
 from textloop.tasks.calibration import calibration_summary, fit_temperature
 from textloop.tasks.clip import clip_long_texts
 
 MULTI_LABEL_THRESHOLD = 0.5
 METRIC_NAMES = ("macro_f1", "accuracy", "micro_f1", "weighted_f1")  # the first is the default
+LOWER_IS_BETTER: tuple[str, ...] = ()
+LORA_DEFAULT = False  # encoders train in full unless lora.enabled is true
 
 
 def parse_labels(raw: Sequence[Any], multi_label: bool, separator: str | None) -> list[Any]:
@@ -66,9 +68,10 @@ def label_set(labels: Sequence[Any], multi_label: bool, source: str) -> list[str
 
 
 @dataclass
-class ClassificationTask:
+class ClassificationTask(Task):
     """Classification over a fixed label set, with a linear head on the [CLS] representation."""
 
+    can_scale_temperature: ClassVar[bool] = True
     tokenizer: Any
     labels: list[str]
     max_seq_len: int

@@ -10,10 +10,10 @@ a capped sample (``generation.eval_samples``) with a prompt / reference / output
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from textloop.config import RunConfig
 from textloop.data.batching import sorted_batches
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
-from textloop.tasks.base import Encoded, Splits
+from textloop.tasks.base import Encoded, Splits, Task
 from textloop.tasks.decoding import DecodingOptions, Generated, generate, pad_id, stream
 from textloop.tasks.generation_data import (
     IGNORE,
@@ -43,9 +43,10 @@ N_SAMPLES_SHOWN = 8  # rows of the prompt / reference / output table
 
 
 @dataclass
-class GenerationTask:
+class GenerationTask(Task):
     """A causal LM trained on answers and decoded greedily or by sampling."""
 
+    token_weighted: ClassVar[bool] = True
     tokenizer: Any
     max_seq_len: int
     packing: bool = False
@@ -117,7 +118,13 @@ class GenerationTask:
 
     # ---- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        data: Encoded,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
         model.eval()
         device = next(model.parameters()).device
         nll, n_tokens = 0.0, 0

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from textloop.config import RunConfig
 from textloop.data.batching import sorted_batches
 from textloop.errors import ConfigError, DataError
-from textloop.tasks.base import Encoded, Splits, pad_inputs
+from textloop.tasks.base import Encoded, Splits, Task, pad_inputs
 from textloop.tasks.ner_data import (
     Sentence,
     read_ner,
@@ -39,12 +39,15 @@ from textloop.tasks.ner_metrics import NEG, entity_metrics, error_kinds, iob2_co
 from textloop.tasks.windows import SpecialTemplate, special_template, window_owners, word_windows
 
 METRIC_NAMES = ("f1", "precision", "recall", "macro_f1", "token_accuracy")  # first = default
+LOWER_IS_BETTER: tuple[str, ...] = ()
+LORA_DEFAULT = False  # encoders train in full unless lora.enabled is true
 
 
 @dataclass
-class NerTask:
+class NerTask(Task):
     """Token classification over IOB2 tags with a linear head on every token."""
 
+    token_weighted: ClassVar[bool] = True
     tokenizer: Any
     labels: list[str]  # "O", then B-/I- for each entity type
     max_seq_len: int
@@ -199,7 +202,13 @@ class NerTask:
         probs = [float(np.exp(log_probs[i, j])) for i, j in enumerate(path)]
         return [self.labels[j] for j in path], probs
 
-    def evaluate(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        data: Encoded,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
         sentences: list[Sentence] = data.extra["sentences"]
         scores, loss = self.word_log_probs(model, data, batch_size)
         pred = [self.decode(sc)[0] for sc in scores]

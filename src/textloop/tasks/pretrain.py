@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
 
 from textloop.config import RunConfig
 from textloop.errors import ConfigError, DataError
-from textloop.tasks.base import Encoded, Splits
+from textloop.tasks.base import Encoded, Splits, Task
 from textloop.tasks.packing import (
     Block,
     DocumentSource,
@@ -42,15 +42,17 @@ from textloop.tasks.packing import (
 
 METRIC_NAMES = ("perplexity", "accuracy")  # the first picks the best checkpoint by default
 LOWER_IS_BETTER = ("perplexity",)
+LORA_DEFAULT = False  # lora.enabled true trains adapters (e.g. a decoder's CLM)
 MASK_RATE, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
 IGNORE = -100  # label of a position that is not trained
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class PretrainTask:
+class PretrainTask(Task):
     """Language modelling over packed blocks: ``objective`` 'mlm' (encoders) or 'clm' (decoders)."""
 
+    token_weighted: ClassVar[bool] = True
     tokenizer: Any
     objective: Literal["mlm", "clm"]
     block_size: int
@@ -200,6 +202,10 @@ class PretrainTask:
         correct = (logits.argmax(-1) == target).sum()
         return losses, correct, keep.sum()
 
+    def save_extras(self, model_dir: Path) -> None:
+        """Write back the checkpoint tensors the LM architecture dropped (``carried``)."""
+        save_carried(model_dir, self.carried)
+
     def loss_tokens(self, batch: dict[str, Any]) -> torch.Tensor:
         """How many tokens ``training_loss`` averages over: the driver weights each batch's mean
         by its share of a step's tokens, so every token counts the same (see ``train_steps``)."""
@@ -210,7 +216,13 @@ class PretrainTask:
         return losses.mean() if len(losses) else losses.sum()  # a block with nothing masked: 0
 
     @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        data: Encoded,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
         """Perplexity and token accuracy over the held-out blocks, summed across ranks."""
         from textloop.training.distributed import all_reduce_sum, rank, world_size
 

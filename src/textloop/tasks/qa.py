@@ -16,7 +16,7 @@ validation split (``qa.null_threshold`` fixes it instead).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,14 @@ import torch.nn.functional as F
 from textloop.config import RunConfig
 from textloop.data.batching import sorted_batches
 from textloop.errors import ConfigError, DataError
-from textloop.tasks.base import Encoded, Splits, pad_inputs
+from textloop.tasks.base import Encoded, Splits, Task, pad_inputs
 from textloop.tasks.qa_data import QaExample, read_qa
 from textloop.tasks.qa_metrics import best_null_threshold, score_one, squad_scores
 from textloop.tasks.windows import SpecialTemplate, special_template
 
 METRIC_NAMES = ("f1", "exact_match")  # the first is the default
+LOWER_IS_BETTER: tuple[str, ...] = ()
+LORA_DEFAULT = False  # encoders train in full unless lora.enabled is true
 _TUNE = "tune_null_threshold"
 
 
@@ -53,7 +55,7 @@ def answer_tokens(offsets: Sequence[tuple[int, int]], start: int, end: int) -> t
 
 
 @dataclass
-class QaTask:
+class QaTask(Task):
     """Span extraction: a start and an end logit for every token."""
 
     tokenizer: Any
@@ -268,7 +270,13 @@ class QaTask:
             ]
         return result
 
-    def evaluate(self, model: torch.nn.Module, data: Encoded, batch_size: int) -> dict[str, Any]:
+    def evaluate(
+        self,
+        model: torch.nn.Module,
+        data: Encoded,
+        batch_size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
         starts, ends, loss = self.feature_logits(model, data, batch_size)
         examples: list[QaExample] = data.extra["examples"]
         cands = self.candidates(data, starts, ends)

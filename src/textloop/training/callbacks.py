@@ -3,6 +3,7 @@ checkpoint, train end. Any object with some of these methods is a callback."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -98,3 +99,35 @@ class LogLines:
 
     def on_checkpoint(self, path: Path) -> None:
         log.debug("checkpoint %s", path)
+
+
+class JsonlLog:
+    """The run's ``log.jsonl``: a line per logged step (loss, lr, grad norm, examples/s) and per
+    evaluation (its scalar metrics). The driver writes an evaluation's line before the checkpoint
+    of that step, so a resumed run's log (truncated to the checkpoint) lacks no evaluation."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("a", encoding="utf-8")
+
+    def on_step_end(self, info: StepInfo) -> None:
+        if info.loss is None:
+            return
+        row = {
+            "kind": "train",
+            "step": info.step,
+            "epoch": round(info.epoch, 4),
+            "loss": info.loss,
+            "lr": info.lr,
+            "grad_norm": info.grad_norm,
+            "examples_per_s": info.examples / max(info.seconds, 1e-9),
+        }
+        self.file.write(json.dumps(row) + "\n")
+
+    def on_eval_end(self, info: StepInfo) -> None:
+        metrics = {k: v for k, v in (info.metrics or {}).items() if not isinstance(v, (dict, list))}
+        row = {"kind": "eval", "step": info.step, "epoch": round(info.epoch, 4), **metrics}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()

@@ -8,7 +8,6 @@ temporary path and renamed into place.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -16,7 +15,8 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,9 @@ from textloop.evaluation.report import write_report
 from textloop.fileio import atomic_dir, write_text_atomic
 from textloop.models.resolve import resolve_model
 from textloop.tasks import task_module
-from textloop.tasks.base import Encoded, Task
+from textloop.tasks.base import Encoded, Splits, Task
 from textloop.training import distributed as dist
-from textloop.training.callbacks import fire
+from textloop.training.callbacks import JsonlLog, fire
 from textloop.training.checkpoint import (
     copy_weights,
     load_checkpoint,
@@ -168,6 +168,30 @@ def _set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+@dataclass
+class _Setup:
+    """Everything a run needs, built and checked before its folder is touched."""
+
+    cfg: RunConfig
+    out: Path
+    task: Task
+    splits: Splits
+    tokenizer: Any
+    model: torch.nn.Module  # the model the artifacts are saved from
+    train_model: torch.nn.Module  # the same model, wrapped for DDP (or sharded by FSDP)
+    build_model: Callable[[torch.device], torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    precision: PrecisionChoice
+    threads: int
+    total_steps: int
+    epochs: int
+    metric_for_best: str
+    higher_is_better: bool
+    fsdp: bool
+
+
 def train(
     config: RunConfig | str | Path,
     *,
@@ -198,6 +222,32 @@ def train(
         raise ConfigError("no output directory: set output in the config or pass --output DIR")
     out = Path(cfg.output)
     resuming = _check_output(out, cfg, resume)
+    s = _setup(cfg, out)  # data, model, optimizer: every input checked, nothing written
+    dist.barrier()  # every process has checked the output dir before rank 0 changes it
+    main = dist.is_main_process()  # under torchrun only rank 0 writes files
+    state = _open_run_dir(s, resuming, main)
+    user_callbacks = list(callbacks) if main else []
+    recorder = JsonlLog(out / "log.jsonl") if main else None
+    fire(
+        user_callbacks,
+        "on_train_start",
+        {"total_steps": s.total_steps, "start_step": state.step, "summary": s.splits.summary},
+    )
+    started, examples_at_start = time.perf_counter(), state.examples_seen
+    _run_loop(s, state, recorder, user_callbacks, main)
+    train_seconds = time.perf_counter() - started
+    dist.barrier()  # rank 0 has written the last checkpoint
+    final = _finish(s, state, train_seconds, state.examples_seen - examples_at_start, main)
+    fire(user_callbacks, "on_train_end", final)
+    dist.barrier()  # the run dir is complete before any process reads it
+
+    from textloop.runs import load_run
+
+    return load_run(out)
+
+
+def _setup(cfg: RunConfig, out: Path) -> _Setup:
+    """Read and encode the data, build the model, optimizer and schedule; write nothing."""
     t = cfg.train
     module = task_module(cfg.task)
     metric_for_best = t.metric_for_best or module.METRIC_NAMES[0]
@@ -210,13 +260,12 @@ def train(
     tokenizer = _load_tokenizer(model_dir)
     splits = module.build_splits(cfg, tokenizer)
     task: Task = splits.task
-    if t.temperature_scaling and not hasattr(task, "fit_temperature"):
+    if t.temperature_scaling and not task.can_scale_temperature:
         raise ConfigError(f"train.temperature_scaling: the {cfg.task} task has no scores to scale")
 
     threads = _set_threads(t.threads)
     device = dist.init()  # under torchrun: join the process group; cuda:LOCAL_RANK on GPUs
     precision = choose_precision(t.precision, device)
-    autocast = precision.dtype
     log.info("precision: %s (%s)", precision.name, precision.reason)
     seed_everything(t.seed)
     import transformers
@@ -225,7 +274,7 @@ def train(
     transformers.logging.disable_progress_bar()
     fsdp = t.distributed == "fsdp" and dist.is_distributed()
     lora = cfg.lora  # adapters: on by default where the task module says so (decoders)
-    use_lora = lora.enabled if lora.enabled is not None else getattr(module, "LORA_DEFAULT", False)
+    use_lora = lora.enabled if lora.enabled is not None else module.LORA_DEFAULT
 
     def build_model(on: torch.device) -> torch.nn.Module:
         try:
@@ -260,24 +309,55 @@ def train(
     scheduler = build_scheduler(
         optimizer, round(t.warmup_ratio * total_steps), total_steps, t.scheduler
     )
+    return _Setup(
+        cfg=cfg,
+        out=out,
+        task=task,
+        splits=splits,
+        tokenizer=tokenizer,
+        model=model,
+        train_model=train_model,
+        build_model=build_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        device=device,
+        precision=precision,
+        threads=threads,
+        total_steps=total_steps,
+        epochs=epochs,
+        metric_for_best=metric_for_best,
+        higher_is_better=metric_for_best != "loss"
+        and metric_for_best not in module.LOWER_IS_BETTER,
+        fsdp=fsdp,
+    )
 
-    # -- the run dir: only now, with all input checked ------------------------------------
-    ckpt = out / "checkpoints"
-    dist.barrier()  # every process has checked the output dir before rank 0 changes it
-    main = dist.is_main_process()  # under torchrun only rank 0 writes files
+
+def _open_run_dir(s: _Setup, resuming: bool, main: bool) -> LoopState:
+    """Restore ``checkpoints/last`` (resume) or start a fresh run folder; the loop's state."""
+    out = s.out
     if resuming:
-        state = load_checkpoint(ckpt / "last", model, optimizer, scheduler)
+        state = load_checkpoint(out / "checkpoints/last", s.model, s.optimizer, s.scheduler)
         restore_rng(state.rng)
         if main:
             _truncate_log(out / "log.jsonl", state.step)
-    else:
-        if main:
-            if is_run_dir(out) and cfg.overwrite:  # checked by _check_output: only a run
-                shutil.rmtree(out)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / INCOMPLETE).write_text("training in progress; resume with --resume\n")
-            write_text_atomic(out / "config.yaml", config_to_yaml(cfg))
-        state = LoopState()
+        return state
+    if main:
+        if is_run_dir(out) and s.cfg.overwrite:  # checked by _check_output: only a run
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / INCOMPLETE).write_text("training in progress; resume with --resume\n")
+        write_text_atomic(out / "config.yaml", config_to_yaml(s.cfg))
+    return LoopState()
+
+
+def _run_loop(
+    s: _Setup, state: LoopState, recorder: JsonlLog | None, callbacks: list[Any], main: bool
+) -> None:
+    """Consume ``train_steps``: log, checkpoint after each evaluation, stop early, or save and
+    raise ``TrainingInterrupted`` on Ctrl-C."""
+    t, task, splits, device = s.cfg.train, s.task, s.splits, s.device
+    ckpt = s.out / "checkpoints"
+    recorders = [recorder] if recorder else []
 
     def batches_for_epoch(state: LoopState) -> Iterable[Sequence[Any]]:
         if splits.stream is not None:  # mlm / clm: packed blocks read from disk, from the cursor
@@ -292,86 +372,34 @@ def train(
             return {k: v.to(device) for k, v in splits.stream.collate(items).items()}
         return {k: v.to(device) for k, v in task.collate(splits.train, items).items()}
 
-    callbacks = list(callbacks) if main else []
-    progress_hooks = [cb.on_eval_progress for cb in callbacks if hasattr(cb, "on_eval_progress")]
-    reports_progress = "progress" in inspect.signature(task.evaluate).parameters
-
-    def evaluate(data: Encoded) -> dict[str, Any]:
-        if not (progress_hooks and reports_progress):
-            return task.evaluate(model, data, t.eval_batch_size)
-
-        def progress(n: int) -> None:
-            for hook in progress_hooks:
-                hook(n, len(data))
-
-        return task.evaluate(model, data, t.eval_batch_size, progress=progress)  # type: ignore[call-arg]
-
-    def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return task.training_loss(train_model, batch)
-
-    higher = metric_for_best != "loss" and metric_for_best not in getattr(
-        module, "LOWER_IS_BETTER", ()
-    )
-    fire(
-        callbacks,
-        "on_train_start",
-        {"total_steps": total_steps, "start_step": state.step, "summary": splits.summary},
-    )
-    started = time.perf_counter()
-    examples_at_start = state.examples_seen
-    log_file = (out / "log.jsonl" if main else Path(os.devnull)).open("a", encoding="utf-8")
     try:
         for info in train_steps(
-            train_model,
-            optimizer,
-            scheduler,
+            s.train_model,
+            s.optimizer,
+            s.scheduler,
             batches_for_epoch=batches_for_epoch,
             collate=collate,
-            loss_fn=loss_fn,
-            evaluate=lambda: evaluate(splits.validation),
+            loss_fn=lambda batch: task.training_loss(s.train_model, batch),
+            evaluate=lambda: _evaluate(s, splits.validation, callbacks),
             state=state,
-            epochs=epochs,
+            epochs=s.epochs,
             max_steps=t.max_steps,
             grad_accum_steps=t.grad_accum_steps,
             grad_clip=t.grad_clip,
             eval_every_steps=t.eval_every_steps,
-            metric_for_best=metric_for_best,
-            higher_is_better=higher,
+            metric_for_best=s.metric_for_best,
+            higher_is_better=s.higher_is_better,
             log_every_steps=t.log_every_steps,
-            autocast_dtype=autocast,
-            loss_tokens=getattr(task, "loss_tokens", None),
+            autocast_dtype=s.precision.dtype,
+            loss_tokens=task.loss_tokens if task.token_weighted else None,
         ):
             if info.kind == "step":
-                if info.loss is not None:
-                    log_file.write(
-                        json.dumps(
-                            {
-                                "kind": "train",
-                                "step": info.step,
-                                "epoch": round(info.epoch, 4),
-                                "loss": info.loss,
-                                "lr": info.lr,
-                                "grad_norm": info.grad_norm,
-                                "examples_per_s": info.examples / max(info.seconds, 1e-9),
-                            }
-                        )
-                        + "\n"
-                    )
-                fire(callbacks, "on_step_end", info)
+                fire([*recorders, *callbacks], "on_step_end", info)
                 continue
-            metrics = {
-                k: v for k, v in (info.metrics or {}).items() if not isinstance(v, (dict, list))
-            }
-            log_file.write(
-                json.dumps(
-                    {"kind": "eval", "step": info.step, "epoch": round(info.epoch, 4), **metrics}
-                )
-                + "\n"
-            )
-            log_file.flush()
-            snap = snapshot(model, optimizer)  # every rank: FSDP gathers the shards to rank 0
+            fire(recorders, "on_eval_end", info)  # logged before the checkpoint it belongs to
+            snap = snapshot(s.model, s.optimizer)  # every rank: FSDP gathers the shards to rank 0
             if main:
-                save_checkpoint(ckpt / "last", snap, scheduler, state)
+                save_checkpoint(ckpt / "last", snap, s.scheduler, state)
                 if info.is_best:
                     copy_weights(ckpt / "last", ckpt / "best")
             fire(callbacks, "on_checkpoint", ckpt / "last")
@@ -384,60 +412,66 @@ def train(
                 )
                 break
     except KeyboardInterrupt:
-        log_file.close()
+        if recorder:
+            recorder.close()
         if state.step > 0:
-            snap = snapshot(model, optimizer)
+            snap = snapshot(s.model, s.optimizer)
             if main:
-                save_checkpoint(ckpt / "last", snap, scheduler, state)
+                save_checkpoint(ckpt / "last", snap, s.scheduler, state)
             raise TrainingInterrupted(
                 f"interrupted at step {state.step}; saved {ckpt / 'last'} — continue with --resume"
             ) from None
         if main:
-            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(s.out, ignore_errors=True)
         raise TrainingInterrupted("interrupted before the first step; nothing saved") from None
-    log_file.close()
-    train_seconds = time.perf_counter() - started
-    dist.barrier()  # rank 0 has written the last checkpoint
+    if recorder:
+        recorder.close()
 
-    # -- finish: best weights, final metrics, artifacts ------------------------------------
+
+def _evaluate(s: _Setup, data: Encoded, callbacks: list[Any]) -> dict[str, Any]:
+    def progress(n: int) -> None:
+        fire(callbacks, "on_eval_progress", n, len(data))
+
+    return s.task.evaluate(s.model, data, s.cfg.train.eval_batch_size, progress=progress)
+
+
+def _finish(
+    s: _Setup, state: LoopState, train_seconds: float, examples: int, main: bool
+) -> dict[str, Any]:
+    """Restore the best weights, compute the final metrics and write the run's artifacts."""
+    t, model = s.cfg.train, s.model
+    ckpt = s.out / "checkpoints"
     if (ckpt / "best").is_dir():
         load_weights(ckpt / "best", model)
     temperature = None
     if t.temperature_scaling:  # calibrates scores on validation data; the arg-max is unchanged
-        temperature = task.fit_temperature(model, splits.validation, t.eval_batch_size)  # type: ignore[attr-defined]
-    final = {"validation": evaluate(splits.validation)}
-    if splits.test is not None:
-        final["test"] = evaluate(splits.test)
+        temperature = s.task.fit_temperature(model, s.splits.validation, t.eval_batch_size)
+    final = {"validation": _evaluate(s, s.splits.validation, [])}
+    if s.splits.test is not None:
+        final["test"] = _evaluate(s, s.splits.test, [])
     final["train"] = {
         "steps": state.step,
         "best_step": state.best_step,
-        "best_metric": {metric_for_best: state.best_metric},
+        "best_metric": {s.metric_for_best: state.best_metric},
         "seconds": round(train_seconds, 2),
-        "examples_per_s": round(
-            (state.examples_seen - examples_at_start) / max(train_seconds, 1e-9), 2
-        ),
-        "device": str(device),
-        "precision": precision.name,
-        "threads": threads,
+        "examples_per_s": round(examples / max(train_seconds, 1e-9), 2),
+        "device": str(s.device),
+        "precision": s.precision.name,
+        "threads": s.threads,
         "temperature": temperature,
     }
-    final["data"] = splits.summary
+    final["data"] = s.splits.summary
     if dist.world_size() > 1:
         final["train"]["world_size"] = dist.world_size()
-    if fsdp:  # the artifacts are an ordinary model: rank 0 loads the gathered weights into one
+    if s.fsdp:  # the artifacts are an ordinary model: rank 0 loads the gathered weights into one
         weights = dist.full_model_state(model)
         if main:
-            model = build_model(torch.device("cpu"))
+            model = s.build_model(torch.device("cpu"))
             model.load_state_dict(weights)
     if main:
-        _write_artifacts(out, model, tokenizer, task, final, t.seed, precision, threads)
-        (out / INCOMPLETE).unlink(missing_ok=True)
-    fire(callbacks, "on_train_end", final)
-    dist.barrier()  # the run dir is complete before any process reads it
-
-    from textloop.runs import load_run
-
-    return load_run(out)
+        _write_artifacts(s.out, model, s.tokenizer, s.task, final, t.seed, s.precision, s.threads)
+        (s.out / INCOMPLETE).unlink(missing_ok=True)
+    return final
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -454,7 +488,7 @@ def _write_artifacts(
     out: Path,
     model: torch.nn.Module,
     tokenizer: Any,
-    task: Any,
+    task: Task,
     metrics: dict[str, Any],
     seed: int,
     precision: PrecisionChoice,
@@ -471,17 +505,13 @@ def _write_artifacts(
         emb.sparse = False  # a training-time choice; the saved model is a plain checkpoint
     with atomic_dir(out / "model") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
-        carried = getattr(task, "carried", None)  # checkpoint tensors the LM head model dropped
-        if carried:
-            from textloop.tasks.pretrain import save_carried
-
-            save_carried(tmp, carried)
+        task.save_extras(tmp)  # e.g. checkpoint tensors the LM head model dropped
         tokenizer.save_pretrained(tmp)
     write_text_atomic(out / "labels.json", json.dumps(task.state(), indent=2, ensure_ascii=False))
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False))
     write_text_atomic(out / "env.json", json.dumps(environment(seed, precision, threads), indent=2))
     write_report(out, metrics, list(task.state().get("labels", [])))
-    section = getattr(task, "report_section", None)  # a task's own part of the report
-    if callable(section):
+    section = task.report_section(metrics)  # a task's own part of the report
+    if section:
         report = out / "report.md"
-        write_text_atomic(report, report.read_text(encoding="utf-8") + "\n" + section(metrics))
+        write_text_atomic(report, report.read_text(encoding="utf-8") + "\n" + section)

@@ -1,0 +1,58 @@
+"""The task contract: every task module and class provides what the driver calls, and the
+driver calls nothing else (no probing of tasks with getattr / hasattr / inspect)."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from textloop.tasks import TASK_MODULES, task_module
+from textloop.tasks.base import Task
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "textloop"
+
+
+@pytest.mark.parametrize("name", sorted(TASK_MODULES))
+def test_every_task_module_declares_the_contract(name: str) -> None:
+    module = task_module(name)
+    assert module.METRIC_NAMES and all(isinstance(m, str) for m in module.METRIC_NAMES)
+    assert set(module.LOWER_IS_BETTER) <= set(module.METRIC_NAMES)
+    assert isinstance(module.LORA_DEFAULT, bool)
+    assert callable(module.build_splits) and callable(module.task_from_state)
+    task_classes = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, type) and dataclasses.is_dataclass(v) and Task in v.__mro__[1:]
+    ]
+    assert task_classes, f"{module.__name__} has no Task subclass"
+    for cls in task_classes:  # the optional hooks come from Task, the flags are booleans
+        assert isinstance(cls.token_weighted, bool) and isinstance(cls.can_scale_temperature, bool)
+        for hook in ("loss_tokens", "fit_temperature", "save_extras", "report_section"):
+            assert callable(getattr(cls, hook))
+
+
+def _probes(path: Path) -> list[str]:
+    """Calls of getattr / hasattr / inspect.* in a module, as 'line: source'."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if (isinstance(f, ast.Name) and f.id in ("getattr", "hasattr")) or (
+            isinstance(f, ast.Attribute)
+            and isinstance(f.value, ast.Name)
+            and f.value.id == "inspect"
+        ):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_driver_does_not_probe_tasks() -> None:
+    probes = _probes(SRC / "training" / "run.py")
+    # the model (not the task) is asked for its input embeddings and fresh-head modules
+    allowed = ("getattr(model, 'get_input_embeddings'", "hasattr(model, name)")
+    assert [p for p in probes if not any(a in p for a in allowed)] == []
