@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import shutil
 import socket
 import threading
@@ -182,6 +183,86 @@ def test_registry_add_refuses_pickle_and_unfinished_folders(served, tmp_path):
     with pytest.raises(RegistryError, match=r"not a finished run or export: config.yaml missing"):
         reg.add(tmp_path, "m")
     assert reg.versions() == []
+
+
+def test_registry_refuses_links_nested_pickles_and_odd_names(served, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("a host name\n")
+    reg = Registry(tmp_path / "reg")
+    linked = tmp_path / "linked"
+    shutil.copytree(served["st"], linked)
+    (linked / "model" / "tokenizer.json").unlink()
+    (linked / "model" / "tokenizer.json").symlink_to(outside)  # e.g. /etc/hostname
+    with pytest.raises(
+        RegistryError, match=r"model/tokenizer.json is a symbolic link \(to .*outside"
+    ):
+        reg.add(linked, "m")
+    top = tmp_path / "top"
+    shutil.copytree(served["st"], top)
+    (top / "report.md").unlink()
+    (top / "report.md").symlink_to(outside)
+    with pytest.raises(RegistryError, match=r"report\.md is a symbolic link"):
+        reg.add(top, "m")
+    nested = tmp_path / "nested"
+    shutil.copytree(served["st"], nested)
+    (nested / "model" / "sub").mkdir()
+    (nested / "model" / "sub" / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(RegistryError, match=r"pickle files \(sub/pytorch_model.bin\)"):
+        reg.add(nested, "m")
+    for name in ("m\n", "m\r", "../m", ""):
+        with pytest.raises(RegistryError, match="invalid model name"):
+            reg.add(served["st"], name)
+    assert reg.versions() == []
+
+
+@pytest.mark.parametrize("swap", ["file_symlink", "folder_symlink", "hard_link"])
+def test_registry_verify_refuses_links_to_identical_copies(served, tmp_path, swap):
+    reg = Registry(tmp_path / "reg")
+    mv = reg.add(served["st"], "m")
+    copy = tmp_path / "copy"
+    shutil.copytree(mv.path, copy)  # identical bytes: hashes alone would pass
+    weights = mv.path / "model" / "model.safetensors"
+    if swap == "file_symlink":
+        weights.unlink()
+        weights.symlink_to(copy / "model" / "model.safetensors")
+        expected = "model/model.safetensors is a symbolic link"
+    elif swap == "folder_symlink":
+        shutil.rmtree(mv.path)
+        mv.path.symlink_to(copy, target_is_directory=True)
+        expected = "outside the registry"
+    else:
+        weights.unlink()
+        os.link(copy / "model" / "model.safetensors", weights)
+        expected = r"model/model.safetensors is hard-linked \(2 names\)"
+    with pytest.raises(RegistryError, match=expected):
+        reg.verify("m", 1)
+    with pytest.raises(RegistryError, match=expected):
+        reg.load("m", 1)
+
+
+def test_registry_promote_and_rollback_verify_first(served, tmp_path):
+    reg = Registry(tmp_path / "reg")
+    reg.add(served["st"], "m")
+    reg.add(served["st"], "m")
+    v3 = reg.add(served["st"], "m")
+    reg.promote("m", 1)
+    reg.promote("m", 2)
+    (v3.path / "labels.json").write_text("{}")
+    with pytest.raises(
+        RegistryError,
+        match=r"cannot promote it to production: m v3 .* labels.json .* "
+        r"\(production stays version 2\)",
+    ):
+        reg.promote("m", 3)
+    assert reg.production_version("m") == 2 and reg.get("m", 3).stage == "staging"
+    reg.promote("m", 3, stage="archived")  # archiving a broken version is allowed
+    v1 = reg.get("m", 1)
+    (v1.path / "config.yaml").write_text("tampered: true\n")
+    with pytest.raises(RegistryError, match=r"cannot roll back to it: m v1 .*config.yaml"):
+        reg.rollback("m")
+    assert reg.production_version("m") == 2
+    with pytest.raises(RegistryError, match=r"no version 7; versions: 1, 2, 3"):
+        reg.promote("m", 7)
 
 
 def test_registry_cli(served, tmp_path, capsys):
@@ -410,10 +491,10 @@ def test_hot_swap_to_tampered_version_keeps_serving(served, tmp_path):
     reg.add(served["st"], "m")
     v2 = reg.add(served["st"], "m")
     reg.promote("m", 1)
-    (v2.path / "labels.json").write_text("{}")
     opts = ServeOptions(poll_seconds=0, api_key=KEY)
     with TestClient(create_app(RegistrySource(reg, "m"), opts)) as c:
-        reg.promote("m", 2)
+        reg.promote("m", 2)  # verified here; damaged between the promotion and the swap
+        (v2.path / "labels.json").write_text("{}")
         r = c.post("/v1/admin/reload", headers={"x-api-key": KEY})
         assert r.status_code == 200 and r.json()["version"] == 1  # refused v2, kept v1
         assert c.post("/v1/predict", json={"inputs": TEXTS[:1]}).status_code == 200

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import yaml
@@ -14,6 +16,8 @@ from textloop.errors import RegistryError
 # weights formats that load without unpickling
 SAFE_WEIGHTS = ("model.safetensors", "model.onnx")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# the files next to model/ that a registered version holds (checkpoints/ is never copied)
+TOP_FILES = ("config.yaml", "labels.json", "metrics.json", "env.json", "report.md", "export.json")
 
 
 def sha256_file(path: Path) -> str:
@@ -34,6 +38,38 @@ def hash_tree(root: Path) -> dict[str, str]:
     }
 
 
+def links_and_oddities(root: Path) -> list[str]:
+    """Relative paths under ``root`` that are not plain directories or regular files.
+
+    Symbolic links (to files or folders, never followed), hard-linked files (another name
+    elsewhere can change them), sockets, FIFOs and devices: a registered model must be
+    made of its own regular files only, so that its recorded hashes say what is loaded.
+    """
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        here = Path(folder)
+        for name in sorted(dirs + files):
+            path = here / name
+            info = path.lstat()
+            rel = path.relative_to(root).as_posix()
+            if stat.S_ISLNK(info.st_mode):
+                found.append(f"{rel} is a symbolic link (to {os.readlink(path)})")
+            elif stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                found.append(f"{rel} is hard-linked ({info.st_nlink} names)")
+            elif not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                found.append(f"{rel} is not a regular file")
+    return sorted(found)
+
+
+def pickle_files(root: Path) -> list[str]:
+    """Relative paths of pickle-format files at any depth under ``root``."""
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.suffix.lower() in PICKLE_SUFFIXES
+    )
+
+
 def config_hash(config_yaml: Path) -> str:
     """sha256 of the resolved config, canonicalised (key order and formatting do not matter)."""
     data = yaml.safe_load(config_yaml.read_text(encoding="utf-8"))
@@ -44,7 +80,9 @@ def check_model_folder(src: Path) -> str:
     """Check that a folder is a loadable run or export with pickle-free weights; its format.
 
     Raises:
-        RegistryError: not a finished run, no safetensors/ONNX weights, or pickle files in it.
+        RegistryError: not a finished run, no safetensors/ONNX weights, pickle files in it at
+            any depth of ``model/``, or a symbolic link among the files a registry copies
+            (its target's contents would be copied in and trusted).
     """
     for name in ("config.yaml", "labels.json", "model"):
         if not (src / name).exists():
@@ -53,10 +91,21 @@ def check_model_folder(src: Path) -> str:
                 "(register a folder written by `textloop train` or `textloop export`)"
             )
     model_dir = src / "model"
-    pickled = sorted(p.name for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    odd = [f"model/{o}" for o in links_and_oddities(model_dir)] if model_dir.is_dir() else []
+    odd += [
+        f"{p.name} is a symbolic link (to {os.readlink(p)})"
+        for p in [src / "model", *(src / n for n in TOP_FILES)]
+        if p.is_symlink()
+    ]
+    if odd:
+        raise RegistryError(
+            f"{src} cannot be registered: {'; '.join(sorted(odd)[:5])}; the registry copies "
+            "only regular files of the folder itself — replace links with the files they point to"
+        )
+    pickled = pickle_files(model_dir)
     if pickled:
         raise RegistryError(
-            f"{model_dir} holds pickle files ({', '.join(pickled)}); the registry only takes "
+            f"{model_dir} holds pickle files ({', '.join(pickled[:5])}); the registry only takes "
             "safetensors or ONNX weights — re-save with save_pretrained(safe_serialization=True)"
         )
     weights = [w for w in SAFE_WEIGHTS if (model_dir / w).is_file()]
