@@ -360,6 +360,9 @@ def test_api_predict_model_health_metrics(client):
         ({"json": {"inputs": ["x"], "top_k": 0}}, 422, "invalid_request"),
         ({"json": {"inputs": []}}, 422, "no_inputs"),
         ({"json": {"inputs": ["  "]}}, 422, "empty_text"),
+        ({"json": {"inputs": ["\u0000"]}}, 422, "empty_text"),  # control only
+        ({"json": {"inputs": ["ok", "\u200b\u200d\ufeff"]}}, 422, "empty_text"),  # zero-width
+        ({"json": {"inputs": ["\u2028\u00a0\t\u3000"]}}, 422, "empty_text"),  # separators
         ({"content": b'{"inputs": ["\\ud800"]}'}, 422, "invalid_text"),
         ({"json": {"inputs": ["x"], "pairs": ["y"]}}, 422, "pairs_not_supported"),
     ],

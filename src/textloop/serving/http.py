@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from textloop.data.visible import has_visible_text
 from textloop.serving.metrics import ServerMetrics
 from textloop.serving.sources import LoadedModel, ServeOptions
 
@@ -24,6 +25,8 @@ KNOWN_PATHS = {
     "/metrics",
     "/v1/admin/reload",
     "/v1/feedback",
+    "/v1/explain",
+    "/v1/generate",
 }
 
 
@@ -211,18 +214,38 @@ def check_texts(req: PredictRequest, model: LoadedModel, opts: ServeOptions) -> 
         )
     for field_name, values in (("inputs", texts), ("pairs", req.pairs or [])):
         for i, text in enumerate(values):
-            if len(text) > opts.max_chars:
-                raise ApiError(
-                    413,
-                    "text_too_long",
-                    f"{field_name}[{i}] has {len(text)} characters; the limit is {opts.max_chars}",
-                )
-            if not text.strip():
-                raise ApiError(422, "empty_text", f"{field_name}[{i}] is empty or only whitespace")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError(
-                    422, "invalid_text", f"{field_name}[{i}] is not valid Unicode (lone surrogate)"
-                ) from None
+            check_text(text, f"{field_name}[{i}]", opts.max_chars)
     return texts
+
+
+def check_text(text: str, where: str, max_chars: int) -> None:
+    """The checks every text a route takes passes: length, visible content, valid Unicode.
+
+    Args:
+        text: the text.
+        where: its place in the request, for the message (``inputs[3]``).
+        max_chars: the server's ``max_chars``.
+
+    Raises:
+        ApiError: 413 ``text_too_long``; 422 ``empty_text`` (nothing visible: only whitespace,
+            control, format or separator characters); 422 ``invalid_text`` (a lone surrogate).
+    """
+    if len(text) > max_chars:
+        raise ApiError(
+            413,
+            "text_too_long",
+            f"{where} has {len(text)} characters; the limit is {max_chars}",
+        )
+    if not has_visible_text(text):
+        raise ApiError(
+            422,
+            "empty_text",
+            f"{where} has no visible characters (empty, or only whitespace, control or "
+            "zero-width characters); send the text itself",
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            422, "invalid_text", f"{where} is not valid Unicode (lone surrogate)"
+        ) from None
