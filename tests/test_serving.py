@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -27,7 +28,7 @@ from textloop.cli.main import main  # noqa: E402
 from textloop.errors import ExportError, RegistryError  # noqa: E402
 from textloop.runs import load_run  # noqa: E402
 from textloop.serving.agreement import compare_predictions  # noqa: E402
-from textloop.serving.app import create_app  # noqa: E402
+from textloop.serving.app import create_app, make_server  # noqa: E402
 from textloop.serving.batcher import MicroBatcher, QueueFullError  # noqa: E402
 from textloop.serving.export import export_run  # noqa: E402
 from textloop.serving.registry import Registry  # noqa: E402
@@ -403,6 +404,8 @@ def test_serve_cli_refuses_bad_setup(served, tmp_path, capsys):
     (tmp_path / "key.txt").write_text("short\n")
     assert main(["serve", str(served["int8"]), "--api-key-file", str(tmp_path / "key.txt")]) == 2
     assert "at least 16 characters" in capsys.readouterr().err
+    assert main(["serve", str(served["int8"]), "--explain-max-steps", "5000"]) == 2
+    assert "steps^3" in capsys.readouterr().err
     reg = Registry(tmp_path / "reg")
     reg.add(served["st"], "m")
     assert main(["serve", "--registry", str(reg.root), "--name", "m"]) == 2
@@ -413,11 +416,9 @@ def test_serve_cli_refuses_bad_setup(served, tmp_path, capsys):
 @contextmanager
 def live_server(app: Any) -> Iterator[str]:
     """Run ``app`` with uvicorn on a free loopback port in a thread."""
-    import uvicorn
-
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = make_server(app, log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -502,3 +503,145 @@ def test_hot_swap_to_tampered_version_keeps_serving(served, tmp_path):
         assert r.status_code == 200 and r.json()["version"] == 1  # refused v2, kept v1
         assert c.post("/v1/predict", json={"inputs": TEXTS[:1]}).status_code == 200
         assert 'textloop_errors_total{kind="swap_failed"} 1' in c.get("/metrics").text
+
+
+# ---- explain beside predict ----------------------------------------------------------------
+LONG = "the food was excellent and the staff were lovely but the room was awful " * 3
+
+
+def test_explain_and_predict_concurrently_give_no_5xx(served):
+    """Captum hooks the embeddings while it integrates: predictions must never run through them."""
+    app = create_app(RunDirSource(served["st"]), ServeOptions(max_wait_ms=1))
+    n_predict, n_explain = 60, 6
+    statuses: list[int] = []
+    wrong: list[Any] = []
+
+    def predicting(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for _ in range(n_predict // 6):
+                r = c.post("/v1/predict", json={"inputs": TEXTS})
+                statuses.append(r.status_code)
+                if r.status_code == 200 and [p["label"] for p in r.json()["predictions"]] != [
+                    "pos",
+                    "neg",
+                    "pos",
+                ]:
+                    wrong.append(r.json())
+
+    def explaining(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for _ in range(n_explain // 2):
+                r = c.post("/v1/explain", json={"inputs": [LONG, TEXTS[1]], "steps": 150})
+                statuses.append(r.status_code)
+
+    started = time.monotonic()
+    with live_server(app) as url:
+        threads = [threading.Thread(target=explaining, args=(url,)) for _ in range(2)]
+        threads += [threading.Thread(target=predicting, args=(url,)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    print(f"{len(statuses)} requests in {time.monotonic() - started:.1f} s")
+    assert sorted(set(statuses)) == [200] and len(statuses) == n_predict + n_explain
+    assert wrong == []
+
+
+def test_explain_limits_and_api_key(served):
+    opts = ServeOptions(
+        api_key=KEY,
+        max_chars=300,
+        explain_max_texts=2,
+        explain_max_steps=40,
+        explain_max_token_steps=1000,
+    )
+    key = {"x-api-key": KEY}
+    with TestClient(create_app(RunDirSource(served["st"]), opts)) as c:
+        one = {"inputs": [TEXTS[0]], "steps": 20}
+        assert c.post("/v1/explain", json=one).status_code == 401  # a key is set: explain needs it
+        assert c.post("/v1/explain", json=one, headers=key).status_code == 200
+        for body, status, code in [
+            ({"inputs": TEXTS, "steps": 20}, 413, "too_many_texts"),
+            ({"inputs": TEXTS[:1], "steps": 41}, 413, "too_many_steps"),
+            ({"inputs": [LONG], "steps": 40}, 413, "explain_too_large"),  # 32 tokens x 40 > 1000
+            ({"inputs": ["a" * 301], "steps": 4}, 413, "text_too_long"),
+            ({"inputs": ["\u200b\u0000 "], "steps": 4}, 422, "empty_text"),
+            ({"inputs": ["x"], "steps": 1}, 422, "invalid_request"),
+            ({"inputs": ["x"], "steps": "20"}, 422, "invalid_request"),
+        ]:
+            r = c.post("/v1/explain", json=body, headers=key)
+            assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+        msg = c.post("/v1/explain", json={"inputs": [LONG], "steps": 40}, headers=key).json()
+        assert (
+            "40 steps x 32 tokens = 1280 token-steps; the limit is 1000" in msg["error"]["message"]
+        )
+    opened = ServeOptions(api_key=KEY, explain_auth="open")
+    with TestClient(create_app(RunDirSource(served["st"]), opened)) as c:
+        assert c.post("/v1/explain", json={"inputs": ["x"], "steps": 4}).status_code == 200
+    with TestClient(create_app(RunDirSource(served["st"]), ServeOptions(explain_auth="key"))) as c:
+        r = c.post("/v1/explain", json={"inputs": ["x"], "steps": 4})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "writes_disabled"
+
+
+HUGE = ServeOptions(explain_max_texts=10**4, explain_max_token_steps=10**12, max_wait_ms=1)
+SLOW_EXPLAIN = {"inputs": [LONG] * 400, "steps": 200}  # minutes of work for the tiny BERT
+
+
+def test_explain_stops_at_its_time_limit_and_leaves_the_model_clean(served):
+    opts = dataclasses.replace(HUGE, explain_timeout_s=0.5)
+    with TestClient(create_app(RunDirSource(served["st"]), opts)) as c:
+        started = time.monotonic()
+        r = c.post("/v1/explain", json=SLOW_EXPLAIN)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "timeout", r.text
+        assert time.monotonic() - started < 10  # one text's pass after the limit, not a minute
+        after = c.post("/v1/predict", json={"inputs": TEXTS}).json()  # Captum's hook is gone
+        assert [p["label"] for p in after["predictions"]] == ["pos", "neg", "pos"]
+
+
+def test_explain_stops_when_the_client_leaves_and_when_the_server_exits(served):
+    def explain_503s(url: str) -> int:
+        text = httpx.get(f"{url}/metrics").text
+        line = 'textloop_requests_total{path="/v1/explain",code="503"} '
+        return next((int(float(x.split()[-1])) for x in text.splitlines() if x.startswith(line)), 0)
+
+    with live_server(create_app(RunDirSource(served["st"]), HUGE)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        body = json.dumps(SLOW_EXPLAIN).encode()
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(
+                b"POST /v1/explain HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            time.sleep(0.5)
+        gone = time.monotonic()  # the client hung up mid-explanation
+        while explain_503s(url) < 1:
+            assert time.monotonic() - gone < 10, "the explanation kept running for nobody"
+            time.sleep(0.1)
+        r = httpx.post(f"{url}/v1/predict", json={"inputs": TEXTS}, timeout=10)
+        assert [p["label"] for p in r.json()["predictions"]] == ["pos", "neg", "pos"]
+
+    app = create_app(RunDirSource(served["st"]), HUGE)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = make_server(app, log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    answers: list[httpx.Response] = []
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    asking = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(f"{url}/v1/explain", json=SLOW_EXPLAIN, timeout=60)
+        )
+    )
+    asking.start()
+    time.sleep(0.5)
+    stopping = time.monotonic()
+    server.should_exit = True  # what uvicorn's SIGTERM handler does
+    thread.join(timeout=30)
+    asking.join(timeout=30)
+    sock.close()
+    assert not thread.is_alive() and time.monotonic() - stopping < 5
+    assert answers[0].status_code == 503 and answers[0].json()["error"]["code"] == "not_ready"

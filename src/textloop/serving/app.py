@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -79,6 +79,13 @@ class ServerState:
             on_batch=self.metrics.record_batch,
         )
         self.ready = False
+        self.shutting_down = False
+        # set by make_server: uvicorn's exit flag, so long work stops as soon as SIGTERM arrives
+        self.server_exiting: Callable[[], bool] = lambda: False
+
+    def stopping(self) -> bool:
+        """The server is shutting down: long-running work (explanations) should stop now."""
+        return self.shutting_down or self.server_exiting()
 
     def serving_model(self) -> LoadedModel:
         """The model requests are answered with.
@@ -169,6 +176,7 @@ def create_app(
             yield
         finally:
             state.ready = False
+            state.shutting_down = True
             if watcher is not None:
                 watcher.cancel()
                 with suppress(asyncio.CancelledError):
@@ -331,7 +339,7 @@ def create_app(
     add_generate_route(app, state)  # POST /v1/generate (generation models, SSE streaming)
     from textloop.serving.explain_route import add_explain_route
 
-    add_explain_route(app, state)  # POST /v1/explain (classification attributions)
+    add_explain_route(app, state, require_api_key)  # POST /v1/explain (attributions)
     return app
 
 
@@ -360,8 +368,6 @@ def serve(
     Raises:
         TextloopError: the model cannot be loaded (checked before the port is opened).
     """
-    import uvicorn
-
     if threads:
         import torch
 
@@ -371,11 +377,33 @@ def serve(
         log.warning("serving on %s without an API key: write endpoints are off", host)
     model = source.load(None)
     app = create_app(source, opts, preloaded=model, store=store)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=access_log,
-        timeout_graceful_shutdown=10,
+    make_server(app, host, port, log_level, access_log).run()
+
+
+def make_server(
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "info",
+    access_log: bool = False,
+) -> Any:
+    """A ``uvicorn.Server`` for an app of ``create_app``, told to stop long work on exit.
+
+    On SIGTERM uvicorn first waits (up to 10 s) for requests in flight; an explanation in
+    flight sees the exit flag at its next forward pass and answers 503 at once, so the
+    process exits promptly instead of computing for nobody.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            timeout_graceful_shutdown=10,
+        )
     )
+    app.state.textloop.server_exiting = lambda: server.should_exit
+    return server
