@@ -39,7 +39,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textloop.continual.store import FeedbackStore
+from textloop.continual.store import FeedbackStore, check_label
 from textloop.errors import TextloopError
 from textloop.serving.batcher import MicroBatcher, QueueFullError
 from textloop.serving.http import (
@@ -50,6 +50,7 @@ from textloop.serving.http import (
     Instrument,
     PredictRequest,
     PredictResponse,
+    check_text,
     check_texts,
     error_response,
     validation_message,
@@ -140,11 +141,19 @@ class FeedbackRequest(BaseModel):
     """A labelled example: the right label for a text, tied to a prediction when given."""
 
     model_config = ConfigDict(extra="forbid")
-    label: StrictStr = Field(min_length=1, description="The correct label.")
-    text: StrictStr | None = Field(
-        None, description="The text (may be left out if the server logged it with the prediction)."
+    label: StrictStr = Field(
+        min_length=1,
+        description="The correct label: 1-100 characters, no control characters, no '<' '>'. "
+        "A label the model does not know is accepted (the next update can learn it).",
     )
-    prediction_id: StrictStr | None = Field(None, description="Id returned by /v1/predict.")
+    text: StrictStr | None = Field(
+        None,
+        description="The text, up to the server's max_chars (may be left out if the server "
+        "logged it with the prediction).",
+    )
+    prediction_id: StrictStr | None = Field(
+        None, max_length=100, description="Id returned by /v1/predict."
+    )
 
 
 # ---- app -----------------------------------------------------------------------------------
@@ -326,13 +335,23 @@ def create_app(
             )
         if state.current is None:
             raise ApiError(503, "not_ready", "no model is loaded yet")
+        served = state.current
+        if req.text is not None:  # the same limits as a text sent to /v1/predict
+            check_text(req.text, "text", opts.max_chars)
+        try:
+            label = check_label(req.label)
+        except TextloopError as exc:
+            raise ApiError(422, "invalid_label", str(exc)) from None
         try:
             fid = await asyncio.to_thread(
-                store.add_feedback, state.current.name, req.label, req.text, req.prediction_id
+                store.add_feedback, served.name, label, req.text, req.prediction_id
             )
         except TextloopError as exc:
             raise ApiError(422, "invalid_feedback", str(exc)) from None
-        return JSONResponse({"id": fid, "model": state.current.name}, status_code=201)
+        known = served.run.task.state().get("labels", [])
+        return JSONResponse(
+            {"id": fid, "model": served.name, "new_label": label not in known}, status_code=201
+        )
 
     from textloop.serving.generate_route import add_generate_route
 
