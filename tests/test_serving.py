@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -34,6 +35,7 @@ from textloop.serving.export import export_run  # noqa: E402
 from textloop.serving.registry import Registry  # noqa: E402
 from textloop.serving.sources import RegistrySource, RunDirSource, ServeOptions  # noqa: E402
 
+from .conftest import REPO  # noqa: E402
 from .test_training import toy_config  # noqa: E402
 
 KEY = "k3y-for-tests-0123456789"
@@ -355,6 +357,15 @@ def test_api_predict_model_health_metrics(client):
         ({"content": b'{"inputs": ["' + b"a" * 5000 + b'"]}'}, 413, "body_too_large"),
         ({"content": b'{"inputs": ['}, 422, "invalid_request"),
         ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 422, "invalid_request"),
+        ({"content": b'{"inputs": ["\xff\xfe"]}'}, 422, "invalid_request"),  # not UTF-8
+        (
+            {
+                "content": b'{"inputs": ["caf\xe9"]}',
+                "headers": {"content-type": "application/json; charset=latin-1"},
+            },
+            422,
+            "invalid_request",
+        ),
         ({"json": ["a list, not an object"]}, 422, "invalid_request"),
         ({"json": {"inputs": [1, None]}}, 422, "invalid_request"),
         ({"json": {"input": ["typo"]}}, 422, "invalid_request"),
@@ -374,6 +385,33 @@ def test_api_rejects_bad_requests_with_json_errors(client, kwargs, status, code)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "says"),
+    [
+        ("/v1/feedback", "application/x-www-form-urlencoded", '{"label": "a label", "text"'),
+        ("/v1/feedback", None, "this request has no content-type"),
+        ("/v1/explain", "text/plain", '{"inputs": ["a text", ...], "steps": 50}'),
+        ("/v1/predict", "application/x-www-form-urlencoded", '{"inputs": ["a text", ...]}'),
+    ],
+)
+def test_api_wrong_content_type_says_what_the_route_takes(client, path, content_type, says):
+    """curl -d without -H sends application/x-www-form-urlencoded."""
+    headers = {"x-api-key": KEY} | ({"content-type": content_type} if content_type else {})
+    r = client.post(path, content=b'{"label": "pos", "text": "x"}', headers=headers)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    message = r.json()["error"]["message"]
+    assert f"POST {path} takes a JSON body like" in message and says in message
+    assert "content-type: application/json" in message
+
+
+def test_docs_curl_examples_send_a_content_type():
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for doc in docs:
+        for block in re.findall(r"curl .*?(?:\n(?!\s)|\Z)", doc.read_text(), re.S):
+            if " -d " in block or "--data" in block:
+                assert "content-type: application/json" in block, f"{doc.name}: {block}"
 
 
 def test_api_chunked_body_over_limit_is_413(client):

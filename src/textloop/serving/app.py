@@ -53,6 +53,7 @@ from textloop.serving.http import (
     check_text,
     check_texts,
     error_response,
+    not_utf8_message,
     validation_message,
 )
 from textloop.serving.metrics import ServerMetrics
@@ -210,11 +211,20 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, details = validation_message(list(exc.errors()))
+        message, details = validation_message(
+            list(exc.errors()), request.url.path, request.headers.get("content-type")
+        )
         return error_response(422, "invalid_request", message, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and str(exc.detail).startswith("There was an error parsing"):
+            # FastAPI's answer to a body it cannot decode (not UTF-8): a malformed request
+            return error_response(
+                422,
+                "invalid_request",
+                not_utf8_message(request.url.path, request.headers.get("content-type")),
+            )
         codes = {404: "not_found", 405: "method_not_allowed"}
         return error_response(
             exc.status_code,

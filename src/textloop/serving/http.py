@@ -172,7 +172,40 @@ class Instrument:
                 self.metrics.record_error(str(status))
 
 
-def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+# what each JSON route takes, for the messages of malformed requests
+ROUTE_EXAMPLES = {
+    "/v1/predict": '{"inputs": ["a text", ...]}',
+    "/v1/explain": '{"inputs": ["a text", ...], "steps": 50}',
+    "/v1/feedback": '{"label": "a label", "text": "a text"}',
+    "/v1/generate": '{"prompt": "a question"}',
+}
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    """``application/json`` or a ``+json`` type, any parameters."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def expected_body(path: str) -> str:
+    """What ``path`` takes, in one phrase."""
+    example = ROUTE_EXAMPLES.get(path, "a JSON object")
+    return f"POST {path} takes a JSON body like {example}, sent with content-type: application/json"
+
+
+def not_utf8_message(path: str, content_type: str | None) -> str:
+    """The message for a body FastAPI could not decode (not UTF-8, or another charset)."""
+    declared = f" (content-type: {content_type})" if content_type else ""
+    return (
+        f"the request body is not valid UTF-8{declared}; JSON must be sent as UTF-8 "
+        f"(RFC 8259), other charsets are not accepted — {expected_body(path)}"
+    )
+
+
+def validation_message(
+    errors: list[dict[str, Any]], path: str = "", content_type: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """One message for pydantic's errors, naming what ``path`` takes when the body is wrong."""
     details: list[dict[str, Any]] = []
     for e in errors:
         # drop "body" and union-branch tags ("list[str]", "str") pydantic puts in the location
@@ -182,13 +215,13 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
             details.append(detail)
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
-        return f"the request body is not valid JSON ({first.get('msg')})", details
+        problem = f"the request body is not valid JSON ({first.get('msg')})"
+        return f"{problem}; {expected_body(path)}", details
     if tuple(first.get("loc", ())) == ("body",):
-        return (
-            'the request body must be a JSON object like {"inputs": ["a text", ...]}, sent with '
-            "content-type: application/json",
-            details,
-        )
+        if not is_json_content_type(content_type):
+            found = f"content-type {content_type!r}" if content_type else "no content-type"
+            return f"{expected_body(path)}; this request has {found}", details
+        return f"the request body must be a JSON object: {expected_body(path)}", details
     parts = [f"{'.'.join(d['loc']) or 'body'}: {d['msg']}" for d in details[:5]]
     return "invalid request: " + "; ".join(parts), details
 
