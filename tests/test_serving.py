@@ -12,6 +12,8 @@ import shutil
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -683,3 +685,43 @@ def test_explain_stops_when_the_client_leaves_and_when_the_server_exits(served):
     sock.close()
     assert not thread.is_alive() and time.monotonic() - stopping < 5
     assert answers[0].status_code == 503 and answers[0].json()["error"]["code"] == "not_ready"
+
+
+# ---- bodies over the limit -----------------------------------------------------------------
+def _response_head(raw: socket.socket) -> bytes:
+    raw.settimeout(30)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = raw.recv(65536)
+        assert data, f"connection closed before a response: {head!r}"
+        head += data
+    return head.lower()
+
+
+def test_body_over_limit_always_gets_its_413(served):
+    """The rest of the body is read before the answer, so the client never sees a reset."""
+    app = create_app(RunDirSource(served["int8"]), ServeOptions(max_body_bytes=1_048_576))
+    body = b'{"inputs": ["' + b"a" * (4 * 1024 * 1024) + b'"]}'
+    with live_server(app) as url:
+        for _ in range(5):
+            req = urllib.request.Request(
+                f"{url}/v1/predict", data=body, headers={"content-type": "application/json"}
+            )
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=30)
+            assert err.value.code == 413
+            assert json.loads(err.value.read())["error"]["code"] == "body_too_large"
+        port = int(url.rsplit(":", 1)[1])
+        start = b"POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as raw:  # chunked: no length given
+            raw.sendall(start + b"transfer-encoding: chunked\r\n\r\n")
+            for _ in range(64):
+                raw.sendall(b"10000\r\n" + b"a" * 0x10000 + b"\r\n")
+            raw.sendall(b"0\r\n\r\n")
+            assert _response_head(raw).startswith(b"http/1.1 413")
+        with socket.create_connection(("127.0.0.1", port)) as raw:  # past the drain bound
+            raw.sendall(start + b"content-length: 1000000000\r\n\r\n")
+            head = _response_head(raw)
+            assert head.startswith(b"http/1.1 413") and b"connection: close" in head
+        ok = httpx.post(f"{url}/v1/predict", json={"inputs": TEXTS[:1]}, timeout=10)
+        assert ok.status_code == 200

@@ -5,6 +5,7 @@ Pure ASGI middleware (not ``BaseHTTPMiddleware``), so the per-request cost stays
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -102,24 +103,64 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 # ---- middleware ----------------------------------------------------------------------------
 class BodyLimit:
-    """Read the whole body before the app sees it, answering 413 as soon as it is too large."""
+    """Read the whole body before the app sees it, answering 413 when it is too large.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    The 413 goes out only after the rest of the body has been read and thrown away (up to
+    ``drain_bytes`` and ``drain_timeout_s``): a server that answers and closes while the client
+    is still sending makes the kernel reset the connection, and the client (Python's urllib, for
+    one) then sees a reset instead of the 413. A body beyond the drain bound, or one the client
+    holds back for ``Expect: 100-continue``, is answered at once and the connection closed.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        drain_bytes: int = 32 * 1024 * 1024,
+        drain_timeout_s: float = 10.0,
+    ) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self.drain_bytes, self.drain_timeout_s = drain_bytes, drain_timeout_s
+
+    def _too_big(self, close: bool) -> JSONResponse:
+        return error_response(
+            413,
+            "body_too_large",
+            f"the request body is larger than the server's limit of {self.max_bytes} bytes; "
+            "send fewer or shorter texts per request",
+            headers={"connection": "close"} if close else None,
+        )
+
+    async def _drain(self, receive: Receive, size: int) -> bool:
+        """Read and drop the rest of the body; whether it ended within the bounds."""
+        deadline = time.monotonic() + self.drain_timeout_s
+        while size <= self.drain_bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                message = await asyncio.wait_for(receive(), left)
+            except asyncio.TimeoutError:
+                return False
+            if message["type"] == "http.disconnect":
+                return False
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        too_big = error_response(
-            413,
-            "body_too_large",
-            f"the request body is larger than the server's limit of {self.max_bytes} bytes; "
-            "send fewer or shorter texts per request",
-        )
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await too_big(scope, receive, send)
+            waits = headers.get(b"expect", b"").lower() == b"100-continue"
+            drained = (
+                not waits and int(declared) <= self.drain_bytes and await self._drain(receive, 0)
+            )
+            await self._too_big(close=not drained)(scope, receive, send)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -128,11 +169,12 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > self.max_bytes:
-                await too_big(scope, receive, send)
+                drained = not more or await self._drain(receive, size)
+                await self._too_big(close=not drained)(scope, receive, send)
                 return
             chunks.append(chunk)
-            more = message.get("more_body", False)
         body, sent = b"".join(chunks), False
 
         async def replay() -> Message:
