@@ -408,6 +408,19 @@ def test_api_wrong_content_type_says_what_the_route_takes(client, path, content_
     assert "content-type: application/json" in message
 
 
+def test_docs_error_table_lists_every_code_the_server_sends():
+    source = "".join(p.read_text() for p in (REPO / "src/textloop/serving").glob("*.py"))
+    sent = set(re.findall(r'(?:ApiError|error_response)\(\s*(\d{3}),\s*"([a-z_]+)"', source))
+    sent |= {("404", "not_found"), ("405", "method_not_allowed")}  # the HTTP layer's, mapped
+    docs = (REPO / "docs/serving.md").read_text()
+    table = docs[docs.index("**Error codes**") :]
+    rows = re.findall(r"^\| (\d{3}|other 4xx) \| (.+?) \|", table, re.M)
+    documented = {
+        (status, code) for status, codes in rows for code in re.findall(r"`(\w+)`", codes)
+    }
+    assert len(sent) > 20 and sent <= documented, sorted(sent - documented)
+
+
 def test_docs_curl_examples_send_a_content_type():
     docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     for doc in docs:

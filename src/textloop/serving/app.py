@@ -11,7 +11,8 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 - ``POST /v1/generate``: a generation model's answer to ``{"prompt"}`` or ``{"messages"}``,
   streamed as server-sent events with ``"stream": true`` (``serving/generate_route.py``).
 - ``POST /v1/explain``: ``{"inputs": [...], "steps": 50}`` -> integrated-gradients word
-  attributions per input, as ``textloop explain`` (``serving/explain_route.py``).
+  attributions per input, as ``textloop explain`` (``serving/explain_route.py``): bounded,
+  on the predict worker between batches, API key when the server has one.
 - ``POST /v1/feedback``: ``{"label": ..., "text": ..., "prediction_id": ...}``, a labelled
   example for retraining (API key; only with a feedback store, which also logs every
   prediction and adds its ``prediction_id`` to the response).
