@@ -37,12 +37,12 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textloop.continual.store import FeedbackStore, check_label
+from textloop.continual.store import FeedbackStore
 from textloop.errors import TextloopError
 from textloop.serving.batcher import MicroBatcher, QueueFullError
+from textloop.serving.feedback_route import add_feedback_route
 from textloop.serving.http import (
     ERROR_RESPONSES,
     ApiError,
@@ -51,7 +51,6 @@ from textloop.serving.http import (
     Instrument,
     PredictRequest,
     PredictResponse,
-    check_text,
     check_texts,
     error_response,
     not_utf8_message,
@@ -137,25 +136,6 @@ class ServerState:
                 await self.check_for_new_version()
             except Exception:  # a registry hiccup must not stop the watcher
                 log.exception("checking for a new model version failed")
-
-
-class FeedbackRequest(BaseModel):
-    """A labelled example: the right label for a text, tied to a prediction when given."""
-
-    model_config = ConfigDict(extra="forbid")
-    label: StrictStr = Field(
-        min_length=1,
-        description="The correct label: 1-100 characters, no control characters, no '<' '>'. "
-        "A label the model does not know is accepted (the next update can learn it).",
-    )
-    text: StrictStr | None = Field(
-        None,
-        description="The text, up to the server's max_chars (may be left out if the server "
-        "logged it with the prediction).",
-    )
-    prediction_id: StrictStr | None = Field(
-        None, max_length=100, description="Id returned by /v1/predict."
-    )
 
 
 # ---- app -----------------------------------------------------------------------------------
@@ -332,38 +312,7 @@ def create_app(
         assert state.current is not None
         return JSONResponse({"name": state.current.name, "version": state.current.version})
 
-    @app.post(
-        "/v1/feedback",
-        status_code=201,
-        dependencies=[Depends(require_api_key)],
-        responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}},
-    )
-    async def feedback(req: FeedbackRequest) -> JSONResponse:
-        """Record the right label for a text; answered only once it is durably written."""
-        if store is None:
-            raise ApiError(
-                404, "feedback_off", "this server has no feedback store; start it with one"
-            )
-        if state.current is None:
-            raise ApiError(503, "not_ready", "no model is loaded yet")
-        served = state.current
-        if req.text is not None:  # the same limits as a text sent to /v1/predict
-            check_text(req.text, "text", opts.max_chars)
-        try:
-            label = check_label(req.label)
-        except TextloopError as exc:
-            raise ApiError(422, "invalid_label", str(exc)) from None
-        try:
-            fid = await asyncio.to_thread(
-                store.add_feedback, served.name, label, req.text, req.prediction_id
-            )
-        except TextloopError as exc:
-            raise ApiError(422, "invalid_feedback", str(exc)) from None
-        known = served.run.task.state().get("labels", [])
-        return JSONResponse(
-            {"id": fid, "model": served.name, "new_label": label not in known}, status_code=201
-        )
-
+    add_feedback_route(app, state, store, require_api_key)  # POST /v1/feedback
     from textloop.serving.generate_route import add_generate_route
 
     add_generate_route(app, state)  # POST /v1/generate (generation models, SSE streaming)
