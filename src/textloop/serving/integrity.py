@@ -81,8 +81,8 @@ def check_model_folder(src: Path) -> str:
 
     Raises:
         RegistryError: not a finished run, no safetensors/ONNX weights, pickle files in it at
-            any depth of ``model/``, or a symbolic link among the files a registry copies
-            (its target's contents would be copied in and trusted).
+            any depth of ``model/``, or a symbolic or hard link among the files a registry
+            copies (a link's target would be copied in and trusted, or could change later).
     """
     for name in ("config.yaml", "labels.json", "model"):
         if not (src / name).exists():
@@ -99,8 +99,8 @@ def check_model_folder(src: Path) -> str:
     ]
     if odd:
         raise RegistryError(
-            f"{src} cannot be registered: {'; '.join(sorted(odd)[:5])}; the registry copies "
-            "only regular files of the folder itself — replace links with the files they point to"
+            f"{src}: {'; '.join(sorted(odd)[:5])}; a registered or served model must be made "
+            "of its own regular files — replace each link with a copy of the file it points to"
         )
     pickled = pickle_files(model_dir)
     if pickled:
