@@ -381,10 +381,10 @@ class FeedbackStore:
         rows = self.feedback(model, since)
         if not rows:
             raise DataError(f"no feedback for model {model!r} in {self.path}")
+        rows = self._exportable(rows)
         if dedupe:
             latest = {r["text_hash"]: r for r in rows}
             rows = sorted(latest.values(), key=lambda r: r["id"])
-        rows = self._exportable(rows)
         out = Path(output)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
