@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -36,7 +36,12 @@ from textloop.tasks.calibration import probabilities
 DEFAULT_STEPS = 50
 BASELINE = "pad"  # documented above; the only baseline for now
 Output = Literal["logit", "probability"]
-StopCheck = Callable[[], bool]
+
+
+class StopCheck(Protocol):
+    """Asked before every forward/backward pass; True abandons the explanation."""
+
+    def __call__(self) -> bool: ...
 
 
 class Stopped(Exception):

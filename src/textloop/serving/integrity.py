@@ -38,27 +38,28 @@ def hash_tree(root: Path) -> dict[str, str]:
     }
 
 
-def links_and_oddities(root: Path) -> list[str]:
-    """Relative paths under ``root`` that are not plain directories or regular files.
+def linked_files(root: Path) -> dict[str, str]:
+    """What is wrong with each entry under ``root`` that is not a plain folder or regular file.
 
     Symbolic links (to files or folders, never followed), hard-linked files (another name
-    elsewhere can change them), sockets, FIFOs and devices: a registered model must be
-    made of its own regular files only, so that its recorded hashes say what is loaded.
+    elsewhere can change them), sockets, FIFOs and devices, keyed by relative POSIX path: a
+    registered model must be made of its own regular files, so that its recorded hashes say
+    what is loaded.
     """
-    found: list[str] = []
+    found: dict[str, str] = {}
     for folder, dirs, files in os.walk(root, followlinks=False):
         here = Path(folder)
-        for name in sorted(dirs + files):
+        for name in dirs + files:
             path = here / name
             info = path.lstat()
             rel = path.relative_to(root).as_posix()
             if stat.S_ISLNK(info.st_mode):
-                found.append(f"{rel} is a symbolic link (to {os.readlink(path)})")
+                found[rel] = f"is a symbolic link (to {os.readlink(path)})"
             elif stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
-                found.append(f"{rel} is hard-linked ({info.st_nlink} names)")
+                found[rel] = f"is hard-linked ({info.st_nlink} names)"
             elif not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
-                found.append(f"{rel} is not a regular file")
-    return sorted(found)
+                found[rel] = "is not a regular file"
+    return found
 
 
 def pickle_files(root: Path) -> list[str]:
@@ -91,15 +92,14 @@ def check_model_folder(src: Path) -> str:
                 "(register a folder written by `textloop train` or `textloop export`)"
             )
     model_dir = src / "model"
-    odd = [f"model/{o}" for o in links_and_oddities(model_dir)] if model_dir.is_dir() else []
-    odd += [
-        f"{p.name} is a symbolic link (to {os.readlink(p)})"
-        for p in [src / "model", *(src / n for n in TOP_FILES)]
-        if p.is_symlink()
+    odd = [
+        f"{rel} {why}"
+        for rel, why in sorted(linked_files(src).items())
+        if rel in TOP_FILES or rel == "model" or rel.startswith("model/")  # what add copies
     ]
     if odd:
         raise RegistryError(
-            f"{src}: {'; '.join(sorted(odd)[:5])}; a registered or served model must be made "
+            f"{src}: {'; '.join(odd[:5])}; a registered or served model must be made "
             "of its own regular files — replace each link with a copy of the file it points to"
         )
     pickled = pickle_files(model_dir)

@@ -37,12 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from textloop.errors import RegistryError
-from textloop.serving.integrity import (
-    check_model_folder,
-    config_hash,
-    hash_tree,
-    links_and_oddities,
-)
+from textloop.serving.integrity import check_model_folder, config_hash, hash_tree
 
 Stage = Literal["staging", "production", "archived"]
 STAGES: tuple[str, ...] = ("staging", "production", "archived")
@@ -434,9 +429,10 @@ class Registry:
     def verify(self, name: str, version: int) -> ModelVersion:
         """Re-hash a version's files against the hashes recorded when it was added.
 
-        The entry must be the registry's own folder, made of regular files only: a symbolic
-        link (even to an identical copy) or a hard-linked file is refused, since what it
-        points to can change without the registry knowing.
+        Then the checks of ``add`` run again (``check_model_folder``): the entry must be the
+        registry's own folder, made of regular files only; a symbolic link (even to an
+        identical copy) or a hard-linked file is refused, since what it points to can change
+        without the registry knowing.
 
         Raises:
             RegistryError: a file changed, went missing, was added or is a link (each one is
@@ -452,8 +448,8 @@ class Registry:
                 f"to {mv.path.resolve()}, outside the registry; refusing to load it — restore "
                 "the folder or register the run again"
             )
-        problems = links_and_oddities(mv.path)
         found = hash_tree(mv.path)
+        problems = []
         for rel, digest in mv.files.items():
             if rel not in found:
                 problems.append(f"{rel} is missing")
@@ -468,6 +464,10 @@ class Registry:
                 f"{'; '.join(problems[:5])}{' …' if len(problems) > 5 else ''}; refusing to load "
                 "it — restore the files or register the run again"
             )
+        try:  # add's checks again: links (an identical copy hashes alike), pickles, weights
+            check_model_folder(mv.path)
+        except RegistryError as exc:
+            raise RegistryError(f"{name} v{version} failed its integrity check: {exc}") from None
         return mv
 
     def load(self, name: str, version: int | None = None) -> tuple[ModelVersion, Any]:
