@@ -390,6 +390,57 @@ def test_server_logs_predictions_and_takes_feedback_with_api_key(prod, tmp_path)
     assert len(fb) == 1 and fb[0]["text"] == "food great" and fb[0]["label"] == "neg"
 
 
+def test_feedback_labels_and_texts_are_bounded(prod, tmp_path):
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from textloop.serving.app import create_app
+    from textloop.serving.sources import RegistrySource, ServeOptions
+
+    root = fresh_registry(prod, tmp_path)
+    key = "k" * 24
+    store = FeedbackStore(root, keep_text=True)
+    opts = ServeOptions(poll_seconds=0, api_key=key, max_chars=500)
+    app = create_app(RegistrySource(Registry(root), "reviews"), opts, store=store)
+    with TestClient(app) as c:
+        for body, status, code in [
+            ({"label": "x" * 100_000, "text": "fine"}, 422, "invalid_label"),
+            ({"label": "x" * 101, "text": "fine"}, 422, "invalid_label"),
+            ({"label": "<img src=x onerror=alert(1)>", "text": "fine"}, 422, "invalid_label"),
+            ({"label": "pos\nneg", "text": "fine"}, 422, "invalid_label"),
+            ({"label": "po\u200bs", "text": "fine"}, 422, "invalid_label"),
+            ({"label": "\u0000", "text": "fine"}, 422, "invalid_label"),
+            ({"label": "pos", "text": "a" * 501}, 413, "text_too_long"),  # the server's max_chars
+            ({"label": "pos", "text": "a" * 900_000}, 413, "text_too_long"),
+            ({"label": "pos", "text": "\u0000\u200b "}, 422, "empty_text"),
+            ({"label": "pos", "text": "fine", "prediction_id": "x" * 101}, 422, "invalid_request"),
+        ]:
+            r = c.post("/v1/feedback", json=body, headers={"x-api-key": key})
+            assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text[:300]
+        new = c.post(
+            "/v1/feedback",
+            json={"label": "refund_request", "text": "where is my money"},
+            headers={"x-api-key": key},
+        )  # a label the model does not know: kept for class-incremental updates
+        assert new.status_code == 201 and new.json()["new_label"] is True
+        known = c.post(
+            "/v1/feedback", json={"label": " pos ", "text": "great"}, headers={"x-api-key": key}
+        )
+        assert known.status_code == 201 and known.json()["new_label"] is False
+    assert [r["label"] for r in store.feedback("reviews")] == ["refund_request", "pos"]
+    with pytest.raises(DataError, match="characters a class name cannot have"):
+        store.add_feedback("reviews", "<b>bold</b>", "text")
+    with sqlite3.connect(store.path) as db:  # a row an older version let in: not exported
+        db.execute(
+            "INSERT INTO feedback (at, model, text, text_hash, label) VALUES (1, 'reviews', "
+            "'old text', 'h', '<script>x</script>')"
+        )
+    assert store.export_feedback("reviews", tmp_path / "fb.jsonl") == 2
+    exported = [json.loads(x) for x in (tmp_path / "fb.jsonl").read_text().splitlines()]
+    assert [e["label"] for e in exported] == ["refund_request", "pos"]
+
+
 def test_ewc_and_lwf_stay_closer_to_the_old_model_than_naive(prod):
     from textloop.continual.update import build_candidate
     from textloop.runs import load_run

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
+import os
+import re
 import shutil
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,12 +31,13 @@ from textloop.cli.main import main  # noqa: E402
 from textloop.errors import ExportError, RegistryError  # noqa: E402
 from textloop.runs import load_run  # noqa: E402
 from textloop.serving.agreement import compare_predictions  # noqa: E402
-from textloop.serving.app import create_app  # noqa: E402
+from textloop.serving.app import create_app, make_server  # noqa: E402
 from textloop.serving.batcher import MicroBatcher, QueueFullError  # noqa: E402
 from textloop.serving.export import export_run  # noqa: E402
 from textloop.serving.registry import Registry  # noqa: E402
 from textloop.serving.sources import RegistrySource, RunDirSource, ServeOptions  # noqa: E402
 
+from .conftest import REPO  # noqa: E402
 from .test_training import toy_config  # noqa: E402
 
 KEY = "k3y-for-tests-0123456789"
@@ -184,6 +190,86 @@ def test_registry_add_refuses_pickle_and_unfinished_folders(served, tmp_path):
     assert reg.versions() == []
 
 
+def test_registry_refuses_links_nested_pickles_and_odd_names(served, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("a host name\n")
+    reg = Registry(tmp_path / "reg")
+    linked = tmp_path / "linked"
+    shutil.copytree(served["st"], linked)
+    (linked / "model" / "tokenizer.json").unlink()
+    (linked / "model" / "tokenizer.json").symlink_to(outside)  # e.g. /etc/hostname
+    with pytest.raises(
+        RegistryError, match=r"model/tokenizer.json is a symbolic link \(to .*outside"
+    ):
+        reg.add(linked, "m")
+    top = tmp_path / "top"
+    shutil.copytree(served["st"], top)
+    (top / "report.md").unlink()
+    (top / "report.md").symlink_to(outside)
+    with pytest.raises(RegistryError, match=r"report\.md is a symbolic link"):
+        reg.add(top, "m")
+    nested = tmp_path / "nested"
+    shutil.copytree(served["st"], nested)
+    (nested / "model" / "sub").mkdir()
+    (nested / "model" / "sub" / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(RegistryError, match=r"pickle files \(sub/pytorch_model.bin\)"):
+        reg.add(nested, "m")
+    for name in ("m\n", "m\r", "../m", ""):
+        with pytest.raises(RegistryError, match="invalid model name"):
+            reg.add(served["st"], name)
+    assert reg.versions() == []
+
+
+@pytest.mark.parametrize("swap", ["file_symlink", "folder_symlink", "hard_link"])
+def test_registry_verify_refuses_links_to_identical_copies(served, tmp_path, swap):
+    reg = Registry(tmp_path / "reg")
+    mv = reg.add(served["st"], "m")
+    copy = tmp_path / "copy"
+    shutil.copytree(mv.path, copy)  # identical bytes: hashes alone would pass
+    weights = mv.path / "model" / "model.safetensors"
+    if swap == "file_symlink":
+        weights.unlink()
+        weights.symlink_to(copy / "model" / "model.safetensors")
+        expected = "model/model.safetensors is a symbolic link"
+    elif swap == "folder_symlink":
+        shutil.rmtree(mv.path)
+        mv.path.symlink_to(copy, target_is_directory=True)
+        expected = "outside the registry"
+    else:
+        weights.unlink()
+        os.link(copy / "model" / "model.safetensors", weights)
+        expected = r"model/model.safetensors is hard-linked \(2 names\)"
+    with pytest.raises(RegistryError, match=expected):
+        reg.verify("m", 1)
+    with pytest.raises(RegistryError, match=expected):
+        reg.load("m", 1)
+
+
+def test_registry_promote_and_rollback_verify_first(served, tmp_path):
+    reg = Registry(tmp_path / "reg")
+    reg.add(served["st"], "m")
+    reg.add(served["st"], "m")
+    v3 = reg.add(served["st"], "m")
+    reg.promote("m", 1)
+    reg.promote("m", 2)
+    (v3.path / "labels.json").write_text("{}")
+    with pytest.raises(
+        RegistryError,
+        match=r"cannot promote it to production: m v3 .* labels.json .* "
+        r"\(production stays version 2\)",
+    ):
+        reg.promote("m", 3)
+    assert reg.production_version("m") == 2 and reg.get("m", 3).stage == "staging"
+    reg.promote("m", 3, stage="archived")  # archiving a broken version is allowed
+    v1 = reg.get("m", 1)
+    (v1.path / "config.yaml").write_text("tampered: true\n")
+    with pytest.raises(RegistryError, match=r"cannot roll back to it: m v1 .*config.yaml"):
+        reg.rollback("m")
+    assert reg.production_version("m") == 2
+    with pytest.raises(RegistryError, match=r"no version 7; versions: 1, 2, 3"):
+        reg.promote("m", 7)
+
+
 def test_registry_cli(served, tmp_path, capsys):
     r = ["--registry", str(tmp_path / "reg")]
     assert main(["registry", "add", str(served["st"]), "--name", "reviews", *r]) == 0
@@ -273,12 +359,24 @@ def test_api_predict_model_health_metrics(client):
         ({"content": b'{"inputs": ["' + b"a" * 5000 + b'"]}'}, 413, "body_too_large"),
         ({"content": b'{"inputs": ['}, 422, "invalid_request"),
         ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 422, "invalid_request"),
+        ({"content": b'{"inputs": ["\xff\xfe"]}'}, 422, "invalid_request"),  # not UTF-8
+        (
+            {
+                "content": b'{"inputs": ["caf\xe9"]}',
+                "headers": {"content-type": "application/json; charset=latin-1"},
+            },
+            422,
+            "invalid_request",
+        ),
         ({"json": ["a list, not an object"]}, 422, "invalid_request"),
         ({"json": {"inputs": [1, None]}}, 422, "invalid_request"),
         ({"json": {"input": ["typo"]}}, 422, "invalid_request"),
         ({"json": {"inputs": ["x"], "top_k": 0}}, 422, "invalid_request"),
         ({"json": {"inputs": []}}, 422, "no_inputs"),
         ({"json": {"inputs": ["  "]}}, 422, "empty_text"),
+        ({"json": {"inputs": ["\u0000"]}}, 422, "empty_text"),  # control only
+        ({"json": {"inputs": ["ok", "\u200b\u200d\ufeff"]}}, 422, "empty_text"),  # zero-width
+        ({"json": {"inputs": ["\u2028\u00a0\t\u3000"]}}, 422, "empty_text"),  # separators
         ({"content": b'{"inputs": ["\\ud800"]}'}, 422, "invalid_text"),
         ({"json": {"inputs": ["x"], "pairs": ["y"]}}, 422, "pairs_not_supported"),
     ],
@@ -289,6 +387,46 @@ def test_api_rejects_bad_requests_with_json_errors(client, kwargs, status, code)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "says"),
+    [
+        ("/v1/feedback", "application/x-www-form-urlencoded", '{"label": "a label", "text"'),
+        ("/v1/feedback", None, "this request has no content-type"),
+        ("/v1/explain", "text/plain", '{"inputs": ["a text", ...], "steps": 50}'),
+        ("/v1/predict", "application/x-www-form-urlencoded", '{"inputs": ["a text", ...]}'),
+    ],
+)
+def test_api_wrong_content_type_says_what_the_route_takes(client, path, content_type, says):
+    """curl -d without -H sends application/x-www-form-urlencoded."""
+    headers = {"x-api-key": KEY} | ({"content-type": content_type} if content_type else {})
+    r = client.post(path, content=b'{"label": "pos", "text": "x"}', headers=headers)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    message = r.json()["error"]["message"]
+    assert f"POST {path} takes a JSON body like" in message and says in message
+    assert "content-type: application/json" in message
+
+
+def test_docs_error_table_lists_every_code_the_server_sends():
+    source = "".join(p.read_text() for p in (REPO / "src/textloop/serving").glob("*.py"))
+    sent = set(re.findall(r'(?:ApiError|error_response)\(\s*(\d{3}),\s*"([a-z_]+)"', source))
+    sent |= {("404", "not_found"), ("405", "method_not_allowed")}  # the HTTP layer's, mapped
+    docs = (REPO / "docs/serving.md").read_text()
+    table = docs[docs.index("**Error codes**") :]
+    rows = re.findall(r"^\| (\d{3}|other 4xx) \| (.+?) \|", table, re.M)
+    documented = {
+        (status, code) for status, codes in rows for code in re.findall(r"`(\w+)`", codes)
+    }
+    assert len(sent) > 20 and sent <= documented, sorted(sent - documented)
+
+
+def test_docs_curl_examples_send_a_content_type():
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for doc in docs:
+        for block in re.findall(r"curl .*?(?:\n(?!\s)|\Z)", doc.read_text(), re.S):
+            if " -d " in block or "--data" in block:
+                assert "content-type: application/json" in block, f"{doc.name}: {block}"
 
 
 def test_api_chunked_body_over_limit_is_413(client):
@@ -319,6 +457,8 @@ def test_serve_cli_refuses_bad_setup(served, tmp_path, capsys):
     (tmp_path / "key.txt").write_text("short\n")
     assert main(["serve", str(served["int8"]), "--api-key-file", str(tmp_path / "key.txt")]) == 2
     assert "at least 16 characters" in capsys.readouterr().err
+    assert main(["serve", str(served["int8"]), "--explain-max-steps", "5000"]) == 2
+    assert "steps^3" in capsys.readouterr().err
     reg = Registry(tmp_path / "reg")
     reg.add(served["st"], "m")
     assert main(["serve", "--registry", str(reg.root), "--name", "m"]) == 2
@@ -329,11 +469,9 @@ def test_serve_cli_refuses_bad_setup(served, tmp_path, capsys):
 @contextmanager
 def live_server(app: Any) -> Iterator[str]:
     """Run ``app`` with uvicorn on a free loopback port in a thread."""
-    import uvicorn
-
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = make_server(app, log_level="warning")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -410,11 +548,193 @@ def test_hot_swap_to_tampered_version_keeps_serving(served, tmp_path):
     reg.add(served["st"], "m")
     v2 = reg.add(served["st"], "m")
     reg.promote("m", 1)
-    (v2.path / "labels.json").write_text("{}")
     opts = ServeOptions(poll_seconds=0, api_key=KEY)
     with TestClient(create_app(RegistrySource(reg, "m"), opts)) as c:
-        reg.promote("m", 2)
+        reg.promote("m", 2)  # verified here; damaged between the promotion and the swap
+        (v2.path / "labels.json").write_text("{}")
         r = c.post("/v1/admin/reload", headers={"x-api-key": KEY})
         assert r.status_code == 200 and r.json()["version"] == 1  # refused v2, kept v1
         assert c.post("/v1/predict", json={"inputs": TEXTS[:1]}).status_code == 200
         assert 'textloop_errors_total{kind="swap_failed"} 1' in c.get("/metrics").text
+
+
+# ---- explain beside predict ----------------------------------------------------------------
+LONG = "the food was excellent and the staff were lovely but the room was awful " * 3
+
+
+def test_explain_and_predict_concurrently_give_no_5xx(served):
+    """Captum hooks the embeddings while it integrates: predictions must never run through them."""
+    app = create_app(RunDirSource(served["st"]), ServeOptions(max_wait_ms=1))
+    n_predict, n_explain = 60, 6
+    statuses: list[int] = []
+    wrong: list[Any] = []
+
+    def predicting(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for _ in range(n_predict // 6):
+                r = c.post("/v1/predict", json={"inputs": TEXTS})
+                statuses.append(r.status_code)
+                if r.status_code == 200 and [p["label"] for p in r.json()["predictions"]] != [
+                    "pos",
+                    "neg",
+                    "pos",
+                ]:
+                    wrong.append(r.json())
+
+    def explaining(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            for _ in range(n_explain // 2):
+                r = c.post("/v1/explain", json={"inputs": [LONG, TEXTS[1]], "steps": 150})
+                statuses.append(r.status_code)
+
+    started = time.monotonic()
+    with live_server(app) as url:
+        threads = [threading.Thread(target=explaining, args=(url,)) for _ in range(2)]
+        threads += [threading.Thread(target=predicting, args=(url,)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    print(f"{len(statuses)} requests in {time.monotonic() - started:.1f} s")
+    assert sorted(set(statuses)) == [200] and len(statuses) == n_predict + n_explain
+    assert wrong == []
+
+
+def test_explain_limits_and_api_key(served):
+    opts = ServeOptions(
+        api_key=KEY,
+        max_chars=300,
+        explain_max_texts=2,
+        explain_max_steps=40,
+        explain_max_token_steps=1000,
+    )
+    key = {"x-api-key": KEY}
+    with TestClient(create_app(RunDirSource(served["st"]), opts)) as c:
+        one = {"inputs": [TEXTS[0]], "steps": 20}
+        assert c.post("/v1/explain", json=one).status_code == 401  # a key is set: explain needs it
+        assert c.post("/v1/explain", json=one, headers=key).status_code == 200
+        for body, status, code in [
+            ({"inputs": TEXTS, "steps": 20}, 413, "too_many_texts"),
+            ({"inputs": TEXTS[:1], "steps": 41}, 413, "too_many_steps"),
+            ({"inputs": [LONG], "steps": 40}, 413, "explain_too_large"),  # 32 tokens x 40 > 1000
+            ({"inputs": ["a" * 301], "steps": 4}, 413, "text_too_long"),
+            ({"inputs": ["\u200b\u0000 "], "steps": 4}, 422, "empty_text"),
+            ({"inputs": ["x"], "steps": 1}, 422, "invalid_request"),
+            ({"inputs": ["x"], "steps": "20"}, 422, "invalid_request"),
+        ]:
+            r = c.post("/v1/explain", json=body, headers=key)
+            assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+        msg = c.post("/v1/explain", json={"inputs": [LONG], "steps": 40}, headers=key).json()
+        assert (
+            "40 steps x 32 tokens = 1280 token-steps; the limit is 1000" in msg["error"]["message"]
+        )
+    opened = ServeOptions(api_key=KEY, explain_auth="open")
+    with TestClient(create_app(RunDirSource(served["st"]), opened)) as c:
+        assert c.post("/v1/explain", json={"inputs": ["x"], "steps": 4}).status_code == 200
+    with TestClient(create_app(RunDirSource(served["st"]), ServeOptions(explain_auth="key"))) as c:
+        r = c.post("/v1/explain", json={"inputs": ["x"], "steps": 4})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "writes_disabled"
+
+
+HUGE = ServeOptions(explain_max_texts=10**4, explain_max_token_steps=10**12, max_wait_ms=1)
+SLOW_EXPLAIN = {"inputs": [LONG] * 400, "steps": 200}  # minutes of work for the tiny BERT
+
+
+def test_explain_stops_at_its_time_limit_and_leaves_the_model_clean(served):
+    opts = dataclasses.replace(HUGE, explain_timeout_s=0.5)
+    with TestClient(create_app(RunDirSource(served["st"]), opts)) as c:
+        started = time.monotonic()
+        r = c.post("/v1/explain", json=SLOW_EXPLAIN)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "timeout", r.text
+        assert time.monotonic() - started < 10  # one text's pass after the limit, not a minute
+        after = c.post("/v1/predict", json={"inputs": TEXTS}).json()  # Captum's hook is gone
+        assert [p["label"] for p in after["predictions"]] == ["pos", "neg", "pos"]
+
+
+def test_explain_stops_when_the_client_leaves_and_when_the_server_exits(served):
+    def explain_503s(url: str) -> int:
+        text = httpx.get(f"{url}/metrics").text
+        line = 'textloop_requests_total{path="/v1/explain",code="503"} '
+        return next((int(float(x.split()[-1])) for x in text.splitlines() if x.startswith(line)), 0)
+
+    with live_server(create_app(RunDirSource(served["st"]), HUGE)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        body = json.dumps(SLOW_EXPLAIN).encode()
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(
+                b"POST /v1/explain HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            time.sleep(0.5)
+        gone = time.monotonic()  # the client hung up mid-explanation
+        while explain_503s(url) < 1:
+            assert time.monotonic() - gone < 10, "the explanation kept running for nobody"
+            time.sleep(0.1)
+        r = httpx.post(f"{url}/v1/predict", json={"inputs": TEXTS}, timeout=10)
+        assert [p["label"] for p in r.json()["predictions"]] == ["pos", "neg", "pos"]
+
+    app = create_app(RunDirSource(served["st"]), HUGE)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = make_server(app, log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    answers: list[httpx.Response] = []
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    asking = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(f"{url}/v1/explain", json=SLOW_EXPLAIN, timeout=60)
+        )
+    )
+    asking.start()
+    time.sleep(0.5)
+    stopping = time.monotonic()
+    server.should_exit = True  # what uvicorn's SIGTERM handler does
+    thread.join(timeout=30)
+    asking.join(timeout=30)
+    sock.close()
+    assert not thread.is_alive() and time.monotonic() - stopping < 5
+    assert answers[0].status_code == 503 and answers[0].json()["error"]["code"] == "not_ready"
+
+
+# ---- bodies over the limit -----------------------------------------------------------------
+def _response_head(raw: socket.socket) -> bytes:
+    raw.settimeout(30)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = raw.recv(65536)
+        assert data, f"connection closed before a response: {head!r}"
+        head += data
+    return head.lower()
+
+
+def test_body_over_limit_always_gets_its_413(served):
+    """The rest of the body is read before the answer, so the client never sees a reset."""
+    app = create_app(RunDirSource(served["int8"]), ServeOptions(max_body_bytes=1_048_576))
+    body = b'{"inputs": ["' + b"a" * (4 * 1024 * 1024) + b'"]}'
+    with live_server(app) as url:
+        for _ in range(5):
+            req = urllib.request.Request(
+                f"{url}/v1/predict", data=body, headers={"content-type": "application/json"}
+            )
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=30)
+            assert err.value.code == 413
+            assert json.loads(err.value.read())["error"]["code"] == "body_too_large"
+        port = int(url.rsplit(":", 1)[1])
+        start = b"POST /v1/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as raw:  # chunked: no length given
+            raw.sendall(start + b"transfer-encoding: chunked\r\n\r\n")
+            for _ in range(64):
+                raw.sendall(b"10000\r\n" + b"a" * 0x10000 + b"\r\n")
+            raw.sendall(b"0\r\n\r\n")
+            assert _response_head(raw).startswith(b"http/1.1 413")
+        with socket.create_connection(("127.0.0.1", port)) as raw:  # past the drain bound
+            raw.sendall(start + b"content-length: 1000000000\r\n\r\n")
+            head = _response_head(raw)
+            assert head.startswith(b"http/1.1 413") and b"connection: close" in head
+        ok = httpx.post(f"{url}/v1/predict", json={"inputs": TEXTS[:1]}, timeout=10)
+        assert ok.status_code == 200

@@ -12,6 +12,9 @@ from textloop.errors import ConfigError
 
 DEFAULT_REGISTRY = "registry"
 _MIN_KEY_CHARS = 16
+_MAX_EXPLAIN_STEPS = (
+    1000  # numpy's leggauss (Captum's Gauss-Legendre) is O(steps^3) time, O(steps^2) memory
+)
 
 
 def add_parser(sub: Any) -> list[str]:
@@ -79,6 +82,23 @@ def add_parser(sub: Any) -> list[str]:
     s.add_argument("--max-chars", type=int, default=20_000, help="characters per text")
     s.add_argument("--max-body-bytes", type=int, default=1_048_576, help="request body size")
     s.add_argument("--poll-seconds", type=float, default=2.0, help="registry check interval")
+    s.add_argument("--explain-max-texts", type=int, default=16, help="texts per /v1/explain")
+    s.add_argument(
+        "--explain-max-steps", type=int, default=200, help="integration steps per explanation"
+    )
+    s.add_argument(
+        "--explain-max-token-steps",
+        type=int,
+        default=200_000,
+        help="steps x tokens of all texts of one /v1/explain request",
+    )
+    s.add_argument("--explain-timeout-s", type=float, default=60.0, help="/v1/explain time limit")
+    s.add_argument(
+        "--explain-auth",
+        choices=("auto", "key", "open"),
+        default="auto",
+        help="/v1/explain needs the API key: auto (when one is set), key (always), open (never)",
+    )
     s.add_argument("--threads", type=int, help="PyTorch intra-op threads (default: all cores)")
     s.add_argument("--access-log", action="store_true", help="log every request")
     s.add_argument(
@@ -215,6 +235,16 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.max_wait_ms < 0 or args.poll_seconds < 0:
         raise ConfigError("--max-wait-ms and --poll-seconds must be >= 0")
+    for flag in ("explain_max_texts", "explain_max_token_steps"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if not 2 <= args.explain_max_steps <= _MAX_EXPLAIN_STEPS:
+        raise ConfigError(
+            f"--explain-max-steps must be 2 ... {_MAX_EXPLAIN_STEPS}, got {args.explain_max_steps} "
+            "(Gauss-Legendre nodes cost steps^3 CPU before any model pass: ~8 s at 1000 steps)"
+        )
+    if args.explain_timeout_s <= 0:
+        raise ConfigError(f"--explain-timeout-s must be > 0, got {args.explain_timeout_s}")
     options = ServeOptions(
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
@@ -223,6 +253,11 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         poll_seconds=args.poll_seconds if args.version is None else 0.0,
         api_key=_read_api_key(args.api_key_file) if args.api_key_file else None,
+        explain_max_texts=args.explain_max_texts,
+        explain_max_steps=args.explain_max_steps,
+        explain_max_token_steps=args.explain_max_token_steps,
+        explain_timeout_s=args.explain_timeout_s,
+        explain_auth=args.explain_auth,
     )
     from textloop.continual.store import FeedbackStore
 

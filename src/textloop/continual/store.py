@@ -25,6 +25,7 @@ import queue
 import sqlite3
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,12 +33,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from textloop.data.visible import has_visible_text
 from textloop.errors import DataError
 from textloop.fileio import atomic_file, make_parent_dirs
 
 log = logging.getLogger(__name__)
 
 STORE_FILE = "feedback.sqlite"
+MAX_LABEL_CHARS = 100
+# a label becomes a class name in the next update, a column in reports and HTML: no control,
+# format, private-use, unassigned or line-breaking characters, no markup brackets
+_BAD_LABEL_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_BAD_LABEL_CHARS = frozenset("<>")
+
+
+def check_label(label: str) -> str:
+    """A feedback label, stripped, or ``DataError`` saying what is wrong with it.
+
+    Labels the model does not know are allowed (class-incremental updates learn them), so
+    only the form is checked: 1 to ``MAX_LABEL_CHARS`` characters, visible text, no control or
+    zero-width characters, no line breaks, no ``<`` or ``>``.
+
+    Example:
+        >>> check_label(" refund_request ")
+        'refund_request'
+    """
+    clean = str(label).strip()
+    if not clean:
+        raise DataError("feedback: 'label' is empty; send the correct label for the text")
+    if len(clean) > MAX_LABEL_CHARS:
+        raise DataError(
+            f"feedback: 'label' has {len(clean)} characters; the limit is {MAX_LABEL_CHARS} "
+            "(a label is a class name, not a text)"
+        )
+    bad = sorted(
+        {
+            f"U+{ord(ch):04X}"
+            for ch in clean
+            if ch in _BAD_LABEL_CHARS or unicodedata.category(ch) in _BAD_LABEL_CATEGORIES
+        }
+    )
+    if bad:
+        raise DataError(
+            f"feedback: 'label' holds characters a class name cannot have ({', '.join(bad[:5])}); "
+            "use letters, digits, spaces and punctuation other than '<' and '>'"
+        )
+    return clean
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -247,10 +289,10 @@ class FeedbackStore:
             The feedback row id.
 
         Raises:
-            DataError: an empty label, an unknown prediction id, or no text to label.
+            DataError: an invalid label (``check_label``), an unknown prediction id, or no
+                text (nothing visible) to label.
         """
-        if not label or not str(label).strip():
-            raise DataError("feedback: 'label' is empty; send the correct label for the text")
+        label = check_label(label)
         predicted = None
         if prediction_id is not None:
             pred = self.get_prediction(prediction_id)
@@ -275,7 +317,7 @@ class FeedbackStore:
                     f"feedback: the text differs from the one prediction {prediction_id!r} was "
                     "made for; send the same text or leave prediction_id out"
                 )
-        if text is None or not text.strip():
+        if text is None or not has_visible_text(text):
             raise DataError(
                 "feedback: no text; send 'text' (the server keeps texts only when started "
                 "with --log-text)"
@@ -291,7 +333,7 @@ class FeedbackStore:
                     prediction_id,
                     text,
                     text_hash(text),
-                    str(label).strip(),
+                    label,
                     predicted,
                 ),
             )
@@ -307,6 +349,24 @@ class FeedbackStore:
             ).fetchall()
         return [dict(r) for r in rows]
 
+    @staticmethod
+    def _exportable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows whose label and text pass today's checks (older stores may hold others)."""
+        kept = []
+        for r in rows:
+            try:
+                check_label(r["label"])
+            except DataError as exc:
+                log.warning("feedback row %s not exported: %s", r["id"], exc)
+                continue
+            if r["text"] is None or not has_visible_text(r["text"]):
+                log.warning("feedback row %s not exported: no visible text", r["id"])
+                continue
+            kept.append(r)
+        if rows and not kept:
+            raise DataError("no exportable feedback: every row has an invalid label or no text")
+        return kept
+
     def export_feedback(
         self, model: str, output: str | Path, since: float | None = None, dedupe: bool = True
     ) -> int:
@@ -321,6 +381,7 @@ class FeedbackStore:
         rows = self.feedback(model, since)
         if not rows:
             raise DataError(f"no feedback for model {model!r} in {self.path}")
+        rows = self._exportable(rows)
         if dedupe:
             latest = {r["text_hash"]: r for r in rows}
             rows = sorted(latest.values(), key=lambda r: r["id"])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -36,6 +36,16 @@ from textloop.tasks.calibration import probabilities
 DEFAULT_STEPS = 50
 BASELINE = "pad"  # documented above; the only baseline for now
 Output = Literal["logit", "probability"]
+
+
+class StopCheck(Protocol):
+    """Asked before every forward/backward pass; True abandons the explanation."""
+
+    def __call__(self) -> bool: ...
+
+
+class Stopped(Exception):
+    """An explanation was abandoned because its ``should_stop`` check said so (not an error)."""
 
 
 def check_torch_model(run: Any) -> None:
@@ -89,6 +99,7 @@ def integrate(
     forward_args: tuple[Any, ...],
     steps: int,
     internal_batch_size: int,
+    should_stop: StopCheck | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Integrated gradients on the input embeddings of ``model``.
 
@@ -100,14 +111,25 @@ def integrate(
         forward_args: extra tensors of ``forward``, one row per input row.
         steps: Gauss-Legendre integration points.
         internal_batch_size: sequences per forward/backward pass.
+        should_stop: asked before every pass; True abandons the attribution (``Stopped``).
 
     Returns:
         (B, T) token attributions (summed over the hidden size, on the CPU) and (B,) Captum's
         convergence delta.
+
+    Raises:
+        Stopped: ``should_stop`` returned True. Captum removes its hooks on the way out, so
+            the model is left as it was.
     """
     from captum.attr import LayerIntegratedGradients
 
-    lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
+    def checked(*args: Any) -> torch.Tensor:
+        # one pass is internal_batch_size sequences: the most work done after a stop request
+        if should_stop is not None and should_stop():
+            raise Stopped("explanation stopped")
+        return forward(*args)
+
+    lig = LayerIntegratedGradients(checked, model.get_input_embeddings())
     attrs, delta = lig.attribute(
         inputs=ids,
         baselines=baseline,
@@ -209,6 +231,7 @@ def explain(
     output: Output = "logit",
     batch_size: int = 4,
     internal_batch_size: int = 64,
+    should_stop: StopCheck | None = None,
 ) -> list[dict[str, Any]]:
     """Integrated-gradients word attributions for each text, toward its predicted class.
 
@@ -224,6 +247,8 @@ def explain(
             ``probability``. Completeness is reported in the same unit.
         batch_size: texts attributed together.
         internal_batch_size: sequences per forward/backward pass (bounds memory).
+        should_stop: asked before every forward/backward pass; when it returns True the work
+            is abandoned with ``Stopped`` (a server uses it for time limits and disconnects).
 
     Returns:
         One dict per text: ``text``, ``label`` (predicted), ``score``, ``target``,
@@ -235,6 +260,7 @@ def explain(
     Raises:
         DataError: an unknown ``target`` label, a pair model, or a run of another task.
         ModelError: the run holds an exported (ONNX) model.
+        Stopped: ``should_stop`` returned True.
 
     Example:
         >>> run = textloop.load_run("runs/reviews")
@@ -254,6 +280,7 @@ def explain(
             steps=steps,
             output=output,
             internal_batch_size=internal_batch_size,
+            should_stop=should_stop,
         )
     _check_model(run)
     task = run.task
@@ -311,6 +338,7 @@ def explain(
             forward_args=(mask, types),
             steps=steps,
             internal_batch_size=internal_batch_size,
+            should_stop=should_stop,
         )  # (B, T)
         for row, i in enumerate(idx):
             t = int(targets[row])

@@ -33,6 +33,7 @@ import torch
 
 from textloop.data.batching import pad_batch
 from textloop.evaluation.explain import (
+    StopCheck,
     aggregate_words,
     check_options,
     check_torch_model,
@@ -131,6 +132,7 @@ def explain_spans(
     output: str = "logit",
     batch_size: int = 16,
     internal_batch_size: int = 64,
+    should_stop: StopCheck | None = None,
 ) -> list[dict[str, Any]]:
     """Integrated-gradients word attributions for each entity a NER run predicts in ``texts``.
 
@@ -142,6 +144,7 @@ def explain_spans(
             softmax ``probability``.
         batch_size: entities attributed together (of any texts).
         internal_batch_size: sequences per forward/backward pass (bounds memory).
+        should_stop: asked before every forward/backward pass; True abandons the work.
 
     Returns:
         One dict per text: ``text`` and ``entities``, in text order (empty when none is found),
@@ -153,6 +156,7 @@ def explain_spans(
     Raises:
         DataError: bad ``steps`` or ``output``.
         ModelError: the run holds an exported (ONNX) model.
+        Stopped: ``should_stop`` returned True.
 
     Example:
         >>> explain_spans(load_run("runs/conll"), ["Angela Merkel visited Paris."], steps=50)
@@ -194,6 +198,7 @@ def explain_spans(
             forward_args=(mask, cells),
             steps=steps,
             internal_batch_size=internal_batch_size,
+            should_stop=should_stop,
         )  # (B, T)
         for row, r in enumerate(batch_rows):
             text = texts[r.text]

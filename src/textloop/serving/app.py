@@ -11,7 +11,8 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 - ``POST /v1/generate``: a generation model's answer to ``{"prompt"}`` or ``{"messages"}``,
   streamed as server-sent events with ``"stream": true`` (``serving/generate_route.py``).
 - ``POST /v1/explain``: ``{"inputs": [...], "steps": 50}`` -> integrated-gradients word
-  attributions per input, as ``textloop explain`` (``serving/explain_route.py``).
+  attributions per input, as ``textloop explain`` (``serving/explain_route.py``): bounded,
+  on the predict worker between batches, API key when the server has one.
 - ``POST /v1/feedback``: ``{"label": ..., "text": ..., "prediction_id": ...}``, a labelled
   example for retraining (API key; only with a feedback store, which also logs every
   prediction and adds its ``prediction_id`` to the response).
@@ -29,19 +30,19 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textloop.continual.store import FeedbackStore
 from textloop.errors import TextloopError
 from textloop.serving.batcher import MicroBatcher, QueueFullError
+from textloop.serving.feedback_route import add_feedback_route
 from textloop.serving.http import (
     ERROR_RESPONSES,
     ApiError,
@@ -52,6 +53,7 @@ from textloop.serving.http import (
     PredictResponse,
     check_texts,
     error_response,
+    not_utf8_message,
     validation_message,
 )
 from textloop.serving.metrics import ServerMetrics
@@ -79,6 +81,13 @@ class ServerState:
             on_batch=self.metrics.record_batch,
         )
         self.ready = False
+        self.shutting_down = False
+        # set by make_server: uvicorn's exit flag, so long work stops as soon as SIGTERM arrives
+        self.server_exiting: Callable[[], bool] = lambda: False
+
+    def stopping(self) -> bool:
+        """The server is shutting down: long-running work (explanations) should stop now."""
+        return self.shutting_down or self.server_exiting()
 
     def serving_model(self) -> LoadedModel:
         """The model requests are answered with.
@@ -129,17 +138,6 @@ class ServerState:
                 log.exception("checking for a new model version failed")
 
 
-class FeedbackRequest(BaseModel):
-    """A labelled example: the right label for a text, tied to a prediction when given."""
-
-    model_config = ConfigDict(extra="forbid")
-    label: StrictStr = Field(min_length=1, description="The correct label.")
-    text: StrictStr | None = Field(
-        None, description="The text (may be left out if the server logged it with the prediction)."
-    )
-    prediction_id: StrictStr | None = Field(None, description="Id returned by /v1/predict.")
-
-
 # ---- app -----------------------------------------------------------------------------------
 def create_app(
     source: ModelSource,
@@ -169,6 +167,7 @@ def create_app(
             yield
         finally:
             state.ready = False
+            state.shutting_down = True
             if watcher is not None:
                 watcher.cancel()
                 with suppress(asyncio.CancelledError):
@@ -193,11 +192,20 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, details = validation_message(list(exc.errors()))
+        message, details = validation_message(
+            list(exc.errors()), request.url.path, request.headers.get("content-type")
+        )
         return error_response(422, "invalid_request", message, details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and str(exc.detail).startswith("There was an error parsing"):
+            # FastAPI's answer to a body it cannot decode (not UTF-8): a malformed request
+            return error_response(
+                422,
+                "invalid_request",
+                not_utf8_message(request.url.path, request.headers.get("content-type")),
+            )
         codes = {404: "not_found", 405: "method_not_allowed"}
         return error_response(
             exc.status_code,
@@ -304,34 +312,13 @@ def create_app(
         assert state.current is not None
         return JSONResponse({"name": state.current.name, "version": state.current.version})
 
-    @app.post(
-        "/v1/feedback",
-        status_code=201,
-        dependencies=[Depends(require_api_key)],
-        responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}},
-    )
-    async def feedback(req: FeedbackRequest) -> JSONResponse:
-        """Record the right label for a text; answered only once it is durably written."""
-        if store is None:
-            raise ApiError(
-                404, "feedback_off", "this server has no feedback store; start it with one"
-            )
-        if state.current is None:
-            raise ApiError(503, "not_ready", "no model is loaded yet")
-        try:
-            fid = await asyncio.to_thread(
-                store.add_feedback, state.current.name, req.label, req.text, req.prediction_id
-            )
-        except TextloopError as exc:
-            raise ApiError(422, "invalid_feedback", str(exc)) from None
-        return JSONResponse({"id": fid, "model": state.current.name}, status_code=201)
-
+    add_feedback_route(app, state, store, require_api_key)  # POST /v1/feedback
     from textloop.serving.generate_route import add_generate_route
 
     add_generate_route(app, state)  # POST /v1/generate (generation models, SSE streaming)
     from textloop.serving.explain_route import add_explain_route
 
-    add_explain_route(app, state)  # POST /v1/explain (classification attributions)
+    add_explain_route(app, state, require_api_key)  # POST /v1/explain (attributions)
     return app
 
 
@@ -360,8 +347,6 @@ def serve(
     Raises:
         TextloopError: the model cannot be loaded (checked before the port is opened).
     """
-    import uvicorn
-
     if threads:
         import torch
 
@@ -371,11 +356,33 @@ def serve(
         log.warning("serving on %s without an API key: write endpoints are off", host)
     model = source.load(None)
     app = create_app(source, opts, preloaded=model, store=store)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=access_log,
-        timeout_graceful_shutdown=10,
+    make_server(app, host, port, log_level, access_log).run()
+
+
+def make_server(
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    log_level: str = "info",
+    access_log: bool = False,
+) -> Any:
+    """A ``uvicorn.Server`` for an app of ``create_app``, told to stop long work on exit.
+
+    On SIGTERM uvicorn first waits (up to 10 s) for requests in flight; an explanation in
+    flight sees the exit flag at its next forward pass and answers 503 at once, so the
+    process exits promptly instead of computing for nobody.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=access_log,
+            timeout_graceful_shutdown=10,
+        )
     )
+    app.state.textloop.server_exiting = lambda: server.should_exit
+    return server

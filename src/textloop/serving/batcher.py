@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
 # predict(inputs, pairs, options) -> one result per input, in order
 PredictFn = Callable[[list[str], list[str] | None, dict[str, Any]], list[Any]]
+T = TypeVar("T")
 
 
 class QueueFullError(Exception):
@@ -117,6 +118,23 @@ class MicroBatcher:
         self.queued_inputs += len(item.inputs)
         self._queue.put_nowait(item)
         return await future
+
+    async def run_exclusive(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` on the worker thread, between batches: the model has one user at a time.
+
+        Work that changes the model while it runs (Captum's integrated gradients hooks the
+        embedding layer) must never overlap a batch; it queues behind the batch in flight and
+        the next batch queues behind it. Keep each call short (one text's explanation), so
+        predictions wait at most that long.
+
+        Raises:
+            RuntimeError: the batcher is not running.
+            Exception: whatever ``fn`` raised.
+        """
+        if self._executor is None or not self.running:
+            raise RuntimeError("the batcher is not running")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
     async def _collect(self) -> None:
         assert self._queue is not None

@@ -5,6 +5,7 @@ Pure ASGI middleware (not ``BaseHTTPMiddleware``), so the per-request cost stays
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from textloop.data.visible import has_visible_text
 from textloop.serving.metrics import ServerMetrics
 from textloop.serving.sources import LoadedModel, ServeOptions
 
@@ -24,6 +26,8 @@ KNOWN_PATHS = {
     "/metrics",
     "/v1/admin/reload",
     "/v1/feedback",
+    "/v1/explain",
+    "/v1/generate",
 }
 
 
@@ -99,24 +103,64 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 # ---- middleware ----------------------------------------------------------------------------
 class BodyLimit:
-    """Read the whole body before the app sees it, answering 413 as soon as it is too large."""
+    """Read the whole body before the app sees it, answering 413 when it is too large.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    The 413 goes out only after the rest of the body has been read and thrown away (up to
+    ``drain_bytes`` and ``drain_timeout_s``): a server that answers and closes while the client
+    is still sending makes the kernel reset the connection, and the client (Python's urllib, for
+    one) then sees a reset instead of the 413. A body beyond the drain bound, or one the client
+    holds back for ``Expect: 100-continue``, is answered at once and the connection closed.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        drain_bytes: int = 32 * 1024 * 1024,
+        drain_timeout_s: float = 10.0,
+    ) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self.drain_bytes, self.drain_timeout_s = drain_bytes, drain_timeout_s
+
+    def _too_big(self, close: bool) -> JSONResponse:
+        return error_response(
+            413,
+            "body_too_large",
+            f"the request body is larger than the server's limit of {self.max_bytes} bytes; "
+            "send fewer or shorter texts per request",
+            headers={"connection": "close"} if close else None,
+        )
+
+    async def _drain(self, receive: Receive, size: int) -> bool:
+        """Read and drop the rest of the body; whether it ended within the bounds."""
+        deadline = time.monotonic() + self.drain_timeout_s
+        while size <= self.drain_bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                message = await asyncio.wait_for(receive(), left)
+            except asyncio.TimeoutError:
+                return False
+            if message["type"] == "http.disconnect":
+                return False
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return True
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        too_big = error_response(
-            413,
-            "body_too_large",
-            f"the request body is larger than the server's limit of {self.max_bytes} bytes; "
-            "send fewer or shorter texts per request",
-        )
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await too_big(scope, receive, send)
+            waits = headers.get(b"expect", b"").lower() == b"100-continue"
+            drained = (
+                not waits and int(declared) <= self.drain_bytes and await self._drain(receive, 0)
+            )
+            await self._too_big(close=not drained)(scope, receive, send)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -125,11 +169,12 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
+            more = message.get("more_body", False)
             if size > self.max_bytes:
-                await too_big(scope, receive, send)
+                drained = not more or await self._drain(receive, size)
+                await self._too_big(close=not drained)(scope, receive, send)
                 return
             chunks.append(chunk)
-            more = message.get("more_body", False)
         body, sent = b"".join(chunks), False
 
         async def replay() -> Message:
@@ -169,7 +214,40 @@ class Instrument:
                 self.metrics.record_error(str(status))
 
 
-def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+# what each JSON route takes, for the messages of malformed requests
+ROUTE_EXAMPLES = {
+    "/v1/predict": '{"inputs": ["a text", ...]}',
+    "/v1/explain": '{"inputs": ["a text", ...], "steps": 50}',
+    "/v1/feedback": '{"label": "a label", "text": "a text"}',
+    "/v1/generate": '{"prompt": "a question"}',
+}
+
+
+def is_json_content_type(content_type: str | None) -> bool:
+    """``application/json`` or a ``+json`` type, any parameters."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def expected_body(path: str) -> str:
+    """What ``path`` takes, in one phrase."""
+    example = ROUTE_EXAMPLES.get(path, "a JSON object")
+    return f"POST {path} takes a JSON body like {example}, sent with content-type: application/json"
+
+
+def not_utf8_message(path: str, content_type: str | None) -> str:
+    """The message for a body FastAPI could not decode (not UTF-8, or another charset)."""
+    declared = f" (content-type: {content_type})" if content_type else ""
+    return (
+        f"the request body is not valid UTF-8{declared}; JSON must be sent as UTF-8 "
+        f"(RFC 8259), other charsets are not accepted — {expected_body(path)}"
+    )
+
+
+def validation_message(
+    errors: list[dict[str, Any]], path: str = "", content_type: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """One message for pydantic's errors, naming what ``path`` takes when the body is wrong."""
     details: list[dict[str, Any]] = []
     for e in errors:
         # drop "body" and union-branch tags ("list[str]", "str") pydantic puts in the location
@@ -179,13 +257,13 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
             details.append(detail)
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid":
-        return f"the request body is not valid JSON ({first.get('msg')})", details
+        problem = f"the request body is not valid JSON ({first.get('msg')})"
+        return f"{problem}; {expected_body(path)}", details
     if tuple(first.get("loc", ())) == ("body",):
-        return (
-            'the request body must be a JSON object like {"inputs": ["a text", ...]}, sent with '
-            "content-type: application/json",
-            details,
-        )
+        if not is_json_content_type(content_type):
+            found = f"content-type {content_type!r}" if content_type else "no content-type"
+            return f"{expected_body(path)}; this request has {found}", details
+        return f"the request body must be a JSON object: {expected_body(path)}", details
     parts = [f"{'.'.join(d['loc']) or 'body'}: {d['msg']}" for d in details[:5]]
     return "invalid request: " + "; ".join(parts), details
 
@@ -211,18 +289,38 @@ def check_texts(req: PredictRequest, model: LoadedModel, opts: ServeOptions) -> 
         )
     for field_name, values in (("inputs", texts), ("pairs", req.pairs or [])):
         for i, text in enumerate(values):
-            if len(text) > opts.max_chars:
-                raise ApiError(
-                    413,
-                    "text_too_long",
-                    f"{field_name}[{i}] has {len(text)} characters; the limit is {opts.max_chars}",
-                )
-            if not text.strip():
-                raise ApiError(422, "empty_text", f"{field_name}[{i}] is empty or only whitespace")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError(
-                    422, "invalid_text", f"{field_name}[{i}] is not valid Unicode (lone surrogate)"
-                ) from None
+            check_text(text, f"{field_name}[{i}]", opts.max_chars)
     return texts
+
+
+def check_text(text: str, where: str, max_chars: int) -> None:
+    """The checks every text a route takes passes: length, visible content, valid Unicode.
+
+    Args:
+        text: the text.
+        where: its place in the request, for the message (``inputs[3]``).
+        max_chars: the server's ``max_chars``.
+
+    Raises:
+        ApiError: 413 ``text_too_long``; 422 ``empty_text`` (nothing visible: only whitespace,
+            control, format or separator characters); 422 ``invalid_text`` (a lone surrogate).
+    """
+    if len(text) > max_chars:
+        raise ApiError(
+            413,
+            "text_too_long",
+            f"{where} has {len(text)} characters; the limit is {max_chars}",
+        )
+    if not has_visible_text(text):
+        raise ApiError(
+            422,
+            "empty_text",
+            f"{where} has no visible characters (empty, or only whitespace, control or "
+            "zero-width characters); send the text itself",
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            422, "invalid_text", f"{where} is not valid Unicode (lone surrogate)"
+        ) from None

@@ -43,7 +43,8 @@ from textloop.serving.integrity import check_model_folder, config_hash, hash_tre
 Stage = Literal["staging", "production", "archived"]
 STAGES: tuple[str, ...] = ("staging", "production", "archived")
 DB_FILE = "registry.sqlite"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# matched whole with fullmatch: "$" would also accept a name ending in a newline
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # what a registered folder holds; checkpoints/ (optimizer state, pickled) is never copied
 _COPIED = ("config.yaml", "labels.json", "metrics.json", "env.json", "report.md", "export.json")
 
@@ -254,7 +255,7 @@ class Registry:
         Raises:
             RegistryError: an invalid name, or a folder that is not a pickle-free finished run.
         """
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise RegistryError(
                 f"invalid model name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
@@ -310,11 +311,16 @@ class Registry:
     ) -> ModelVersion:
         """Move a version to ``stage``; promoting to production archives the previous one.
 
+        A version going to production or staging is verified first (``verify``), so the
+        registry never names as production a version a server would refuse to load.
+
         Raises:
-            RegistryError: unknown name, version or stage.
+            RegistryError: unknown name, version or stage, or a version that fails ``verify``.
         """
         if stage not in STAGES:
             raise RegistryError(f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}")
+        if stage != "archived":
+            self._verify_before(name, version, f"promote it to {stage}")
         who = _actor(actor)
         with self._connect(write=True) as db:
             row = db.execute(
@@ -365,6 +371,7 @@ class Registry:
                     "promote a version instead (`textloop registry promote NAME VERSION`)"
                 )
             target = history[-2]
+            self._verify_before(name, target, "roll back to it")
             prev = db.execute(
                 "SELECT stage FROM versions WHERE name = ? AND version = ?", (name, target)
             ).fetchone()
@@ -407,16 +414,39 @@ class Registry:
                 stack.pop()  # production version moved to another stage by hand
         return stack
 
+    def _verify_before(self, name: str, version: int, action: str) -> None:
+        """``verify``, re-raised as a refusal of ``action`` that says what stays as it is."""
+        self.get(name, version)  # an unknown name or version: that error, as it is
+        try:
+            self.verify(name, version)
+        except RegistryError as exc:
+            live = self.production_version(name)
+            stays = f"production stays version {live}" if live else "nothing was changed"
+            raise RegistryError(f"cannot {action}: {exc} ({stays})") from None
+
     # ---- loading -------------------------------------------------------------------------
     def verify(self, name: str, version: int) -> ModelVersion:
         """Re-hash a version's files against the hashes recorded when it was added.
 
+        Then the checks of ``add`` run again (``check_model_folder``): the entry must be the
+        registry's own folder, made of regular files only; a symbolic link (even to an
+        identical copy) or a hard-linked file is refused, since what it points to can change
+        without the registry knowing.
+
         Raises:
-            RegistryError: a file changed, went missing or was added (each one is named).
+            RegistryError: a file changed, went missing, was added or is a link (each one is
+                named), or the entry's folder is missing or lies outside the registry.
         """
         mv = self.get(name, version)
         if not mv.path.is_dir():
             raise RegistryError(f"{name} v{version}: its folder {mv.path} is missing")
+        expected = self.root.resolve() / "models" / name / str(version)
+        if mv.path.resolve() != expected:
+            raise RegistryError(
+                f"{name} v{version} failed its integrity check: its folder {mv.path} resolves "
+                f"to {mv.path.resolve()}, outside the registry; refusing to load it — restore "
+                "the folder or register the run again"
+            )
         found = hash_tree(mv.path)
         problems = []
         for rel, digest in mv.files.items():
@@ -433,6 +463,10 @@ class Registry:
                 f"{'; '.join(problems[:5])}{' …' if len(problems) > 5 else ''}; refusing to load "
                 "it — restore the files or register the run again"
             )
+        try:  # add's checks again: links (an identical copy hashes alike), pickles, weights
+            check_model_folder(mv.path)
+        except RegistryError as exc:
+            raise RegistryError(f"{name} v{version} failed its integrity check: {exc}") from None
         return mv
 
     def load(self, name: str, version: int | None = None) -> tuple[ModelVersion, Any]:

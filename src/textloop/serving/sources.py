@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from textloop.serving.integrity import check_model_folder
 from textloop.serving.registry import Registry
@@ -32,6 +32,14 @@ class ServeOptions:
         request_timeout_s: a request waiting longer than this for the model gets 503.
         poll_seconds: how often to check the registry for a new production version (0: never).
         api_key: the key write endpoints require (None: write endpoints answer 403).
+        explain_max_texts: most texts in one ``/v1/explain`` request; more get 413.
+        explain_max_steps: most integration steps an explanation may ask for; more get 413.
+        explain_max_token_steps: most work in one explain request: steps x the tokens of all
+            its texts (after truncation to the model's max_seq_len); more get 413. The default
+            allows 16 texts of 250 tokens at 50 steps, or one 512-token text at 390 steps.
+        explain_timeout_s: an explain request running longer is stopped (503 ``timeout``).
+        explain_auth: whether ``/v1/explain`` needs the API key: ``auto`` (when the server has
+            one), ``key`` (always; 403 without one) or ``open`` (never).
     """
 
     max_batch_size: int = 32
@@ -43,6 +51,11 @@ class ServeOptions:
     request_timeout_s: float = 30.0
     poll_seconds: float = 2.0
     api_key: str | None = field(default=None, repr=False)
+    explain_max_texts: int = 16
+    explain_max_steps: int = 200
+    explain_max_token_steps: int = 200_000
+    explain_timeout_s: float = 60.0
+    explain_auth: Literal["auto", "key", "open"] = "auto"
 
 
 @dataclass
