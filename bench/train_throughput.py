@@ -23,6 +23,7 @@ is relative to a large matmul measured in the same process, in fp32 and (where r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -233,7 +234,8 @@ def run_trainer(
         )
         trainer = Trainer(model=model, args=targs, train_dataset=ds, data_collator=collator)
         t = time.perf_counter()
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # Trainer prints its summary; stdout is JSON
+            trainer.train()
         seconds = time.perf_counter() - t
     examples, real, padded = collator.totals(steps)
     return {
