@@ -56,3 +56,66 @@ def test_the_driver_does_not_probe_tasks() -> None:
     # the model (not the task) is asked for its input embeddings and fresh-head modules
     allowed = ("getattr(model, 'get_input_embeddings'", "hasattr(model, name)")
     assert [p for p in probes if not any(a in p for a in allowed)] == []
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """textloop module -> the textloop modules it imports, function-level imports included."""
+    modules = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("textloop"):
+                for alias in node.names:  # `from pkg import module` names the module itself
+                    target = f"{node.module}.{alias.name}"
+                    graph[name].add(target if target in modules else str(node.module))
+            elif isinstance(node, ast.Import):
+                graph[name].update(a.name for a in node.names if a.name in modules)
+        graph[name] &= set(modules)
+        graph[name].discard(name)
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circles_between_modules() -> None:
+    assert _circles(_import_graph()) == []
+
+
+def test_the_circle_check_sees_a_circle() -> None:
+    graph = _import_graph()
+    graph["textloop.data.table"].add("textloop.data.readers")  # readers imports table
+    assert any({"textloop.data.readers", "textloop.data.table"} <= set(c) for c in _circles(graph))

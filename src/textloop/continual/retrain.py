@@ -195,6 +195,9 @@ def finetune(
         "steps": state.step,
         "seconds": round(seconds, 2),
         "examples_per_s": round(state.examples_seen / max(seconds, 1e-9), 2),
+        "seed": schedule.seed,
+        "device": str(device),
+        "precision": "fp32",  # updates train without autocast
         "first_loss": losses[0] if losses else None,
         "last_epoch_loss": float(np.mean(losses[-n_batches:])) if losses else None,
     }
@@ -219,6 +222,9 @@ def write_run_dir(
         (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
         (tmp / "labels.json").write_text(json.dumps(task.state(), indent=2, ensure_ascii=False))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-        env = environment(0, "fp32", torch.get_num_threads())
+        train = metrics.get("train", {})
+        env = environment(
+            train.get("seed", 0), train.get("precision", "fp32"), torch.get_num_threads()
+        )
         (tmp / "env.json").write_text(json.dumps(env, indent=2))
         write_report(tmp, metrics, list(task.labels))

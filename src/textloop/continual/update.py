@@ -261,7 +261,7 @@ def update(
     metrics = {
         "validation": after["new"],
         "test": after["regression"],
-        "train": {**train_info, "device": "cpu", "precision": "fp32"},
+        "train": train_info,  # its seed, device and precision are the ones the update used
         "update": {k: report[k] for k in ("plan", "forgetting", "decision")},
     }
     work = continual_dir(registry, name)

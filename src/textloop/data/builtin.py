@@ -15,7 +15,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from textloop.data.readers import Table
+from textloop.data.table import Table
 from textloop.errors import DataError
 
 # name -> package facts and the columns users pass to train (a data table, not code)

@@ -6,7 +6,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from textloop.data.readers import Table
+from textloop.data.table import Table
 from textloop.errors import DataError
 
 _SHOWN_ROWS = 5

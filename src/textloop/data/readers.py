@@ -15,11 +15,12 @@ import gzip
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from textloop.data.table import Table
 from textloop.errors import DataError
+
+__all__ = ["FORMATS", "Table", "detect_format", "expand_source", "read_table"]
 
 FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "txt")
 _SUFFIX_FORMAT = {
@@ -34,25 +35,6 @@ _SUFFIX_FORMAT = {
     ".txt": "txt",
     ".text": "txt",
 }
-
-
-@dataclass
-class Table:
-    """Rows read from one source, each with its location for error messages."""
-
-    source: str
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    locations: list[str] = field(default_factory=list)
-
-    @property
-    def columns(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for row in self.rows[:1000]:
-            seen.update(dict.fromkeys(row))
-        return list(seen)
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
 
 def detect_format(path: Path) -> str | None:

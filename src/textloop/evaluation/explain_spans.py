@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from textloop.data.batching import pad_batch
-from textloop.evaluation.explain import (
+from textloop.evaluation.attribution import (
     StopCheck,
     aggregate_words,
     check_options,

@@ -133,20 +133,6 @@ def save_adapter(model: torch.nn.Module, folder: Path) -> None:
     model.save_pretrained(folder, safe_serialization=True)  # type: ignore[operator]
 
 
-def trainable_parameters(model: torch.nn.Module) -> dict[str, Any]:
-    """Counts of trainable and all parameters (tied weights counted once)."""
-    seen: set[int] = set()
-    total = trainable = 0
-    for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-        if p.requires_grad:
-            trainable += p.numel()
-    return {"trainable": trainable, "total": total, "share": trainable / max(total, 1)}
-
-
 _SPEC_KEYS = {"r": int, "alpha": int, "dropout": float, "targets": str}
 
 

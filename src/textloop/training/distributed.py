@@ -209,15 +209,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(tensor) / world_size()
 
 
-def broadcast_object(value: Any) -> Any:
-    """Rank 0's ``value`` on every process."""
-    if not is_distributed():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _full(**options: Any) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from textloop.data.readers import Table
+from textloop.data.table import Table
 from textloop.errors import DataError
 
 MANIFEST = "manifest.json"
