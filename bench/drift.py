@@ -61,12 +61,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    from textloop.artifacts.registry import Registry
     from textloop.config import load_config
     from textloop.continual.drift import drift_report
     from textloop.continual.monitor import check_drift, window_from_texts
     from textloop.continual.replay import ensure_frozen
     from textloop.data.builtin import read_builtin
-    from textloop.serving.registry import Registry
+    from textloop.runs import load_registered
     from textloop.training.run import train
 
     rng = random.Random(args.seed)
@@ -101,7 +102,7 @@ def main() -> int:
     if reg.production_version("bbc") is None:
         reg.add(run_dir, "bbc")
         reg.promote("bbc", 1, reason="drift benchmark")
-    mv, run = reg.load("bbc")
+    mv, run = load_registered(reg, "bbc")
 
     unseen_bbc = [r["text"] for r in bbc[n_train:]]
     drugs = [r["review"] for r in read_builtin("builtin:drug-reviews:test").rows]

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from textloop.artifacts.feedback import FeedbackStore
+from textloop.artifacts.registry import Registry
 from textloop.cli.main import main
 from textloop.config import load_config
 from textloop.continual.config import load_update_config
@@ -29,10 +31,9 @@ from textloop.continual.drift import (
 from textloop.continual.gate import decide
 from textloop.continual.replay import balanced_sample, load_frozen
 from textloop.continual.retrain import extend_head
-from textloop.continual.store import FeedbackStore
 from textloop.continual.update import update
 from textloop.errors import ConfigError, DataError
-from textloop.serving.registry import Registry
+from textloop.runs import load_registered
 from textloop.training.run import train
 
 from .conftest import FILLER, NOUNS, REPO, toy_rows, write_csv
@@ -101,7 +102,7 @@ def test_store_survives_sigkill_with_every_acknowledged_feedback(tmp_path):
         f"""
         import sys
         sys.path.insert(0, {str(REPO / "src")!r})
-        from textloop.continual.store import FeedbackStore
+        from textloop.artifacts.feedback import FeedbackStore
         store = FeedbackStore({str(db)!r})
         i = 0
         while True:
@@ -274,7 +275,7 @@ def test_update_accepts_class_incremental_replay_and_promotes(prod, tmp_path):
     assert result.version == 2 and result.stage == "production"
     assert result.after["new"]["accuracy"] > result.before["new"]["accuracy"]
     reg = Registry(root)
-    _, run = reg.load("reviews")
+    _, run = load_registered(reg, "reviews")
     assert run.task.labels == ["neg", "pos", "neutral"]
     assert run.metrics["update"]["decision"]["accepted"]
     report = json.loads((result.report_dir / "report.json").read_text())

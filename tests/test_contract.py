@@ -119,3 +119,65 @@ def test_the_circle_check_sees_a_circle() -> None:
     graph = _import_graph()
     graph["textloop.data.table"].add("textloop.data.readers")  # readers imports table
     assert any({"textloop.data.readers", "textloop.data.table"} <= set(c) for c in _circles(graph))
+
+
+# The layers of ARCHITECTURE.md, top to bottom: a module imports only from its own folder, its
+# own layer's other folders (sideways; folder circles are refused below) or the layers under it.
+LAYERS = {
+    "__init__": 7,  # the curated public API and `python -m textloop`
+    "__main__": 7,
+    "cli": 6,
+    "serving": 5,
+    "continual": 5,
+    "training": 4,
+    "evaluation": 4,
+    "runs": 4,  # a finished run loaded back: task + model + config
+    "tasks": 3,
+    "data": 2,
+    "models": 2,
+    "artifacts": 2,
+    "config": 1,
+    "errors": 0,
+    "fileio": 0,
+    "collectives": 0,
+}
+
+
+def _folder(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, targets in graph.items():
+        for target in targets:
+            a, b = _folder(module), _folder(target)
+            assert a in LAYERS and b in LAYERS, f"place {a!r} or {b!r} in LAYERS"
+            if LAYERS[b] > LAYERS[a]:
+                found.append(f"{module} -> {target}")
+    return sorted(found)
+
+
+def _folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    folders: dict[str, set[str]] = {_folder(m): set() for m in graph}
+    for module, targets in graph.items():
+        folders[_folder(module)].update(
+            _folder(t) for t in targets if _folder(t) != _folder(module)
+        )
+    return folders
+
+
+def test_imports_run_down_the_layers_without_folder_circles() -> None:
+    graph = _import_graph()
+    assert _upward(graph) == []
+    assert _circles(_folder_graph(graph)) == []
+
+
+def test_the_layer_check_sees_an_upward_import() -> None:
+    graph = _import_graph()
+    graph["textloop.tasks.pretrain"].add("textloop.training.distributed")  # tasks -> training
+    assert _upward(graph) == ["textloop.tasks.pretrain -> textloop.training.distributed"]
+    graph["textloop.artifacts.registry"].add("textloop.runs")  # 2 -> 4, and runs -> artifacts
+    assert "textloop.artifacts.registry -> textloop.runs" in _upward(graph)
+    assert any({"artifacts", "runs"} <= set(c) for c in _circles(_folder_graph(graph)))

@@ -379,7 +379,7 @@ def test_every_rank_runs_the_same_number_of_eval_forwards(
     # must still run as many forwards as the others (stand-ins, not counted)
     from transformers import AutoModelForMaskedLM
 
-    import textloop.training.distributed as dist
+    import textloop.collectives as dist  # what the task imports its rank and sums from
     from textloop.tasks.packing import document_source
     from textloop.tasks.pretrain import held_out_blocks
 

@@ -27,14 +27,14 @@ httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from textloop.artifacts.registry import Registry  # noqa: E402
 from textloop.cli.main import main  # noqa: E402
 from textloop.errors import ExportError, RegistryError  # noqa: E402
-from textloop.runs import load_run  # noqa: E402
+from textloop.runs import load_registered, load_run  # noqa: E402
 from textloop.serving.agreement import compare_predictions  # noqa: E402
 from textloop.serving.app import create_app, make_server  # noqa: E402
 from textloop.serving.batcher import MicroBatcher, QueueFullError  # noqa: E402
 from textloop.serving.export import export_run  # noqa: E402
-from textloop.serving.registry import Registry  # noqa: E402
 from textloop.serving.sources import RegistrySource, RunDirSource, ServeOptions  # noqa: E402
 
 from .conftest import REPO  # noqa: E402
@@ -145,12 +145,12 @@ def test_registry_promote_rollback_and_audit(served, tmp_path):
         ("rollback-from", 2), ("rollback", 1),
     ]  # fmt: skip
     assert log[-1]["actor"] == "cy" and log[-1]["reason"] == "p99 regressed" and log[-1]["at"]
-    mv, run = reg.load("reviews")
+    mv, run = load_registered(reg, "reviews")
     assert mv.version == 1 and run.predict(TEXTS[:1])[0]["label"] == "pos"
     with pytest.raises(RegistryError, match=r"no version 7; versions: 1, 2"):
         reg.promote("reviews", 7)
     with pytest.raises(RegistryError, match=r"no model named 'nope'.*registered: reviews"):
-        reg.load("nope")
+        load_registered(reg, "nope")
     with pytest.raises(RegistryError, match="invalid model name"):
         reg.add(served["st"], "../evil")
 
@@ -173,7 +173,7 @@ def test_registry_refuses_tampered_files(served, tmp_path, damage):
         (mv.path / "model" / "pytorch_model.bin").write_bytes(b"not a pickle, but refused")
         expected = "model/pytorch_model.bin was added"
     with pytest.raises(RegistryError, match=expected):
-        reg.load("m")
+        load_registered(reg, "m")
     with pytest.raises(RegistryError, match="integrity check"):
         RegistrySource(reg, "m").load()
 
@@ -242,7 +242,7 @@ def test_registry_verify_refuses_links_to_identical_copies(served, tmp_path, swa
     with pytest.raises(RegistryError, match=expected):
         reg.verify("m", 1)
     with pytest.raises(RegistryError, match=expected):
-        reg.load("m", 1)
+        load_registered(reg, "m", 1)
 
 
 def test_registry_promote_and_rollback_verify_first(served, tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from textloop.artifacts.registry import ModelVersion, Registry
 from textloop.config import RunConfig, build_config, read_yaml
 from textloop.errors import CheckpointError, ModelError
 from textloop.fileio import atomic_file, check_output_path
@@ -109,7 +110,7 @@ def load_run(path: str | Path) -> Run:
         tokenizer = AutoTokenizer.from_pretrained(p / "model")
         task = module.task_from_state(state, tokenizer)
         # an exported folder (textloop export --format onnx) runs on onnxruntime instead
-        from textloop.serving.onnx_backend import has_onnx_model, load_onnx_model
+        from textloop.models.onnx_backend import has_onnx_model, load_onnx_model
 
         onnx = has_onnx_model(p / "model")
         model = load_onnx_model(p / "model") if onnx else task.load_model(p / "model")
@@ -122,3 +123,15 @@ def load_run(path: str | Path) -> Run:
 
 
 __all__ = ["Run", "load_run"]
+
+
+def load_registered(
+    registry: Registry, name: str, version: int | None = None
+) -> tuple[ModelVersion, Run]:
+    """Verify a registered version (default: production) and load it as a ``Run``.
+
+    Raises:
+        RegistryError: unknown name/version, no production version, or a failed hash check.
+    """
+    mv = registry.resolve(name, version)
+    return mv, load_run(mv.path)

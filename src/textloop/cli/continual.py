@@ -175,7 +175,7 @@ def _update(args: argparse.Namespace) -> int:
 
 
 def _feedback(args: argparse.Namespace) -> int:
-    from textloop.continual.store import FeedbackStore
+    from textloop.artifacts.feedback import FeedbackStore
 
     store = FeedbackStore(args.registry)
     n = store.export_feedback(args.name, args.output, since=_since(args.since_hours))

@@ -144,7 +144,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _registry(args: argparse.Namespace) -> int:
-    from textloop.serving.registry import Registry
+    from textloop.artifacts.registry import Registry
 
     reg = Registry(args.registry)
     cmd = args.registry_command
@@ -215,8 +215,8 @@ def _read_api_key(path: str) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from textloop.artifacts.registry import Registry
     from textloop.serving.app import serve
-    from textloop.serving.registry import Registry
     from textloop.serving.sources import RegistrySource, RunDirSource, ServeOptions
 
     source: RegistrySource | RunDirSource
@@ -259,7 +259,7 @@ def _serve(args: argparse.Namespace) -> int:
         explain_timeout_s=args.explain_timeout_s,
         explain_auth=args.explain_auth,
     )
-    from textloop.continual.store import FeedbackStore
+    from textloop.artifacts.feedback import FeedbackStore
 
     store_path = args.feedback_store or args.registry
     store = (

@@ -131,8 +131,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = (load_resume_config if args.resume else load_config)(args.config, args.set, extra)
     callbacks = [LogLines()] if args.quiet or not sys.stderr.isatty() else [ProgressBar()]
     run = train(cfg, resume=args.resume, callbacks=callbacks)
+    from textloop.collectives import is_main_process
     from textloop.evaluation.report import summary_line
-    from textloop.training.distributed import is_main_process
 
     if run is None or not is_main_process():  # under torchrun only rank 0 reports
         return 0

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"pretrain: task must be mlm or clm (got {cfg.task!r}); use --objective")
     callbacks = [LogLines()] if args.quiet or not sys.stderr.isatty() else [ProgressBar()]
     result = train(cfg, resume=args.resume, callbacks=callbacks)
-    from textloop.training.distributed import is_main_process
+    from textloop.collectives import is_main_process
 
     if is_main_process():
         m = result.metrics

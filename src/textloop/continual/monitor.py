@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from textloop.artifacts.feedback import FeedbackStore
+from textloop.artifacts.registry import Registry
 from textloop.continual.drift import Window, drift_report, plot_report, report_markdown
 from textloop.continual.replay import continual_dir, ensure_frozen
-from textloop.continual.store import FeedbackStore
 from textloop.data.batching import sorted_batches
 from textloop.errors import DataError
 from textloop.fileio import atomic_dir, make_parent_dirs
-from textloop.serving.registry import Registry
+from textloop.runs import load_registered
 
 
 @torch.no_grad()
@@ -139,7 +140,7 @@ def check_drift(
         DataError: no traffic in the window, or unreadable files.
     """
     reg = Registry(registry)
-    mv, run = reg.load(name)
+    mv, run = load_registered(reg, name)
     col = text_column or run.config.data.text_column
     if reference:
         ref_texts = _sample(_read_texts(reference, col), window, seed)
@@ -174,7 +175,7 @@ def check_drift(
             )
         feedback = [f["label"] for f in store.feedback(name, since=logged[0].at)]
     cur.feedback_labels = feedback
-    report = drift_report(ref, cur, run.task.labels, alpha, n_permutations, seed)
+    report = drift_report(ref, cur, list(run.task.state()["labels"]), alpha, n_permutations, seed)
     report["model"] = {"name": name, "version": mv.version}
     report["at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return report, _write(report, ref, cur, output, registry, name)

@@ -23,13 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from textloop.artifacts.integrity import sha256_file
 from textloop.data.builtin import builtin_columns, default_test_split
 from textloop.data.examples import select_columns
 from textloop.data.readers import read_table
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError, RegistryError
 from textloop.fileio import atomic_dir
-from textloop.serving.integrity import sha256_file
 
 Row = dict[str, str]
 

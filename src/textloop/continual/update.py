@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from textloop.artifacts.registry import Registry
 from textloop.config import config_to_yaml
 from textloop.continual.config import UpdateConfig
 from textloop.continual.gate import GateDecision, decide
@@ -49,7 +50,7 @@ from textloop.continual.retrain import (
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
 from textloop.fileio import atomic_dir
-from textloop.serving.registry import Registry
+from textloop.runs import load_registered
 from textloop.tasks.classification import ClassificationTask
 
 Row = dict[str, str]
@@ -172,7 +173,7 @@ def update(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     reg = Registry(registry)
-    mv, run = reg.load(name)
+    mv, run = load_registered(reg, name)
     if not isinstance(run.task, ClassificationTask) or run.task.multi_label or run.task.pair:
         raise ConfigError(
             f"{name} v{mv.version}: updates support single-label, single-text classification"

@@ -1,5 +1,6 @@
-"""Deploy a trained run: export (safetensors / ONNX / int8), a model registry, and an HTTP server.
+"""Deploy a trained run: export (safetensors / ONNX / int8) and an HTTP server.
 
-Submodules are imported on use (``textloop.serving.export``, ``.registry``, ``.app``) so that
-loading a run never pulls in FastAPI or onnxruntime.
+The registry the server loads from is an artifact (``textloop.artifacts.registry``). Submodules
+are imported on use (``textloop.serving.export``, ``.app``) so that loading a run never pulls in
+FastAPI or onnxruntime.
 """

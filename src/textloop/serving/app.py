@@ -39,7 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textloop.continual.store import FeedbackStore
+from textloop.artifacts.feedback import FeedbackStore
 from textloop.errors import TextloopError
 from textloop.serving.batcher import MicroBatcher, QueueFullError
 from textloop.serving.feedback_route import add_feedback_route

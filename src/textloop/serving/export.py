@@ -31,8 +31,8 @@ import torch
 from textloop.artifacts.rundir import check_replaceable
 from textloop.errors import ExportError, RunDirError, TextloopError
 from textloop.fileio import make_parent_dirs, swap_dir, temp_dir_prefix
+from textloop.models.onnx_backend import ONNX_FILE, OnnxSequenceClassifier
 from textloop.serving.agreement import compare_predictions
-from textloop.serving.onnx_backend import ONNX_FILE, OnnxSequenceClassifier
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from textloop.continual.store import FeedbackStore, check_label
+from textloop.artifacts.feedback import FeedbackStore, check_label
 from textloop.errors import TextloopError
 from textloop.serving.http import ApiError, ErrorResponse, check_text
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from textloop.serving.integrity import check_model_folder
-from textloop.serving.registry import Registry
+from textloop.artifacts.integrity import check_model_folder
+from textloop.artifacts.registry import Registry
+from textloop.runs import load_registered
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,6 @@ class RegistrySource:
         return self.registry.production_version(self.name)
 
     def load(self, version: int | None = None) -> LoadedModel:
-        mv, run = self.registry.load(self.name, version or self.pinned_version)
+        mv, run = load_registered(self.registry, self.name, version or self.pinned_version)
         log.info("loaded %s v%d (%s, %s)", mv.name, mv.version, mv.stage, mv.format)
         return _warm(LoadedModel(mv.name, mv.version, mv.stage, mv.format, run))

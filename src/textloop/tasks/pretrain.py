@@ -224,7 +224,7 @@ class PretrainTask(Task):
         progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         """Perplexity and token accuracy over the held-out blocks, summed across ranks."""
-        from textloop.training.distributed import all_reduce_sum, rank, world_size
+        from textloop.collectives import all_reduce_sum, rank, world_size
 
         model.eval()
         device = next(model.parameters()).device

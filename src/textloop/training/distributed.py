@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
@@ -34,37 +33,29 @@ from typing import Any, Literal, TypeVar
 import torch
 import torch.distributed as dist
 
+from textloop.collectives import (  # the process-group queries live below the layers
+    _env_int,
+    all_reduce_mean,
+    all_reduce_sum,
+    is_distributed,
+    is_main_process,
+    launched,
+    rank,
+    world_size,
+)
+
+__all__ = [
+    "all_reduce_mean",
+    "all_reduce_sum",
+    "is_distributed",
+    "is_main_process",
+    "launched",
+    "rank",
+    "world_size",
+]
+
 log = logging.getLogger("textloop")
 _T = TypeVar("_T")
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-def launched() -> bool:
-    """Whether this process was started by torchrun with more than one process."""
-    return _env_int("WORLD_SIZE", 1) > 1
-
-
-def is_distributed() -> bool:
-    """Whether a process group is active (``init`` ran under torchrun)."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def rank() -> int:
-    """This process's global rank (0 in a single process)."""
-    return dist.get_rank() if is_distributed() else 0
-
-
-def world_size() -> int:
-    """Number of processes (1 in a single process)."""
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def is_main_process() -> bool:
-    """True on rank 0: the one process that writes files (run dir, checkpoints, logs)."""
-    return rank() == 0
 
 
 def init() -> torch.device:
@@ -191,22 +182,6 @@ def gradient_sync(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
         return
     with no_sync():
         yield
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of ``tensor`` over all processes (a copy; the tensor itself in one process)."""
-    if not is_distributed():
-        return tensor
-    out = tensor.detach().clone()
-    if dist.get_backend() == "nccl":
-        out = out.cuda()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out.to(tensor.device)
-
-
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """The mean of ``tensor`` over all processes."""
-    return all_reduce_sum(tensor) / world_size()
 
 
 def _full(**options: Any) -> Any:

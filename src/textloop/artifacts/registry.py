@@ -36,9 +36,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from textloop.artifacts.integrity import check_model_folder, config_hash, hash_tree
 from textloop.errors import RegistryError
 from textloop.fileio import swap_dir
-from textloop.serving.integrity import check_model_folder, config_hash, hash_tree
 
 Stage = Literal["staging", "production", "archived"]
 STAGES: tuple[str, ...] = ("staging", "production", "archived")
@@ -469,14 +469,14 @@ class Registry:
             raise RegistryError(f"{name} v{version} failed its integrity check: {exc}") from None
         return mv
 
-    def load(self, name: str, version: int | None = None) -> tuple[ModelVersion, Any]:
-        """Verify and load a version (default: production) as a ``textloop.runs.Run``.
+    def resolve(self, name: str, version: int | None = None) -> ModelVersion:
+        """The verified version ``version`` of ``name`` (default: its production version).
+
+        Loading it is ``textloop.runs.load_registered``: the registry only knows files.
 
         Raises:
             RegistryError: unknown name/version, no production version, or a failed hash check.
         """
-        from textloop.runs import load_run
-
         if version is None:
             version = self.production_version(name)
             if version is None:
@@ -486,5 +486,4 @@ class Registry:
                     f"{name!r} has no production version; promote one with "
                     f"`textloop registry promote {name} VERSION`"
                 )
-        mv = self.verify(name, version)
-        return mv, load_run(mv.path)
+        return self.verify(name, version)
