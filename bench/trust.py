@@ -75,7 +75,7 @@ def main() -> None:
     from textloop.evaluation.faithfulness import completeness_summary, deletion_test
     from textloop.runs import load_run
     from textloop.tasks import task_module
-    from textloop.tasks.calibration import calibration_summary, fit_temperature
+    from textloop.tasks.classification.temperature import calibration_summary, fit_temperature
 
     steps = args.steps or DEFAULT_STEPS
     run = load_run(args.run)

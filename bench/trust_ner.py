@@ -50,7 +50,7 @@ def main() -> None:
 
     from textloop.evaluation.faithfulness import completeness_summary
     from textloop.runs import load_run
-    from textloop.tasks.ner_data import read_ner
+    from textloop.tasks.ner.data import read_ner
 
     run = load_run(args.run)
     columns = run.config.data.model_dump()

@@ -176,8 +176,8 @@ def test_imports_run_down_the_layers_without_folder_circles() -> None:
 
 def test_the_layer_check_sees_an_upward_import() -> None:
     graph = _import_graph()
-    graph["textloop.tasks.pretrain"].add("textloop.training.distributed")  # tasks -> training
-    assert _upward(graph) == ["textloop.tasks.pretrain -> textloop.training.distributed"]
+    graph["textloop.tasks.lm.task"].add("textloop.training.distributed")  # tasks -> training
+    assert _upward(graph) == ["textloop.tasks.lm.task -> textloop.training.distributed"]
     graph["textloop.artifacts.registry"].add("textloop.runs")  # 2 -> 4, and runs -> artifacts
     assert "textloop.artifacts.registry -> textloop.runs" in _upward(graph)
     assert any({"artifacts", "runs"} <= set(c) for c in _circles(_folder_graph(graph)))

@@ -11,16 +11,16 @@ from typing import Any
 import pytest
 import torch
 
-from textloop.tasks.decoding import DecodingOptions, generate, stream
-from textloop.tasks.generation_data import (
+from textloop.tasks.generation.data import (
     IGNORE,
     Conversations,
     encode_conversations,
     read_chatterbot,
     render,
 )
-from textloop.tasks.generation_metrics import text_metrics
-from textloop.tasks.generation_pack import collate_rows, pack_examples
+from textloop.tasks.generation.decoding import DecodingOptions, generate, stream
+from textloop.tasks.generation.metrics import text_metrics
+from textloop.tasks.generation.pack import collate_rows, pack_examples
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -154,7 +154,7 @@ def test_long_examples_lose_their_oldest_context(tok_model: tuple[Any, Any]) -> 
 
 # ---- packing --------------------------------------------------------------------------------------
 def test_packing_keeps_examples_apart(tok_model: tuple[Any, Any]) -> None:
-    from textloop.tasks.generation import GenerationTask
+    from textloop.tasks.generation.task import GenerationTask
 
     tok, model = tok_model
     convs = [
@@ -263,7 +263,7 @@ def test_metrics_against_hand_computed_values() -> None:
 def test_loss_and_perplexity_match_a_hand_computed_cross_entropy(
     tok_model: tuple[Any, Any],
 ) -> None:
-    from textloop.tasks.generation import GenerationTask
+    from textloop.tasks.generation.task import GenerationTask
 
     tok, model = tok_model
     convs = [
@@ -305,7 +305,7 @@ def test_chatterbot_builtin_reads_conversations() -> None:
 
 def test_bad_chat_rows_are_named(tmp_path: Path) -> None:
     from textloop.errors import DataError
-    from textloop.tasks.generation_data import read_conversations
+    from textloop.tasks.generation.data import read_conversations
 
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     bad = {"messages": [{"role": "user", "content": "hi"}]}

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 
 from textloop.config import load_config
 from textloop.errors import DataError
-from textloop.tasks.ner import NerTask
-from textloop.tasks.ner_data import (
+from textloop.tasks.ner.data import (
     Sentence,
     read_ner,
     sentence_from_entities,
@@ -23,7 +22,8 @@ from textloop.tasks.ner_data import (
     tags_to_spans,
     to_iob2,
 )
-from textloop.tasks.ner_metrics import entity_metrics, error_kinds, iob2_constraints, viterbi
+from textloop.tasks.ner.metrics import entity_metrics, error_kinds, iob2_constraints, viterbi
+from textloop.tasks.ner.task import NerTask
 from textloop.tasks.windows import window_owners, word_windows
 from textloop.training.run import TrainingInterrupted, train
 
@@ -396,7 +396,7 @@ def test_cli_train_evaluate_predict(tiny_bert, ner_data, tmp_path, capsys):
 def test_vocabulary_that_cannot_represent_the_script_is_a_clear_error(tiny_bert, tmp_path):
     from transformers import AutoTokenizer
 
-    from textloop.tasks.ner import build_splits
+    from textloop.tasks.ner.task import build_splits
 
     rows = [{"text": "江泽民在北京会见了朋友。", "entities": [[0, 3, "PER"], [4, 6, "LOC"]]}] * 20
     f = tmp_path / "zh.jsonl"

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from textloop.config import load_config
-from textloop.tasks.packing import Block, DocumentSource, PackedStream, Tokenize
-from textloop.tasks.pretrain import IGNORE, PretrainTask
+from textloop.tasks.lm.packing import Block, DocumentSource, PackedStream, Tokenize
+from textloop.tasks.lm.task import IGNORE, PretrainTask
 from textloop.training.run import TrainingInterrupted, train
 
 from .conftest import toy_rows
@@ -198,7 +198,7 @@ def test_packed_documents_do_not_see_each_other(tokenizer, tmp_path, objective):
 def test_mlm_head_on_masked_positions_only_equals_the_full_forward(tokenizer):
 
     from textloop.models.lora import apply_lora
-    from textloop.tasks.pretrain import mlm_head
+    from textloop.tasks.lm.task import mlm_head
 
     torch.manual_seed(0)
     model = _tiny_mlm(tokenizer)
@@ -224,7 +224,7 @@ def test_mlm_head_on_masked_positions_only_equals_the_full_forward(tokenizer):
 
 
 def test_stream_resumes_at_the_exact_position(corpus, tokenizer):
-    from textloop.tasks.packing import document_source
+    from textloop.tasks.lm.packing import document_source
 
     source = document_source(str(corpus), "text")
     assert len(source.shard_loaders) >= 3  # really read shard by shard
@@ -270,8 +270,8 @@ def test_mlm_perplexity_falls_and_the_run_feeds_fine_tuning(
     from transformers import AutoModelForMaskedLM
 
     from textloop.runs import load_run
-    from textloop.tasks.packing import document_source
-    from textloop.tasks.pretrain import held_out_blocks
+    from textloop.tasks.lm.packing import document_source
+    from textloop.tasks.lm.task import held_out_blocks
 
     task = PretrainTask(tokenizer, "mlm", 32)
     val = held_out_blocks(document_source(f"{corpus}:validation"), task, 64)
@@ -358,7 +358,7 @@ def test_new_embeddings_start_at_the_mean_of_their_pieces(tiny_bert, tmp_path):
     from tokenizers import AddedToken
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from textloop.tasks.domain_vocab import init_new_embeddings
+    from textloop.tasks.lm.domain_vocab import init_new_embeddings
 
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     word = "goodfood"
@@ -380,8 +380,8 @@ def test_every_rank_runs_the_same_number_of_eval_forwards(
     from transformers import AutoModelForMaskedLM
 
     import textloop.collectives as dist  # what the task imports its rank and sums from
-    from textloop.tasks.packing import document_source
-    from textloop.tasks.pretrain import held_out_blocks
+    from textloop.tasks.lm.packing import document_source
+    from textloop.tasks.lm.task import held_out_blocks
 
     task = PretrainTask(tokenizer, "mlm", 32)
     val = held_out_blocks(document_source(f"{corpus}:validation"), task, 5)
@@ -406,7 +406,7 @@ def test_every_rank_runs_the_same_number_of_eval_forwards(
 def test_carried_tensors_join_a_sharded_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
-    from textloop.tasks.pretrain import save_carried
+    from textloop.tasks.lm.task import save_carried
 
     save_file({"bert.a": torch.ones(2)}, str(tmp_path / "model-00001-of-00001.safetensors"))
     index = {"metadata": {}, "weight_map": {"bert.a": "model-00001-of-00001.safetensors"}}

@@ -11,9 +11,8 @@ import pytest
 
 from textloop.config import load_config
 from textloop.errors import ConfigError, DataError
-from textloop.tasks.qa import QaTask, answer_tokens, context_windows
-from textloop.tasks.qa_data import QaExample, read_qa
-from textloop.tasks.qa_metrics import (
+from textloop.tasks.qa.data import QaExample, read_qa
+from textloop.tasks.qa.metrics import (
     best_null_threshold,
     exact_match,
     normalize_answer,
@@ -21,6 +20,7 @@ from textloop.tasks.qa_metrics import (
     squad_scores,
     token_f1,
 )
+from textloop.tasks.qa.task import QaTask, answer_tokens, context_windows
 from textloop.training.run import train
 
 from .conftest import build_tiny_bert

@@ -12,7 +12,7 @@ from textloop.errors import ConfigError, DataError
 from textloop.evaluation.faithfulness import deletion_test, remove_words
 from textloop.evaluation.probes import GroupMatcher, ProbeFile, load_probes, match_case, run_probes
 from textloop.evaluation.slices import build_slices, slice_metrics
-from textloop.tasks.calibration import (
+from textloop.tasks.classification.temperature import (
     calibration_summary,
     expected_calibration_error,
     fit_temperature,

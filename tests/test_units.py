@@ -190,7 +190,7 @@ def test_a_csv_field_over_128_kib_reads_and_a_duplicated_header_is_refused(tmp_p
 def test_long_texts_are_cut_before_tokenizing_without_changing_the_tokens(tiny_bert):
     from transformers import AutoTokenizer
 
-    from textloop.tasks.clip import CHARS_PER_TOKEN, clip_long_texts
+    from textloop.tasks.classification.clip import CHARS_PER_TOKEN, clip_long_texts
 
     tok = AutoTokenizer.from_pretrained(tiny_bert)
     max_len = 16

@@ -51,7 +51,7 @@ from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
 from textloop.fileio import atomic_dir
 from textloop.runs import load_registered
-from textloop.tasks.classification import ClassificationTask
+from textloop.tasks.classification.task import ClassificationTask
 
 Row = dict[str, str]
 

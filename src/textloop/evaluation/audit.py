@@ -25,7 +25,7 @@ from textloop.evaluation.faithfulness import completeness_summary, deletion_tabl
 from textloop.evaluation.probes import load_probes, run_probes
 from textloop.evaluation.slices import build_slices, slice_metrics, slice_table
 from textloop.fileio import atomic_dir, atomic_path, make_parent_dirs
-from textloop.tasks.calibration import calibration_summary, probabilities
+from textloop.tasks.classification.temperature import calibration_summary, probabilities
 
 
 def audit(
@@ -96,7 +96,7 @@ def audit(
     probs = probabilities(logits, task.multi_label, temperature)
     curves: dict[str, list[dict[str, float]]] = {}
     if has_labels:
-        from textloop.tasks.classification import parse_labels
+        from textloop.tasks.classification.task import parse_labels
 
         labels = parse_labels(sel.values["label"], task.multi_label, task.label_separator)
         targets = task.targets_for(labels, table.source, sel.locations)

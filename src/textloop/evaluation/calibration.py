@@ -1,6 +1,6 @@
 """Calibration in reports: the reliability diagram and the ECE lines of a markdown report.
 
-The numbers come from ``textloop.tasks.calibration`` (equal-mass ECE, temperature scaling);
+The numbers come from ``textloop.tasks.classification.temperature`` (equal-mass ECE, temperature scaling);
 this module only draws and words them.
 """
 

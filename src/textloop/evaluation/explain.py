@@ -48,7 +48,7 @@ from textloop.evaluation.attribution import (
 )
 from textloop.evaluation.explain_spans import explain_spans, span_blocks
 from textloop.fileio import write_text_atomic
-from textloop.tasks.calibration import probabilities
+from textloop.tasks.classification.temperature import probabilities
 
 # the public names of explanations; the primitives live in ``attribution``
 __all__ = [

@@ -6,7 +6,7 @@ For one predicted entity covering words ``a .. b-1`` the explained output is
 
 where ``tag(w)`` is the predicted IOB2 tag (``B-X`` on the first word, ``I-X`` on the others).
 The logit is read at each word's *first* sub-token because that is the only token the NER head
-is trained on and decoded from (``tasks/ner.py``); the other pieces' logits mean nothing.
+is trained on and decoded from (``tasks/ner/task.py``); the other pieces' logits mean nothing.
 
 **Sum, not mean**: the attributions of a sum are the sums of the attributions of each word's
 tag decision, so an entity's explanation is exactly the total evidence for all its tags (in
@@ -45,7 +45,7 @@ from textloop.evaluation.attribution import (
     pad_baseline,
     ranked_words,
 )
-from textloop.tasks.ner_data import Sentence, split_words
+from textloop.tasks.ner.data import Sentence, split_words
 from textloop.tasks.windows import window_owners, word_windows
 
 

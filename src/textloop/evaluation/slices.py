@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 
 from textloop.errors import ConfigError, DataError
-from textloop.tasks.calibration import confidences_and_correct, expected_calibration_error
+from textloop.tasks.classification.temperature import (
+    confidences_and_correct,
+    expected_calibration_error,
+)
 
 MAX_VALUES = 30
 SMALL_SLICE = 20  # fewer examples than this: the slice's numbers are flagged as noisy

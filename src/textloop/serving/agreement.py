@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from textloop.errors import ExportError
-from textloop.tasks.classification import MULTI_LABEL_THRESHOLD
+from textloop.tasks.classification.task import MULTI_LABEL_THRESHOLD
 
 NEAR_TIE_MARGIN = 0.05  # top-two probabilities closer than this: a flip is not a disagreement
 

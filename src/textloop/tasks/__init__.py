@@ -13,12 +13,12 @@ if TYPE_CHECKING:
     from textloop.tasks.base import TaskModule
 
 TASK_MODULES: dict[str, str] = {
-    "classification": "textloop.tasks.classification",
-    "generation": "textloop.tasks.generation",
-    "mlm": "textloop.tasks.pretrain",
-    "clm": "textloop.tasks.pretrain",
-    "ner": "textloop.tasks.ner",
-    "qa": "textloop.tasks.qa",
+    "classification": "textloop.tasks.classification.task",
+    "generation": "textloop.tasks.generation.task",
+    "mlm": "textloop.tasks.lm.task",
+    "clm": "textloop.tasks.lm.task",
+    "ner": "textloop.tasks.ner.task",
+    "qa": "textloop.tasks.qa.task",
 }
 
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from textloop.config import RunConfig
 from textloop.errors import ConfigError, DataError
 from textloop.tasks.base import Encoded, Splits, Task
-from textloop.tasks.packing import (
+from textloop.tasks.lm.packing import (
     Block,
     DocumentSource,
     PackedStream,
@@ -84,7 +84,7 @@ class PretrainTask(Task):
         self.carried = unloaded_tensors(model, model_dir, info["unexpected_keys"])
         n_rows = int(cast(torch.nn.Embedding, model.get_input_embeddings()).num_embeddings)
         if len(self.tokenizer) > n_rows:
-            from textloop.tasks.domain_vocab import init_new_embeddings
+            from textloop.tasks.lm.domain_vocab import init_new_embeddings
 
             init_new_embeddings(model, self.tokenizer)
         if getattr(model.config, "tie_word_embeddings", True):
@@ -433,7 +433,7 @@ def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
         )
     p = cfg.pretrain
     if p.extend_vocab:
-        from textloop.tasks.domain_vocab import extend_tokenizer
+        from textloop.tasks.lm.domain_vocab import extend_tokenizer
 
         train_docs = document_source(d.train, d.text_column)
         tokenizer, added = extend_tokenizer(tokenizer, train_docs, p.extend_vocab, p.min_word_count)

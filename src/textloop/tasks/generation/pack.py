@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from textloop.tasks.generation_data import IGNORE
+from textloop.tasks.generation.data import IGNORE
 
 
 def pack_examples(

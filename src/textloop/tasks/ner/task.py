@@ -26,7 +26,7 @@ from textloop.config import RunConfig
 from textloop.data.batching import sorted_batches
 from textloop.errors import ConfigError, DataError
 from textloop.tasks.base import Encoded, Splits, Task, pad_inputs
-from textloop.tasks.ner_data import (
+from textloop.tasks.ner.data import (
     Sentence,
     read_ner,
     sentence_split,
@@ -35,7 +35,7 @@ from textloop.tasks.ner_data import (
     tags_to_spans,
     to_iob2,
 )
-from textloop.tasks.ner_metrics import NEG, entity_metrics, error_kinds, iob2_constraints, viterbi
+from textloop.tasks.ner.metrics import NEG, entity_metrics, error_kinds, iob2_constraints, viterbi
 from textloop.tasks.windows import SpecialTemplate, special_template, window_owners, word_windows
 
 METRIC_NAMES = ("f1", "precision", "recall", "macro_f1", "token_accuracy")  # first = default

@@ -21,8 +21,8 @@ from textloop.data.readers import Table, read_table
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
 from textloop.tasks.base import Encoded, Splits, Task, pad_inputs
-from textloop.tasks.calibration import calibration_summary, fit_temperature
-from textloop.tasks.clip import clip_long_texts
+from textloop.tasks.classification.clip import clip_long_texts
+from textloop.tasks.classification.temperature import calibration_summary, fit_temperature
 
 MULTI_LABEL_THRESHOLD = 0.5
 METRIC_NAMES = ("macro_f1", "accuracy", "micro_f1", "weighted_f1")  # the first is the default

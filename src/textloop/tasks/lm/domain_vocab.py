@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from textloop.tasks.packing import DocumentSource
+from textloop.tasks.lm.packing import DocumentSource
 
 _WORD = re.compile(r"[^\W\d_][\w'-]*[^\W_]|[^\W\d_]{2,}", re.UNICODE)
 _MAX_DOCS = 200_000  # enough to rank frequent words; bounds the time of this pass

@@ -29,8 +29,8 @@ from textloop.config import RunConfig
 from textloop.data.batching import sorted_batches
 from textloop.errors import ConfigError, DataError
 from textloop.tasks.base import Encoded, Splits, Task, pad_inputs
-from textloop.tasks.qa_data import QaExample, read_qa
-from textloop.tasks.qa_metrics import best_null_threshold, score_one, squad_scores
+from textloop.tasks.qa.data import QaExample, read_qa
+from textloop.tasks.qa.metrics import best_null_threshold, score_one, squad_scores
 from textloop.tasks.windows import SpecialTemplate, special_template
 
 METRIC_NAMES = ("f1", "exact_match")  # the first is the default

@@ -23,8 +23,7 @@ from textloop.data.batching import sorted_batches
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
 from textloop.tasks.base import Encoded, Splits, Task
-from textloop.tasks.decoding import DecodingOptions, Generated, generate, pad_id, stream
-from textloop.tasks.generation_data import (
+from textloop.tasks.generation.data import (
     IGNORE,
     Conversations,
     encode_conversations,
@@ -33,8 +32,9 @@ from textloop.tasks.generation_data import (
     read_conversations,
     render,
 )
-from textloop.tasks.generation_metrics import perplexity, text_metrics
-from textloop.tasks.generation_pack import collate_rows, pack_examples
+from textloop.tasks.generation.decoding import DecodingOptions, Generated, generate, pad_id, stream
+from textloop.tasks.generation.metrics import perplexity, text_metrics
+from textloop.tasks.generation.pack import collate_rows, pack_examples
 
 METRIC_NAMES = ("perplexity", "chrf", "bleu", "rougeL", "rouge1", "rouge2")  # first = default
 LOWER_IS_BETTER = ("perplexity",)

@@ -1,0 +1,1 @@
+"""The classification task: see task.py (the Task, build_splits, task_from_state)."""
