@@ -9,7 +9,6 @@ regulariser in ``regularisers.py``).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 
 from textloop.data.batching import bucketed_batches
-from textloop.fileio import atomic_dir
+from textloop.fileio import atomic_dir, write_text_atomic
 from textloop.tasks.base import Encoded
 from textloop.training.loop import LoopState, seed_everything, steps_per_epoch, train_steps
 from textloop.training.optim import build_optimizer, build_scheduler
@@ -211,20 +210,23 @@ def write_run_dir(
     config_yaml: str,
     metrics: dict[str, Any],
 ) -> None:
-    """Write a finished run directory that ``load_run`` and the registry accept."""
-    from textloop.evaluation.report import write_report
-    from textloop.training.run import environment
+    """Write a finished run directory that ``load_run`` and the registry accept, through the
+    one run-folder writer ``training.rundir`` (the whole folder appears at once)."""
+    from textloop.training.precision import PrecisionChoice
+    from textloop.training.rundir import write_run_artifacts
 
+    train = metrics.get("train", {})
+    precision = PrecisionChoice(train.get("precision", "fp32"), "update: no autocast", None)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp / "model", safe_serialization=True)  # type: ignore[operator]
-        tokenizer.save_pretrained(tmp / "model")
-        (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
-        (tmp / "labels.json").write_text(json.dumps(task.state(), indent=2, ensure_ascii=False))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-        train = metrics.get("train", {})
-        env = environment(
-            train.get("seed", 0), train.get("precision", "fp32"), torch.get_num_threads()
+        write_text_atomic(tmp / "config.yaml", config_yaml)
+        write_run_artifacts(
+            tmp,
+            model,
+            tokenizer,
+            task,
+            metrics,
+            train.get("seed", 0),
+            precision,
+            torch.get_num_threads(),
         )
-        (tmp / "env.json").write_text(json.dumps(env, indent=2))
-        write_report(tmp, metrics, list(task.labels))

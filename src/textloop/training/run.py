@@ -8,16 +8,12 @@ temporary path and renamed into place.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import platform
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +23,6 @@ from textloop.artifacts.rundir import INCOMPLETE, check_replaceable, is_run_dir
 from textloop.config import RunConfig, config_to_yaml, load_config, read_yaml
 from textloop.data.batching import bucketed_batches
 from textloop.errors import CheckpointError, ConfigError, ModelError, RunDirError, TextloopError
-from textloop.evaluation.report import write_report
-from textloop.fileio import atomic_dir, write_text_atomic
 from textloop.models.resolve import resolve_model
 from textloop.tasks import task_module
 from textloop.tasks.base import Encoded, Splits, Task
@@ -49,20 +43,14 @@ from textloop.training.loop import (
     train_steps,
 )
 from textloop.training.optim import build_optimizer, build_scheduler, make_embeddings_sparse
-from textloop.training.precision import PrecisionChoice, choose_precision, read_cpu_info
+from textloop.training.precision import PrecisionChoice, choose_precision
+from textloop.training.rundir import (
+    start_run_dir,
+    truncate_log,
+    write_run_artifacts,
+)
 
 log = logging.getLogger("textloop")
-
-_VERSIONED = (
-    "torch",
-    "transformers",
-    "tokenizers",
-    "safetensors",
-    "datasets",
-    "scikit-learn",
-    "numpy",
-    "textloop",
-)
 
 
 # keys a resumed run may change: where and how it runs, not what it trains (a checkpoint is the
@@ -74,31 +62,6 @@ class TrainingInterrupted(TextloopError):
     """Ctrl-C during training; ``checkpoints/last`` holds the state to resume from."""
 
     exit_code = 130
-
-
-def environment(seed: int, precision: PrecisionChoice | str, threads: int) -> dict[str, Any]:
-    """Package versions, seed, precision (and why) and hardware, as written to env.json."""
-    if isinstance(precision, str):
-        precision = PrecisionChoice(precision, "requested", None)
-    cpu = read_cpu_info()
-    versions: dict[str, str | None] = {}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "python": platform.python_version(),
-        "packages": versions,
-        "seed": seed,
-        **precision.as_dict(),
-        "threads": threads,
-        "cpu": cpu.model if cpu.model != "unknown" else platform.processor() or platform.machine(),
-        "cpu_flags": list(cpu.flags),
-        "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "platform": platform.platform(),
-    }
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -339,14 +302,10 @@ def _open_run_dir(s: _Setup, resuming: bool, main: bool) -> LoopState:
         state = load_checkpoint(out / "checkpoints/last", s.model, s.optimizer, s.scheduler)
         restore_rng(state.rng)
         if main:
-            _truncate_log(out / "log.jsonl", state.step)
+            truncate_log(out / "log.jsonl", state.step)
         return state
     if main:
-        if is_run_dir(out) and s.cfg.overwrite:  # checked by _check_output: only a run
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / INCOMPLETE).write_text("training in progress; resume with --resume\n")
-        write_text_atomic(out / "config.yaml", config_to_yaml(s.cfg))
+        start_run_dir(out, config_to_yaml(s.cfg), replace=is_run_dir(out) and s.cfg.overwrite)
     return LoopState()
 
 
@@ -469,49 +428,8 @@ def _finish(
             model = s.build_model(torch.device("cpu"))
             model.load_state_dict(weights)
     if main:
-        _write_artifacts(s.out, model, s.tokenizer, s.task, final, t.seed, s.precision, s.threads)
+        write_run_artifacts(
+            s.out, model, s.tokenizer, s.task, final, t.seed, s.precision, s.threads
+        )
         (s.out / INCOMPLETE).unlink(missing_ok=True)
     return final
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint being resumed (they will be replayed)."""
-    if not path.is_file():
-        return
-    kept = [
-        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step
-    ]
-    write_text_atomic(path, "".join(ln + "\n" for ln in kept))
-
-
-def _write_artifacts(
-    out: Path,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    task: Task,
-    metrics: dict[str, Any],
-    seed: int,
-    precision: PrecisionChoice,
-    threads: int,
-) -> None:
-    from textloop.models.lora import is_lora, merge_lora, save_adapter
-
-    if is_lora(model):  # adapter/ alone (small, peft format); model/ holds the merged weights
-        with atomic_dir(out / "adapter") as tmp:
-            save_adapter(model, tmp)
-        model = merge_lora(model)
-    emb = getattr(model, "get_input_embeddings", lambda: None)()
-    if isinstance(emb, torch.nn.Embedding):
-        emb.sparse = False  # a training-time choice; the saved model is a plain checkpoint
-    with atomic_dir(out / "model") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)  # type: ignore[operator]
-        task.save_extras(tmp)  # e.g. checkpoint tensors the LM head model dropped
-        tokenizer.save_pretrained(tmp)
-    write_text_atomic(out / "labels.json", json.dumps(task.state(), indent=2, ensure_ascii=False))
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False))
-    write_text_atomic(out / "env.json", json.dumps(environment(seed, precision, threads), indent=2))
-    write_report(out, metrics, list(task.state().get("labels", [])))
-    section = task.report_section(metrics)  # a task's own part of the report
-    if section:
-        report = out / "report.md"
-        write_text_atomic(report, report.read_text(encoding="utf-8") + "\n" + section)
