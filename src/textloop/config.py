@@ -25,11 +25,13 @@ TaskName = Literal["classification", "ner", "qa", "mlm", "clm", "generation"]
 _M = TypeVar("_M", bound=BaseModel)
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The base of every textloop config section: unknown keys are errors, assignments validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Where the labelled data lives and which columns hold what."""
 
     train: str | None = Field(
@@ -93,7 +95,7 @@ class DataConfig(_Strict):
     )
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """Optimisation and schedule. Defaults suit a small BERT-style encoder on a CPU."""
 
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the training data.")
@@ -177,7 +179,7 @@ class TrainConfig(_Strict):
     )
 
 
-class NerConfig(_Strict):
+class NerConfig(StrictModel):
     """Named-entity recognition options (task: ner)."""
 
     window_overlap: int | None = Field(
@@ -196,7 +198,7 @@ class NerConfig(_Strict):
     )
 
 
-class QaConfig(_Strict):
+class QaConfig(StrictModel):
     """Extractive question answering options (task: qa)."""
 
     doc_stride: int | None = Field(
@@ -223,7 +225,7 @@ class QaConfig(_Strict):
     )
 
 
-class PretrainConfig(_Strict):
+class PretrainConfig(StrictModel):
     """Continued pre-training options (task: mlm or clm). data.train names the corpus, and
     train.max_seq_len is the packed block length; train.batch_size counts blocks."""
 
@@ -253,7 +255,7 @@ class PretrainConfig(_Strict):
     )
 
 
-class LoraConfig(_Strict):
+class LoraConfig(StrictModel):
     """Low-rank adapters (LoRA): train small matrices next to frozen weights; merged at save."""
 
     enabled: bool | None = Field(
@@ -269,7 +271,7 @@ class LoraConfig(_Strict):
     )
 
 
-class GenerationConfig(_Strict):
+class GenerationConfig(StrictModel):
     """Generation options (task: generation): prompt format, decoding, evaluation sample."""
 
     system_prompt: str | None = Field(
@@ -302,7 +304,7 @@ class GenerationConfig(_Strict):
     )
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     """A whole run: task, model, data, training, and where it goes."""
 
     task: TaskName = Field("classification", description="Task to fine-tune for.")

@@ -12,18 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from textloop.config import load_tree, validate_tree
+from textloop.config import StrictModel, load_tree, validate_tree
 
 Strategy = Literal["naive", "replay", "ewc", "lwf"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class GateConfig(_Strict):
+class GateConfig(StrictModel):
     """What a candidate must show before it may replace the production model."""
 
     max_overall_drop: float = Field(
@@ -56,7 +52,7 @@ class GateConfig(_Strict):
     )
 
 
-class ReplayConfig(_Strict):
+class ReplayConfig(StrictModel):
     """The replay buffer: a class-balanced sample of earlier training data beside the registry."""
 
     buffer_size: int = Field(
@@ -73,7 +69,7 @@ class ReplayConfig(_Strict):
     )
 
 
-class UpdateConfig(_Strict):
+class UpdateConfig(StrictModel):
     """One update: how to retrain on a new labelled batch and when to accept the result."""
 
     strategy: Strategy = Field(
