@@ -15,9 +15,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from textloop.config import load_config
 from textloop.training.precision import CpuInfo, choose_precision, read_cpu_info
 from textloop.training.run import TrainingInterrupted, train
+
+from .test_training import toy_config
 
 CPU = torch.device("cpu")
 AVX2_ONLY = CpuInfo("AMD EPYC 7B13 64-Core Processor", ("avx2", "fma"))
@@ -52,23 +53,9 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
 
 
 def _config(model: Path, data: dict[str, Path], out: Path, **overrides: Any) -> Any:
-    extra: dict[str, Any] = {
-        "model": str(model),
-        "output": str(out),
-        "data.train": str(data["train"]),
-        "data.validation": str(data["validation"]),
-        "data.test": str(data["test"]),
-        "train.epochs": 6,
-        "train.lr": 3e-3,
-        "train.batch_size": 16,
-        "train.warmup_ratio": 0.1,
-        "train.eval_every_steps": 8,
-        "train.max_seq_len": 32,
-        "train.threads": 1,
-        "train.precision": "bf16",
-    }
-    extra.update(overrides)
-    return load_config(None, extra=extra)
+    """The toy run of test_training, in bf16 unless overridden, on one thread."""
+    extra = {"train.precision": "bf16", "train.threads": 1, "train.eval_every_steps": 8}
+    return toy_config(model, data, out, **{**extra, **overrides})
 
 
 def test_auto_choice_and_its_reason_go_to_env_json(tiny_bert, toy_data, tmp_path) -> None:
