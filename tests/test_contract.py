@@ -137,6 +137,7 @@ LAYERS = {
     "models": 2,
     "artifacts": 2,
     "config": 1,
+    "config_io": 1,
     "errors": 0,
     "fileio": 0,
     "collectives": 0,
