@@ -711,3 +711,12 @@ def test_overwrite_never_replaces_what_is_not_a_corpus(tmp_path, capsys):
     assert (notacorpus / "important.txt").read_text() == "precious"
     assert afile.read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "in.txt", "mine"]
+
+
+def test_nfkc_can_keep_fullwidth_punctuation():
+    text = "味道不错，价格ＯＫ！（１０元）ﬁne"
+    assert Cleaner().clean(text)[0] == "味道不错,价格OK!(10元)fine"
+    kept = Cleaner(keep_fullwidth_punctuation=True).clean(text)[0]
+    assert kept == "味道不错，价格OK！（10元）fine"  # letters, digits, ligatures still normalised
+    cfg = load_prepare_config(None, ["clean.keep_fullwidth_punctuation=true"])
+    assert cfg.clean.keep_fullwidth_punctuation

@@ -31,7 +31,15 @@ class CleanConfig(_Strict):
     """Cleaning stages, applied in this fixed order; each can be switched off."""
 
     nfkc: bool = Field(
-        True, description="1. Unicode NFKC normalisation (full-width → ASCII, ligatures)."
+        True,
+        description="1. Unicode NFKC normalisation (full-width → ASCII, ligatures); it also "
+        "turns Chinese full-width punctuation (，！？：) into ASCII — see "
+        "keep_fullwidth_punctuation.",
+    )
+    keep_fullwidth_punctuation: bool = Field(
+        False,
+        description="1. With nfkc: leave full-width punctuation (，！？：；（）) as written and "
+        "normalise the rest (dedup ignores punctuation either way).",
     )
     strip_control: bool = Field(
         True, description="2. Remove control, zero-width and other invisible format characters."
