@@ -772,9 +772,10 @@ def test_short_shingles_and_pair_overlaps_equal_their_definitions():
         want = np.union1d(shingle_hashes(doc, 1), shingle_hashes(doc, 2))
         assert np.array_equal(got, want)
     pairs = np.array([[i, j] for i in range(len(docs)) for j in range(len(docs))])
-    inter, union = shared_shingles(pairs, both, pairs)
-    for (i, j), a, u in zip(pairs, inter, union):
+    inter, union, smaller = shared_shingles(pairs, both, pairs)
+    for (i, j), a, u, m in zip(pairs, inter, union, smaller):
         assert a / u == pytest.approx(jaccard(both[i], both[j]), abs=1e-12)  # exact counts
+        assert m == min(len(both[i]), len(both[j]))
 
 
 def test_dedup_representations_must_cover_every_length():

@@ -127,8 +127,9 @@ class DedupConfig(_Strict):
         ge=0,
         description="Short-text representation: two documents are also near-duplicates when at "
         "most this many of their word and word-pair shingles differ (one replaced word changes "
-        "6, one deleted or inserted word 4) and they share at least half of them, so 1-2 "
-        "edited words are caught at any length; 0 leaves only the threshold.",
+        "6, one deleted or inserted word 4) and at most 65% of the smaller text's, so 1-2 "
+        "edited words are caught from 10 words on (about 20% of the words in shorter texts); "
+        "0 leaves only the threshold.",
     )
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
     seed: int = Field(1, ge=0, description="Seed of the MinHash permutations.")

@@ -93,8 +93,8 @@ def candidate_pairs(band_columns: Iterable[np.ndarray], alive: np.ndarray) -> np
 
 def shared_shingles(
     pairs: np.ndarray, shingles: list[np.ndarray], local: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact (intersection, union) sizes of the shingle sets of many pairs, in one sort.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact (intersection, union, smaller set) sizes of the shingle sets of pairs, in one sort.
 
     Args:
         pairs: (E, 2) record indices.
@@ -116,8 +116,8 @@ def shared_shingles(
     keys.sort()
     both = keys[1:][keys[1:] == keys[:-1]]  # sets are unique: a repeat is in both
     inter = np.bincount((both >> np.uint64(32)).astype(np.int64), minlength=len(pairs))
-    union = sizes[local[:, 0]] + sizes[local[:, 1]] - inter
-    return inter, union
+    a, b = sizes[local[:, 0]], sizes[local[:, 1]]
+    return inter, a + b - inter, np.minimum(a, b)
 
 
 def verify_pairs(
@@ -139,8 +139,8 @@ def verify_pairs(
         chunk = pairs[start : start + _VERIFY_CHUNK]
         ids, local = np.unique(chunk, return_inverse=True)
         shingles = shingle_hash_sets([dedup_tokens(t) for t in texts_of(ids)], rep.sizes)
-        inter, union = shared_shingles(chunk, shingles, local.reshape(chunk.shape))
-        ok = rep.is_near(inter, union)
+        inter, union, smaller = shared_shingles(chunk, shingles, local.reshape(chunk.shape))
+        ok = rep.is_near(inter, union, smaller)
         keep.append(chunk[ok])
         sims.append(inter[ok] / union[ok])
     if not keep:

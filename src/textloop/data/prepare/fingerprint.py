@@ -8,9 +8,10 @@ Near-duplicates are compared in two representations, chosen by length (issue 16:
 shingles two edited words in a 30-word text drop the Jaccard similarity to about 0.5):
 
 * short (<= ``short_max_words``, 128): single words and word pairs. A pair is near when its
-  Jaccard reaches the threshold or when at most ``max_differing_shingles`` (12) shingles differ
-  and half are shared: one replaced word changes 6 shingles, so 1-2 edits are caught at any
-  length, while in a long text the threshold decides.
+  Jaccard reaches the threshold or when at most ``max_differing_shingles`` (12) shingles differ,
+  and at most 65% of the smaller text's: one replaced word changes 6 shingles, so 1-2 edits
+  are caught from 10 words on (about 20% of the words below that), while in a long text the
+  threshold decides.
 * long (>= ``long_min_words``, 64): ``shingle_size``-word shingles (5), Jaccard >= threshold,
   as before. Between 64 and 128 words a document is in both, so a copy with a sentence
   added or removed always shares one representation with its original.
@@ -37,6 +38,9 @@ from textloop.data.prepare.config import DedupConfig
 
 # minimum probability that a pair exactly at the threshold becomes a candidate
 _CANDIDATE_RECALL = 0.995
+# short representation: differing shingles at most this share of the smaller text's (0.65 of a
+# 10-word text's 19 is 12.35: two edited words; in a 5-word text one word pair less than one)
+_MAX_DIFFERING_SHARE = 0.65
 _SHORT_FLOOR_WORDS = 10  # shortest documents the short representation's banding is sized for
 _SIGNATURE_CHUNK = 4  # documents per array operation (larger spills the CPU cache)
 _SHINGLE_MIX = np.array(
@@ -173,13 +177,17 @@ class Representation:
         upper = n_words <= self.max_words if self.max_words is not None else True
         return (n_words >= self.min_words) & upper
 
-    def is_near(self, inter: np.ndarray, union: np.ndarray) -> np.ndarray:
-        """The near-duplicate rule on exact shingle counts of pairs."""
+    def is_near(self, inter: np.ndarray, union: np.ndarray, smaller: np.ndarray) -> np.ndarray:
+        """The near-duplicate rule on exact shingle counts of pairs (``smaller``: the size of
+        the smaller set)."""
         near = inter >= self.threshold * union - 1e-9  # J >= threshold, without a division
         if self.max_differing:
-            # few differing shingles, but never a pair sharing less than half: two unrelated
-            # 4-word texts also differ in only 14
-            near |= (union - inter <= self.max_differing) & (2 * inter >= union)
+            # few differing shingles, and few for the texts' size: 2 edits are 12 of the 19
+            # shingles of 10 words but all of 2 unrelated 4-word texts (about 20% of the words)
+            differing = union - inter
+            near |= (differing <= self.max_differing) & (
+                differing <= _MAX_DIFFERING_SHARE * smaller
+            )
         return near
 
 
