@@ -13,6 +13,7 @@ plus the candidate pairs, never the texts: 1 million documents take about 50 MB.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ import numpy as np
 from textloop.data.prepare.fingerprint import Representation, dedup_tokens, shingle_hash_sets
 
 _VERIFY_CHUNK = 20_000
+_OVERLAP_ELEMENTS = 1_000_000  # shingles per overlap sort: 8 MB per array
+_SHINGLE_WORDS = 200_000  # words shingled at once when verifying
 
 
 @dataclass
@@ -94,7 +97,9 @@ def candidate_pairs(band_columns: Iterable[np.ndarray], alive: np.ndarray) -> np
 def shared_shingles(
     pairs: np.ndarray, shingles: list[np.ndarray], local: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact (intersection, union, smaller set) sizes of the shingle sets of pairs, in one sort.
+    """Exact (intersection, union, smaller set) sizes of the shingle sets of pairs, a few
+    thousand pairs per sort (at most ``_OVERLAP_ELEMENTS`` shingles: memory stays bounded
+    however long the documents).
 
     Args:
         pairs: (E, 2) record indices.
@@ -104,20 +109,48 @@ def shared_shingles(
     sizes = np.array([len(x) for x in shingles], dtype=np.int64)
     flat = np.concatenate(shingles) if shingles else np.zeros(0, dtype=np.uint64)
     starts = np.cumsum(sizes) - sizes
+    a, b = sizes[local[:, 0]], sizes[local[:, 1]]
+    inter = np.zeros(len(pairs), dtype=np.int64)
+    cost = np.cumsum(a + b)
+    total = int(cost[-1]) if len(cost) else 0
+    cuts = np.searchsorted(cost, np.arange(_OVERLAP_ELEMENTS, total, _OVERLAP_ELEMENTS), "right")
+    for lo, hi in itertools.pairwise([0, *cuts.tolist(), len(pairs)]):
+        if hi > lo:
+            inter[lo:hi] = _overlaps(local[lo:hi], sizes, starts, flat)
+    return inter, a + b - inter, np.minimum(a, b)
+
+
+def _overlaps(
+    local: np.ndarray, sizes: np.ndarray, starts: np.ndarray, flat: np.ndarray
+) -> np.ndarray:
+    """Intersection sizes of the pairs ``local``: every element of every pair's two sets,
+    tagged with the pair's number, sorted once; a repeated tag+element is in both sets."""
     tagged = []
     for side in (0, 1):
         lens = sizes[local[:, side]]
-        # every element of every pair's set, tagged with the pair's number
         at = np.repeat(starts[local[:, side]] - (np.cumsum(lens) - lens), lens)
         at += np.arange(lens.sum())
-        pair = np.repeat(np.arange(len(pairs), dtype=np.uint64), lens)
+        pair = np.repeat(np.arange(len(local), dtype=np.uint64), lens)
         tagged.append((pair << np.uint64(32)) | flat[at])
     keys = np.concatenate(tagged)
     keys.sort()
     both = keys[1:][keys[1:] == keys[:-1]]  # sets are unique: a repeat is in both
-    inter = np.bincount((both >> np.uint64(32)).astype(np.int64), minlength=len(pairs))
-    a, b = sizes[local[:, 0]], sizes[local[:, 1]]
-    return inter, a + b - inter, np.minimum(a, b)
+    return np.bincount((both >> np.uint64(32)).astype(np.int64), minlength=len(local))
+
+
+def _shingles_of(texts: list[str], sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """Shingle sets of ``texts``, hashed ``_SHINGLE_WORDS`` words at a time (the batched fold
+    holds a few 8-byte arrays per word, so a batch of long texts would be big)."""
+    out: list[np.ndarray] = []
+    batch: list[list[str]] = []
+    words = 0
+    for text in texts:
+        batch.append(dedup_tokens(text))
+        words += len(batch[-1])
+        if words >= _SHINGLE_WORDS:
+            out += shingle_hash_sets(batch, sizes)
+            batch, words = [], 0
+    return out + shingle_hash_sets(batch, sizes)
 
 
 def verify_pairs(
@@ -138,7 +171,7 @@ def verify_pairs(
     for start in range(0, len(pairs), _VERIFY_CHUNK):
         chunk = pairs[start : start + _VERIFY_CHUNK]
         ids, local = np.unique(chunk, return_inverse=True)
-        shingles = shingle_hash_sets([dedup_tokens(t) for t in texts_of(ids)], rep.sizes)
+        shingles = _shingles_of(texts_of(ids), rep.sizes)
         inter, union, smaller = shared_shingles(chunk, shingles, local.reshape(chunk.shape))
         ok = rep.is_near(inter, union, smaller)
         keep.append(chunk[ok])
