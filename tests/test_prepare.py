@@ -711,3 +711,82 @@ def test_overwrite_never_replaces_what_is_not_a_corpus(tmp_path, capsys):
     assert (notacorpus / "important.txt").read_text() == "precious"
     assert afile.read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile.txt", "in.txt", "mine"]
+
+
+# ---- near-duplicates of short texts ---------------------------------------------------------
+def _all_texts(out: Path) -> list[str]:
+    return [
+        t for s in ("train", "validation", "test") for t in _split_table(out, s)["text"].to_pylist()
+    ]
+
+
+def test_short_and_chinese_near_copies_are_caught_and_hard_negatives_kept(tmp_path):
+    query = "please book a table for four people at an italian restaurant near the central station tonight"
+    near_query = (
+        "please book a table for five people at an italian restaurant near the station tonight"
+    )
+    template_twin = (
+        "please book a table for two people at a thai place near the airport tomorrow morning"
+    )
+    review = "这家店的外卖送得很快，味道也不错，就是价格有点贵，下次还会再来点的。"
+    near_review = "这家店的外卖送得很慢，味道不错，就是价格有点贵，下次还会再来点的。"  # 1 replaced, 1 deleted
+    other_review = "这家店的外卖送得很快，味道一般，价格倒是便宜，下次应该不会再来点了。"
+    fillers = [
+        "what will the weather be like in boston on saturday afternoon if it rains all morning",
+        "add the newest song by the rolling stones to my evening jazz playlist on spotify please",
+        "感觉一般般，包装破了，客服态度也不太好，不推荐大家购买这个牌子的东西。",
+    ]
+    texts = [query, review, *fillers, near_query, near_review, template_twin, other_review]
+    src = _jsonl(tmp_path / "d.jsonl", texts)
+    m = _run([str(src)], tmp_path / "out", dedup={"mode": "near"})  # defaults otherwise
+    kept = set(_all_texts(tmp_path / "out"))
+
+    def cleaned(*xs: str) -> set[str]:
+        return {unicodedata.normalize("NFKC", x) for x in xs}  # clean.nfkc: ，→ ,
+
+    assert not cleaned(near_query, near_review) & kept  # 2 words / 2 characters edited
+    assert cleaned(query, review, template_twin, other_review, *fillers) == kept
+    assert _stage(m, "near_duplicate")["removed"] == 2
+
+
+def test_leakage_check_finds_short_near_copies_across_splits(tmp_path):
+    rng = random.Random(4)
+    base = [_doc(rng, 12) for _ in range(200)]
+    src = _jsonl(tmp_path / "d.jsonl", base + [_near(rng, t) for t in base])  # 1 of 12 words
+    m = _run([str(src)], tmp_path / "out", dedup={"mode": "exact"})
+    assert _stage(m, "leakage")["removed"] > 20
+    train = {tuple(t.split()) for t in _split_table(tmp_path / "out", "train")["text"].to_pylist()}
+    for split in ("validation", "test"):
+        for t in _split_table(tmp_path / "out", split)["text"].to_pylist():
+            words = t.split()
+            assert not any(sum(a != b for a, b in zip(words, x)) <= 1 for x in train)
+
+
+def test_short_shingles_and_pair_overlaps_equal_their_definitions():
+    from textloop.data.prepare.dedup import shared_shingles
+
+    rng = random.Random(5)
+    docs = [dedup_tokens(_doc(rng, n)) for n in (0, 1, 2, 7, 30)] + [["我", "爱", "北", "京"]]
+    both = shingle_hash_sets(docs, (1, 2))
+    for doc, got in zip(docs, both):
+        want = np.union1d(shingle_hashes(doc, 1), shingle_hashes(doc, 2))
+        assert np.array_equal(got, want)
+    pairs = np.array([[i, j] for i in range(len(docs)) for j in range(len(docs))])
+    inter, union, smaller = shared_shingles(pairs, both, pairs)
+    for (i, j), a, u, m in zip(pairs, inter, union, smaller):
+        assert a / u == pytest.approx(jaccard(both[i], both[j]), abs=1e-12)  # exact counts
+        assert m == min(len(both[i]), len(both[j]))
+
+
+def test_dedup_representations_must_cover_every_length():
+    with pytest.raises(ConfigError, match="long_min_words"):
+        load_prepare_config(None, ["dedup.short_max_words=50", "dedup.long_min_words=80"])
+
+
+def test_nfkc_can_keep_fullwidth_punctuation():
+    text = "味道不错，价格ＯＫ！（１０元）ﬁne"
+    assert Cleaner().clean(text)[0] == "味道不错,价格OK!(10元)fine"
+    kept = Cleaner(keep_fullwidth_punctuation=True).clean(text)[0]
+    assert kept == "味道不错，价格OK！（10元）fine"  # letters, digits, ligatures still normalised
+    cfg = load_prepare_config(None, ["clean.keep_fullwidth_punctuation=true"])
+    assert cfg.clean.keep_fullwidth_punctuation

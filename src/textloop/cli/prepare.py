@@ -74,7 +74,9 @@ def add_parser(sub: Any) -> list[str]:
         "--dedup", choices=["none", "exact", "near"], help="deduplication (default near)"
     )
     p.add_argument("--threshold", type=float, help="near-duplicate Jaccard threshold (default 0.8)")
-    p.add_argument("--shingle-size", type=int, help="words per shingle (default 5)")
+    p.add_argument(
+        "--shingle-size", type=int, help="words per shingle of texts of 64+ words (default 5)"
+    )
     p.add_argument("--split", help="train,validation[,test] fractions, e.g. 0.8,0.1,0.1")
     p.add_argument("--conflicts", choices=["drop", "keep_first"], help="same text, other labels")
     p.add_argument(

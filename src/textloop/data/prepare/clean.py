@@ -45,6 +45,9 @@ CHANGE_STAGES = (
 )
 DROP_STAGES = ("repeated_lines", "too_short", "too_long", "custom_filter")
 
+# full-width ASCII punctuation (，！？：；（）...), which NFKC turns into ASCII; full-width
+# letters and digits and the ideographic space are not in it
+_FULLWIDTH_PUNCT = re.compile("([\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff60])")
 _CONTROL = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
 )
@@ -85,6 +88,15 @@ def words(text: str) -> list[str]:
 def count_words(text: str) -> int:
     """Words in ``text``; each character of a script without spaces (Chinese, Japanese, Thai) is one."""
     return len(words(text))
+
+
+def nfkc(text: str, keep_fullwidth_punctuation: bool = False) -> str:
+    """Unicode NFKC; optionally leaving full-width punctuation (，。！？ stay as written: CJK
+    text keeps its own punctuation) while everything else is normalised."""
+    if not keep_fullwidth_punctuation or not _FULLWIDTH_PUNCT.search(text):
+        return unicodedata.normalize("NFKC", text)
+    parts = _FULLWIDTH_PUNCT.split(text)  # odd positions: the punctuation kept
+    return "".join(p if i % 2 else unicodedata.normalize("NFKC", p) for i, p in enumerate(parts))
 
 
 def strip_html(text: str) -> str:
@@ -177,6 +189,7 @@ class Cleaner:
     """The cleaning stages with their parameters (built from config by ``build_cleaner``)."""
 
     nfkc: bool = True
+    keep_fullwidth_punctuation: bool = False
     strip_control: bool = True
     strip_html: bool = True
     normalize_whitespace: bool = True
@@ -229,7 +242,7 @@ class Cleaner:
 
     def _apply(self, bit: int, text: str) -> str:
         if bit == 0:
-            return unicodedata.normalize("NFKC", text)
+            return nfkc(text, self.keep_fullwidth_punctuation)
         if bit == 1:
             return _CONTROL.sub("", _NEWLINES.sub("\n", text))
         if bit == 2:
@@ -280,6 +293,7 @@ def build_cleaner(cfg: CleanConfig) -> Cleaner:
     """The cleaner a config describes; the custom filter is resolved now to fail early."""
     cleaner = Cleaner(
         nfkc=cfg.nfkc,
+        keep_fullwidth_punctuation=cfg.keep_fullwidth_punctuation,
         strip_control=cfg.strip_control,
         strip_html=cfg.strip_html,
         normalize_whitespace=cfg.normalize_whitespace,

@@ -31,7 +31,15 @@ class CleanConfig(_Strict):
     """Cleaning stages, applied in this fixed order; each can be switched off."""
 
     nfkc: bool = Field(
-        True, description="1. Unicode NFKC normalisation (full-width → ASCII, ligatures)."
+        True,
+        description="1. Unicode NFKC normalisation (full-width → ASCII, ligatures); it also "
+        "turns Chinese full-width punctuation (，！？：) into ASCII — see "
+        "keep_fullwidth_punctuation.",
+    )
+    keep_fullwidth_punctuation: bool = Field(
+        False,
+        description="1. With nfkc: leave full-width punctuation (，！？：；（）) as written and "
+        "normalise the rest (dedup ignores punctuation either way).",
     )
     strip_control: bool = Field(
         True, description="2. Remove control, zero-width and other invisible format characters."
@@ -95,12 +103,47 @@ class DedupConfig(_Strict):
         0.8,
         gt=0.0,
         le=1.0,
-        description="Jaccard similarity of word shingles at which two "
-        "documents are near-duplicates (checked exactly on every LSH candidate pair).",
+        description="Jaccard similarity of shingles at which two documents are "
+        "near-duplicates (checked exactly on every LSH candidate pair), in both representations.",
     )
-    shingle_size: int = Field(5, ge=1, le=32, description="Words per shingle.")
+    shingle_size: int = Field(
+        5, ge=1, le=32, description="Words per shingle of the long-text representation."
+    )
+    short_max_words: int = Field(
+        128,
+        ge=0,
+        description="Documents of at most this many words (a CJK character is a word) are "
+        "also compared by their single words and word pairs (the short-text representation); "
+        "0 turns it off.",
+    )
+    long_min_words: int = Field(
+        64,
+        ge=0,
+        description="Documents of at least this many words are compared by shingle_size-word "
+        "shingles (the long-text representation); at most short_max_words + 1.",
+    )
+    max_differing_shingles: int = Field(
+        12,
+        ge=0,
+        description="Short-text representation: two documents are also near-duplicates when at "
+        "most this many of their word and word-pair shingles differ (one replaced word changes "
+        "6, one deleted or inserted word 4) and at most 65% of the smaller text's, so 1-2 "
+        "edited words are caught from 10 words on (about 20% of the words in shorter texts); "
+        "0 leaves only the threshold.",
+    )
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
     seed: int = Field(1, ge=0, description="Seed of the MinHash permutations.")
+
+    @model_validator(mode="after")
+    def _representations_cover_every_length(self) -> DedupConfig:
+        if self.long_min_words > self.short_max_words + 1:
+            raise ValueError(
+                f"long_min_words {self.long_min_words} leaves documents of "
+                f"{self.short_max_words + 1}-{self.long_min_words - 1} words in neither "
+                f"representation; set it to at most short_max_words + 1 "
+                f"({self.short_max_words + 1})"
+            )
+        return self
 
 
 class SplitConfig(_Strict):

@@ -1,9 +1,11 @@
 """Global deduplication over fingerprint columns, by sorting: no per-document Python objects.
 
 Exact duplicates share the 128-bit digest of the normalised text. Near-duplicates are found with
-MinHash LSH: documents sharing any band key are candidate pairs, every candidate pair's Jaccard
-similarity is computed exactly from its shingles, and the verified pairs are joined into clusters
-(connected components). In every cluster the first record in input order is kept.
+MinHash LSH, per representation (``fingerprint.Representation``: short texts by words and word
+pairs, long ones by 5-word shingles): documents sharing any of its band keys are candidate
+pairs, every candidate pair's shingle overlap is computed exactly and judged by the
+representation's rule, and the verified pairs of both are joined into clusters (connected
+components). In every cluster the first record in input order is kept.
 
 Memory is a few arrays of 8 bytes per record (digests, one band column at a time, the sort order)
 plus the candidate pairs, never the texts: 1 million documents take about 50 MB.
@@ -11,14 +13,17 @@ plus the candidate pairs, never the texts: 1 million documents take about 50 MB.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from textloop.data.prepare.fingerprint import dedup_tokens, jaccard, shingle_hashes
+from textloop.data.prepare.fingerprint import Representation, dedup_tokens, shingle_hash_sets
 
 _VERIFY_CHUNK = 20_000
+_OVERLAP_ELEMENTS = 1_000_000  # shingles per overlap sort: 8 MB per array
+_SHINGLE_WORDS = 200_000  # words shingled at once when verifying
 
 
 @dataclass
@@ -66,11 +71,12 @@ def candidate_pairs(band_columns: Iterable[np.ndarray], alive: np.ndarray) -> np
     """(E, 2) int64 pairs (first, other), first < other, of alive records sharing a band key.
 
     Each band group links its members to its first record (a star, not all pairs), which keeps
-    the number of pairs linear in the number of duplicates.
+    the number of pairs linear in the number of duplicates. The key 0 (a record the band's
+    representation does not cover) never makes a pair.
     """
-    idx = np.flatnonzero(alive)
     found: list[np.ndarray] = []
     for keys in band_columns:
+        idx = np.flatnonzero(alive & (keys != 0))
         k = keys[idx]
         order = np.argsort(k, kind="stable")  # stable: input order inside a key
         sk, si = k[order], idx[order]
@@ -88,34 +94,88 @@ def candidate_pairs(band_columns: Iterable[np.ndarray], alive: np.ndarray) -> np
     return np.unique(np.concatenate(found), axis=0).astype(np.int64)
 
 
+def shared_shingles(
+    pairs: np.ndarray, shingles: list[np.ndarray], local: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact (intersection, union, smaller set) sizes of the shingle sets of pairs, a few
+    thousand pairs per sort (at most ``_OVERLAP_ELEMENTS`` shingles: memory stays bounded
+    however long the documents).
+
+    Args:
+        pairs: (E, 2) record indices.
+        shingles: sorted, unique 32-bit hashes per record of ``local``'s index space.
+        local: (E, 2) positions of each pair's records in ``shingles``.
+    """
+    sizes = np.array([len(x) for x in shingles], dtype=np.int64)
+    flat = np.concatenate(shingles) if shingles else np.zeros(0, dtype=np.uint64)
+    starts = np.cumsum(sizes) - sizes
+    a, b = sizes[local[:, 0]], sizes[local[:, 1]]
+    inter = np.zeros(len(pairs), dtype=np.int64)
+    cost = np.cumsum(a + b)
+    total = int(cost[-1]) if len(cost) else 0
+    cuts = np.searchsorted(cost, np.arange(_OVERLAP_ELEMENTS, total, _OVERLAP_ELEMENTS), "right")
+    for lo, hi in itertools.pairwise([0, *cuts.tolist(), len(pairs)]):
+        if hi > lo:
+            inter[lo:hi] = _overlaps(local[lo:hi], sizes, starts, flat)
+    return inter, a + b - inter, np.minimum(a, b)
+
+
+def _overlaps(
+    local: np.ndarray, sizes: np.ndarray, starts: np.ndarray, flat: np.ndarray
+) -> np.ndarray:
+    """Intersection sizes of the pairs ``local``: every element of every pair's two sets,
+    tagged with the pair's number, sorted once; a repeated tag+element is in both sets."""
+    tagged = []
+    for side in (0, 1):
+        lens = sizes[local[:, side]]
+        at = np.repeat(starts[local[:, side]] - (np.cumsum(lens) - lens), lens)
+        at += np.arange(lens.sum())
+        pair = np.repeat(np.arange(len(local), dtype=np.uint64), lens)
+        tagged.append((pair << np.uint64(32)) | flat[at])
+    keys = np.concatenate(tagged)
+    keys.sort()
+    both = keys[1:][keys[1:] == keys[:-1]]  # sets are unique: a repeat is in both
+    return np.bincount((both >> np.uint64(32)).astype(np.int64), minlength=len(local))
+
+
+def _shingles_of(texts: list[str], sizes: tuple[int, ...]) -> list[np.ndarray]:
+    """Shingle sets of ``texts``, hashed ``_SHINGLE_WORDS`` words at a time (the batched fold
+    holds a few 8-byte arrays per word, so a batch of long texts would be big)."""
+    out: list[np.ndarray] = []
+    batch: list[list[str]] = []
+    words = 0
+    for text in texts:
+        batch.append(dedup_tokens(text))
+        words += len(batch[-1])
+        if words >= _SHINGLE_WORDS:
+            out += shingle_hash_sets(batch, sizes)
+            batch, words = [], 0
+    return out + shingle_hash_sets(batch, sizes)
+
+
 def verify_pairs(
-    pairs: np.ndarray,
-    texts_of: Callable[[np.ndarray], list[str]],
-    shingle_size: int,
-    threshold: float,
+    pairs: np.ndarray, texts_of: Callable[[np.ndarray], list[str]], rep: Representation
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the candidate pairs whose exact Jaccard similarity reaches ``threshold``.
+    """Keep the candidate pairs that are near-duplicates by ``rep``'s rule on exact shingle sets.
 
     Args:
         pairs: (E, 2) record indices.
         texts_of: fetches the cleaned texts of sorted record indices.
+        rep: the representation whose band keys made the pairs.
 
     Returns:
-        (verified pairs (V, 2), their similarities (V,)).
+        (verified pairs (V, 2), their Jaccard similarities (V,)).
     """
     keep: list[np.ndarray] = []
     sims: list[np.ndarray] = []
     for start in range(0, len(pairs), _VERIFY_CHUNK):
         chunk = pairs[start : start + _VERIFY_CHUNK]
-        ids = np.unique(chunk)
-        shingles = {
-            int(i): shingle_hashes(dedup_tokens(t), shingle_size)
-            for i, t in zip(ids, texts_of(ids))
-        }
-        sim = np.array([jaccard(shingles[int(a)], shingles[int(b)]) for a, b in chunk])
-        ok = sim >= threshold
+        ids, local = np.unique(chunk, return_inverse=True)
+        shingles = _shingles_of(texts_of(ids), rep.sizes)
+        inter, union, smaller = shared_shingles(chunk, shingles, local.reshape(chunk.shape))
+        ok = rep.is_near(inter, union, smaller)
         keep.append(chunk[ok])
-        sims.append(sim[ok])
+        sims.append(inter[ok] / union[ok])
     if not keep:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
     return np.concatenate(keep), np.concatenate(sims)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from textloop.data.prepare.config import SPLIT_NAMES, PrepareConfig
 from textloop.data.prepare.dedup import candidate_pairs, clusters, exact_groups, verify_pairs
+from textloop.data.prepare.fingerprint import build_representations
 from textloop.data.prepare.ingest import LENGTH_BINS
 from textloop.data.prepare.splits import assign_splits, cross_split_pairs, rare_classes
 from textloop.errors import DataError
@@ -167,14 +168,23 @@ def decide(
     if cfg.dedup.mode == "near" or (
         cfg.split.leakage_check == "near" and len(cfg.split.fractions) > 1
     ):
-        bands = int(sum(1 for c in table.column_names if c.startswith("_b")))
-        candidates = candidate_pairs((cols.numpy(f"_b{j}") for j in range(bands)), status == 0)
-        pairs, _sims = verify_pairs(
-            candidates, cols.texts, cfg.dedup.shingle_size, cfg.dedup.threshold
-        )
-        out.counts["near_candidate_pairs"] = len(candidates)
+        found, n_candidates = [], 0
+        for shingling in build_representations(cfg.dedup):
+            first = shingling.first_band
+            columns = (cols.numpy(f"_b{j}") for j in range(first, first + shingling.bands))
+            candidates = candidate_pairs(columns, status == 0)
+            verified, _sims = verify_pairs(candidates, cols.texts, shingling)
+            n_candidates += len(candidates)
+            found.append(verified)
+            log.info(
+                "near-duplicates (%s texts): %d candidate pairs, %d verified",
+                shingling.name,
+                len(candidates),
+                len(verified),
+            )
+        pairs = np.unique(np.concatenate(found), axis=0)  # a pair both representations found
+        out.counts["near_candidate_pairs"] = n_candidates
         out.counts["near_verified_pairs"] = len(pairs)
-        log.info("near-duplicates: %d candidate pairs, %d verified", len(candidates), len(pairs))
     if cfg.dedup.mode == "near":
         members, rep = clusters(pairs)
         near = np.zeros(n, dtype=bool)

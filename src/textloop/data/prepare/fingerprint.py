@@ -1,15 +1,32 @@
-"""Per-document fingerprints: the exact-dedup digest, word shingles and MinHash LSH band keys.
+"""Per-document fingerprints: the exact-dedup digest, shingles and MinHash LSH band keys.
 
 The normalised text behind both is the document's words, case-folded, joined by single spaces:
-case, punctuation and spacing never make two copies look different. MinHash signatures come from
-``datasketch``'s affine32 scheme (fixed seed, so every process and machine agrees); the signature
-is cut into ``b`` bands of ``r`` values and each band is hashed to one 64-bit key. Two documents
-sharing a band key are *candidates*; their true Jaccard similarity is then checked exactly.
+case, punctuation and spacing never make two copies look different. A CJK character is a word,
+so for Chinese every "word" shingle below is a character n-gram.
+
+Near-duplicates are compared in two representations, chosen by length (issue 16: with 5-word
+shingles two edited words in a 30-word text drop the Jaccard similarity to about 0.5):
+
+* short (<= ``short_max_words``, 128): single words and word pairs. A pair is near when its
+  Jaccard reaches the threshold or when at most ``max_differing_shingles`` (12) shingles differ,
+  and at most 65% of the smaller text's: one replaced word changes 6 shingles, so 1-2 edits
+  are caught from 10 words on (about 20% of the words below that), while in a long text the
+  threshold decides.
+* long (>= ``long_min_words``, 64): ``shingle_size``-word shingles (5), Jaccard >= threshold,
+  as before. Between 64 and 128 words a document is in both, so a copy with a sentence
+  added or removed always shares one representation with its original.
+
+MinHash signatures come from ``datasketch``'s affine32 scheme (fixed seed, so every process and
+machine agrees); each representation's signature is cut into ``b`` bands of ``r`` values and
+each band is hashed to one 64-bit key. Two documents sharing a band key are *candidates*;
+their true shingle overlap is then checked exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
 
@@ -17,9 +34,14 @@ import numpy as np
 import xxhash
 
 from textloop.data.prepare.clean import words
+from textloop.data.prepare.config import DedupConfig
 
 # minimum probability that a pair exactly at the threshold becomes a candidate
 _CANDIDATE_RECALL = 0.995
+# short representation: differing shingles at most this share of the smaller text's (0.65 of a
+# 10-word text's 19 is 12.35: two edited words; in a 5-word text one word pair less than one)
+_MAX_DIFFERING_SHARE = 0.65
+_SHORT_FLOOR_WORDS = 10  # shortest documents the short representation's banding is sized for
 _SIGNATURE_CHUNK = 4  # documents per array operation (larger spills the CPU cache)
 _SHINGLE_MIX = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63],
@@ -70,41 +92,47 @@ def shingle_hashes(tokens: list[str], size: int) -> np.ndarray:
     return np.unique(mixed >> np.uint64(32))
 
 
-def shingle_hash_sets(docs: list[list[str]], size: int) -> list[np.ndarray]:
-    """``shingle_hashes`` of many documents at once (equal results, about 3x faster).
+def shingle_hash_sets(docs: list[list[str]], size: int | tuple[int, ...]) -> list[np.ndarray]:
+    """``shingle_hashes`` of many documents at once (equal results, 3x faster or more).
 
-    The words of all documents are hashed into one array and the shingle fold runs over it
-    once; only the windows that lie inside one document are kept, and one sort makes every
-    document's hashes unique. Documents shorter than ``size`` go through ``shingle_hashes``.
+    The words of all documents are hashed once into one array and the shingle fold runs over
+    every window of every document at once (a document shorter than ``size`` has one window,
+    its whole text; words past a document's end are masked out); one sort makes each
+    document's hashes unique. Several sizes (``(1, 2)``: words and word pairs) give the union
+    of their shingles; the sizes hash differently, so a word never equals a word pair.
     """
-    out: list[np.ndarray] = [np.empty(0, dtype=np.uint64)] * len(docs)
-    long_docs = [i for i, d in enumerate(docs) if len(d) >= size]
-    for i in set(range(len(docs))) - set(long_docs):
-        out[i] = shingle_hashes(docs[i], size)
-    if not long_docs:
-        return out
-    lengths = np.array([len(docs[i]) for i in long_docs], dtype=np.int64)
-    flat = np.array(
-        list(map(_WORD_HASHES.__getitem__, chain.from_iterable(docs[i] for i in long_docs))),
-        dtype=np.uint64,
-    )
-    n = len(flat) - size + 1
-    mixed = np.zeros(n, dtype=np.uint64)
-    for j in range(size):
-        mult = _SHINGLE_MIX[j % 4] + np.uint64(2 * j)
-        mixed = (mixed ^ (flat[j : j + n] * mult)) * np.uint64(0xFF51AFD7ED558CCD)
-    windows = lengths - size + 1  # windows per document
-    starts = np.repeat(np.cumsum(lengths) - lengths, windows)
-    starts += np.arange(windows.sum()) - np.repeat(np.cumsum(windows) - windows, windows)
-    doc = np.repeat(np.arange(len(long_docs), dtype=np.uint64), windows)
-    keys = (doc << np.uint64(32)) | (mixed[starts] >> np.uint64(32))
+    sizes = (size,) if isinstance(size, int) else size
+    if not docs:
+        return []
+    lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+    flat = np.array(list(map(_WORD_HASHES.__getitem__, chain.from_iterable(docs))), dtype=np.uint64)
+    doc_start = np.cumsum(lengths) - lengths
+    parts = [np.flatnonzero(lengths == 0).astype(np.uint64) << np.uint64(32)]  # hash 0: empty
+    for s in sizes:
+        windows = np.where(lengths > 0, np.maximum(lengths - s + 1, 1), 0)
+        doc = np.repeat(np.arange(len(docs), dtype=np.int64), windows)
+        first = np.cumsum(windows) - windows
+        start = np.repeat(doc_start - first, windows) + np.arange(windows.sum())
+        end = doc_start[doc] + lengths[doc]  # one past the document's last word
+        mixed = np.zeros(len(start), dtype=np.uint64)
+        truncated = bool(((lengths > 0) & (lengths < s)).any())  # some window passes a doc's end
+        for j in range(s):
+            # a position-dependent odd multiplier per word: order inside a shingle matters
+            mult = _SHINGLE_MIX[j % 4] + np.uint64(2 * j)
+            at = start + j
+            if truncated:
+                inside = at < end
+                word = flat[np.minimum(at, len(flat) - 1)] * mult
+                mixed = np.where(inside, (mixed ^ word) * np.uint64(0xFF51AFD7ED558CCD), mixed)
+            else:
+                mixed = (mixed ^ (flat[at] * mult)) * np.uint64(0xFF51AFD7ED558CCD)
+        parts.append((doc.astype(np.uint64) << np.uint64(32)) | (mixed >> np.uint64(32)))
+    keys = np.concatenate(parts)
     keys.sort()  # np.unique hashes large arrays, which is several times slower than a sort
     keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
-    bounds = np.searchsorted(keys, np.arange(len(long_docs) + 1, dtype=np.uint64) << np.uint64(32))
+    bounds = np.searchsorted(keys, np.arange(len(docs) + 1, dtype=np.uint64) << np.uint64(32))
     low = keys & np.uint64(0xFFFFFFFF)
-    for k, i in enumerate(long_docs):
-        out[i] = low[bounds[k] : bounds[k + 1]]
-    return out
+    return [low[bounds[k] : bounds[k + 1]] for k in range(len(docs))]
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -126,6 +154,85 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
+@dataclass(frozen=True)
+class Representation:
+    """One way of shingling documents, the lengths it covers and its near-duplicate rule.
+
+    Its LSH band keys are the columns ``_b{first_band}`` .. ``_b{first_band + bands - 1}``; a
+    document outside ``min_words .. max_words`` gets the key 0 there, which never matches.
+    """
+
+    name: str
+    sizes: tuple[int, ...]  # shingle sizes in words
+    min_words: int
+    max_words: int | None
+    threshold: float  # Jaccard at which a pair is near
+    max_differing: int  # ... or at most this many shingles in one set only (0: off)
+    bands: int
+    rows: int
+    first_band: int
+
+    def covers(self, n_words: np.ndarray) -> np.ndarray:
+        """Which documents (by word count) this representation shingles."""
+        upper = n_words <= self.max_words if self.max_words is not None else True
+        return (n_words >= self.min_words) & upper
+
+    def is_near(self, inter: np.ndarray, union: np.ndarray, smaller: np.ndarray) -> np.ndarray:
+        """The near-duplicate rule on exact shingle counts of pairs (``smaller``: the size of
+        the smaller set)."""
+        near = inter >= self.threshold * union - 1e-9  # J >= threshold, without a division
+        if self.max_differing:
+            # few differing shingles, and few for the texts' size: 2 edits are 12 of the 19
+            # shingles of 10 words but all of 2 unrelated 4-word texts (about 20% of the words)
+            differing = union - inter
+            near |= (differing <= self.max_differing) & (
+                differing <= _MAX_DIFFERING_SHARE * smaller
+            )
+        return near
+
+
+def build_representations(cfg: DedupConfig) -> list[Representation]:
+    """The short-text (words and word pairs) and long-text (``shingle_size``-word) representations.
+
+    A word pair shingle set of n words holds about 2n - 1 shingles; a pair of 10-word documents
+    with ``max_differing`` shingles apart has Jaccard >= 1 - d / (19 + d / 2), and the short
+    representation's banding finds pairs down to that (10 words: the shortest length whose
+    recall target the benchmark checks). Its bands are as few as that allows: at such a low
+    threshold each extra band mostly adds chance candidates.
+    """
+    reps: list[Representation] = []
+    d = cfg.max_differing_shingles
+    if cfg.short_max_words > 0:
+        # the rule accepts Jaccard down to 1 - d / (19 + d / 2) for 10-word texts, never < 0.5
+        lsh_at = min(cfg.threshold, max(1.0 - d / (2 * _SHORT_FLOOR_WORDS - 1 + d / 2), 0.5))
+        # bands of 2 rows: the fewest permutations (MinHash work) that reach such a threshold
+        rows = 2
+        bands = math.ceil(math.log(1.0 - _CANDIDATE_RECALL) / math.log(1.0 - lsh_at**rows))
+        bands = min(bands, cfg.num_perm // rows)
+        reps.append(
+            Representation(
+                "short", (1, 2), 0, cfg.short_max_words, cfg.threshold, d, bands, rows, 0
+            )
+        )
+    # the long representation always exists (the config checks that the two meet)
+    bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
+    first = sum(r.bands for r in reps)
+    reps.append(
+        Representation(
+            "long",
+            (cfg.shingle_size,),
+            cfg.long_min_words if reps else 0,
+            None,
+            cfg.threshold,
+            0,
+            bands,
+            rows,
+            first,
+        )
+    )
+    return reps
+
+
 @lru_cache(maxsize=8)
 def _minhash_setup(
     num_perm: int, seed: int, rows: int
@@ -137,8 +244,11 @@ def _minhash_setup(
     return a, b, band_mult | np.uint64(1)
 
 
-def signatures(shingle_sets: list[np.ndarray], num_perm: int, seed: int) -> np.ndarray:
-    """MinHash signatures, ``(n_docs, num_perm)`` uint32, equal to ``datasketch.MinHash``'s.
+def signatures(
+    shingle_sets: list[np.ndarray], num_perm: int, seed: int, used: int | None = None
+) -> np.ndarray:
+    """MinHash signatures, ``(n_docs, num_perm)`` uint32, equal to ``datasketch.MinHash``'s
+    (only the first ``used`` permutations, when given: what the banding reads).
 
     The sketch is datasketch's affine32 scheme with its seeded permutations; it is evaluated here
     for a few documents at once, permutations along rows so that the per-document minimum runs
@@ -147,8 +257,9 @@ def signatures(shingle_sets: list[np.ndarray], num_perm: int, seed: int) -> np.n
     from datasketch.minhash import _fmix
 
     a, b, _ = _minhash_setup(num_perm, seed, 1)
-    a, b = a.astype(np.uint32)[:, None], b.astype(np.uint32)[:, None]  # (P, 1)
-    out = np.empty((len(shingle_sets), num_perm), dtype=np.uint32)
+    used = num_perm if used is None else used
+    a, b = a[:used].astype(np.uint32)[:, None], b[:used].astype(np.uint32)[:, None]  # (P, 1)
+    out = np.empty((len(shingle_sets), used), dtype=np.uint32)
     for start in range(0, len(shingle_sets), _SIGNATURE_CHUNK):
         part = shingle_sets[start : start + _SIGNATURE_CHUNK]
         hv = _fmix(np.concatenate(part).astype(np.uint32), 32)[None, :]  # (1, S)
@@ -162,9 +273,12 @@ def signatures(shingle_sets: list[np.ndarray], num_perm: int, seed: int) -> np.n
 def band_keys(
     shingle_sets: list[np.ndarray], num_perm: int, seed: int, bands: int, rows: int
 ) -> np.ndarray:
-    """LSH band keys of many documents: a ``(n_docs, bands)`` uint64 array."""
+    """LSH band keys of many documents: a ``(n_docs, bands)`` uint64 array, never 0 (0 marks a
+    document that a representation does not cover)."""
     _, _, band_mult = _minhash_setup(num_perm, seed, rows)
-    sig = signatures(shingle_sets, num_perm, seed).astype(np.uint64)
-    cut = sig[:, : bands * rows].reshape(len(shingle_sets), bands, rows)  # (D, b, r)
+    sig = signatures(shingle_sets, num_perm, seed, bands * rows).astype(np.uint64)
+    cut = sig.reshape(len(shingle_sets), bands, rows)  # (D, b, r)
     keys = (cut * band_mult).sum(axis=2, dtype=np.uint64)  # (D, b), wraps mod 2**64 by design
-    return keys ^ (keys >> np.uint64(31))
+    keys ^= keys >> np.uint64(31)
+    keys[keys == 0] = 1
+    return keys

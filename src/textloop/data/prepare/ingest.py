@@ -22,10 +22,11 @@ import numpy as np
 from textloop.data.prepare.clean import CHANGE_STAGES, DROP_STAGES, Cleaner, build_cleaner
 from textloop.data.prepare.config import PrepareConfig
 from textloop.data.prepare.fingerprint import (
+    Representation,
     band_keys,
+    build_representations,
     content_digest,
     dedup_tokens,
-    lsh_params,
     shingle_hash_sets,
 )
 from textloop.data.prepare.sources import check_fields, expand_inputs, generate_records, shard_files
@@ -91,10 +92,14 @@ def _features(bands: int) -> Any:
 
 
 def _clean_batch(
-    batch: dict[str, list[Any]], cleaner: Cleaner, fp: tuple[int, int, int, int, int]
+    batch: dict[str, list[Any]],
+    cleaner: Cleaner,
+    reps: list[Representation],
+    minhash: tuple[int, int],
 ) -> dict[str, Any]:
     """The ``Dataset.map`` function: clean, filter and fingerprint a batch of records."""
-    shingle_size, num_perm, seed, bands, rows = fp
+    num_perm, seed = minhash
+    bands = sum(r.bands for r in reps)
     n = len(batch["text"])
     out_text: list[str | None] = list(batch["text"])
     drop = np.zeros(n, dtype=np.int8)
@@ -141,10 +146,17 @@ def _clean_batch(
         "_h2": h2,
     }
     if bands:
-        keys = np.zeros((n, bands), dtype=np.uint64)
-        if shingled:
-            shingles = shingle_hash_sets(shingled_tokens, shingle_size)
-            keys[shingled] = band_keys(shingles, num_perm, seed, bands, rows)
+        keys = np.zeros((n, bands), dtype=np.uint64)  # 0: not covered, never a candidate
+        lengths = np.array([len(t) for t in shingled_tokens], dtype=np.int64)
+        for rep in reps:
+            covered = np.flatnonzero(rep.covers(lengths))
+            if len(covered) == 0:
+                continue
+            shingles = shingle_hash_sets([shingled_tokens[i] for i in covered], rep.sizes)
+            columns = slice(rep.first_band, rep.first_band + rep.bands)
+            keys[np.asarray(shingled)[covered], columns] = band_keys(
+                shingles, num_perm, seed, rep.bands, rep.rows
+            )
         out.update({f"_b{j}": keys[:, j] for j in range(bands)})
     return out
 
@@ -188,7 +200,8 @@ def clean_partial(cfg: PrepareConfig, workdir: Path) -> Partial:
     }
     check_fields([files[i] for i in chosen], settings)
     cleaner = build_cleaner(cfg.clean)
-    bands, rows = lsh_params(cfg.dedup.threshold, cfg.dedup.num_perm) if needs_near(cfg) else (0, 0)
+    reps = build_representations(cfg.dedup) if needs_near(cfg) else []
+    bands = sum(r.bands for r in reps)
     tasks = [(i, files[i]) for i in chosen]
     procs = max(1, min(cfg.num_proc, len(tasks)))
     cache = workdir / "cache"
@@ -220,7 +233,8 @@ def clean_partial(cfg: PrepareConfig, workdir: Path) -> Partial:
         batch_size=256,
         fn_kwargs={
             "cleaner": cleaner,
-            "fp": (cfg.dedup.shingle_size, cfg.dedup.num_perm, cfg.dedup.seed, bands, rows),
+            "reps": reps,
+            "minhash": (cfg.dedup.num_perm, cfg.dedup.seed),
         },
         num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
         features=feats,
@@ -228,7 +242,10 @@ def clean_partial(cfg: PrepareConfig, workdir: Path) -> Partial:
         desc="clean",
     )
     info = _summarise(raw, cleaned, cfg, files, tasks, ignored, workdir)
-    info["lsh"] = {"bands": bands, "rows": rows}
+    info["lsh"] = {
+        r.name: {"words": [r.min_words, r.max_words], "bands": r.bands, "rows": r.rows}
+        for r in reps
+    }
     keep = np.flatnonzero(cleaned.data.table.column("_drop").to_numpy() == 0)
     survivors = cleaned.select(keep).flatten_indices(
         cache_file_name=str(workdir / "survivors.arrow")
