@@ -14,20 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from textloop.config import load_tree, validate_tree
+from textloop.config import StrictModel, load_tree, validate_tree
 from textloop.errors import ConfigError
 
 SPLIT_NAMES = ("train", "validation", "test")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class CleanConfig(_Strict):
+class CleanConfig(StrictModel):
     """Cleaning stages, applied in this fixed order; each can be switched off."""
 
     nfkc: bool = Field(
@@ -91,7 +86,7 @@ class CleanConfig(_Strict):
         return value
 
 
-class DedupConfig(_Strict):
+class DedupConfig(StrictModel):
     """Duplicate removal; the first occurrence (input order) is always the one kept."""
 
     mode: Literal["none", "exact", "near"] = Field(
@@ -146,7 +141,7 @@ class DedupConfig(_Strict):
         return self
 
 
-class SplitConfig(_Strict):
+class SplitConfig(StrictModel):
     """Deterministic splits by content hash: appending data never moves an old record."""
 
     fractions: list[float] = Field(
@@ -175,7 +170,7 @@ class SplitConfig(_Strict):
         return value
 
 
-class LabelsConfig(_Strict):
+class LabelsConfig(StrictModel):
     """Label checks, used when ``label_column`` is set."""
 
     conflicts: Literal["drop", "keep_first"] = Field(
@@ -190,7 +185,7 @@ class LabelsConfig(_Strict):
     )
 
 
-class PrepareConfig(_Strict):
+class PrepareConfig(StrictModel):
     """A whole ``textloop prepare`` run."""
 
     inputs: list[str] = Field(
@@ -272,8 +267,3 @@ def load_prepare_config(
     if isinstance(split, dict) and "fractions" in split:
         split["fractions"] = _parse_fractions(split["fractions"])
     return validate_tree(PrepareConfig, tree, str(path) if path is not None else "prepare config")
-
-
-def prepare_config_to_yaml(cfg: PrepareConfig) -> str:
-    """The fully resolved config as YAML."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

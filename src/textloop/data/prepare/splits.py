@@ -13,8 +13,6 @@ import hashlib
 
 import numpy as np
 
-from textloop.data.prepare.config import SPLIT_NAMES
-
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
@@ -61,8 +59,3 @@ def cross_split_pairs(pairs: np.ndarray, split: np.ndarray) -> np.ndarray:
     differ = split[a] != split[b]
     later = np.where(split[a] > split[b], a, b)
     return np.unique(later[differ])
-
-
-def split_name(i: int) -> str:
-    """Name of split id ``i``."""
-    return SPLIT_NAMES[i]
