@@ -356,6 +356,7 @@ def test_resume_uses_the_saved_config_and_names_a_damaged_checkpoint_file(
             "train.batch_size": 16,
             "train.max_seq_len": 32,
             "train.eval_every_steps": 2,
+            "train.early_stopping_patience": 0,  # the whole epoch, to compare its step count
         },
     )
 

@@ -53,8 +53,13 @@ def _probes(path: Path) -> list[str]:
 
 def test_the_driver_does_not_probe_tasks() -> None:
     probes = _probes(SRC / "training" / "run.py")
-    # the model (not the task) is asked for its input embeddings and fresh-head modules
-    allowed = ("getattr(model, 'get_input_embeddings'", "hasattr(model, name)")
+    # the model (not the task) is asked for its input embeddings, fresh-head modules and width
+    allowed = (
+        "getattr(model, 'get_input_embeddings'",
+        "hasattr(model, name)",
+        "getattr(model, 'config', None), 'hidden_size'",
+        "getattr(model, 'config', None)",
+    )
     assert [p for p in probes if not any(a in p for a in allowed)] == []
 
 

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,16 +115,47 @@ class DataConfig(StrictModel):
     )
 
 
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1.5h"``; ValueError otherwise."""
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:])
+        number = text[:-1] if scale else text
+        try:
+            seconds = float(number) * (scale or 1.0)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 10m or 1.5h") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{value!r} is not a positive duration")
+    return seconds
+
+
 class TrainConfig(StrictModel):
     """Optimisation and schedule. Defaults suit a small BERT-style encoder on a CPU."""
 
-    epochs: int = Field(3, ge=1, le=1000, description="Passes over the training data.")
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Passes over the training data (default: the recipe's, from the data size).",
+    )
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
     )
-    lr: float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate.")
+    lr: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Peak learning rate (default: the recipe's, from the encoder's width).",
+    )
     head_lr: float | None = Field(
-        None, gt=0.0, le=1.0, description="Learning rate of the fresh task head (default: lr)."
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Learning rate of the fresh task head (default: the recipe's, 10 x lr for "
+        "encoder tasks; set it equal to lr for one rate).",
     )
     batch_size: int = Field(32, ge=1, le=4096, description="Examples per micro-batch.")
     grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per step.")
@@ -152,11 +184,23 @@ class TrainConfig(StrictModel):
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="balanced: weight the loss by inverse class frequency."
     )
-    eval_every_steps: int = Field(
-        0, ge=0, description="Evaluate every N steps; 0 evaluates at the end of each epoch."
+    eval_every_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Evaluate every N steps; 0 evaluates at the end of each epoch (default: the "
+        "recipe's, about 8 evaluations a run).",
     )
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many evaluations without improvement."
+        None,
+        ge=0,
+        description="Stop after this many evaluations without improvement; 0 never stops early "
+        "(default: the recipe's, 3 for encoder tasks).",
+    )
+    time_budget: str | float | None = Field(
+        None,
+        description="Wall-clock budget for training, e.g. 90s, 10m, 1.5h: the step count is "
+        "fitted to it from the first steps' speed, and a run that still runs over stops at the "
+        "budget with its best checkpoint.",
     )
     metric_for_best: str | None = Field(
         None,
@@ -196,6 +240,15 @@ class TrainConfig(StrictModel):
         "every process; fsdp shards all three over the processes (per transformer layer) for "
         "models that do not fit one device. Ignored in a single process.",
     )
+
+    @model_validator(mode="after")
+    def _check_time_budget(self) -> TrainConfig:
+        if self.time_budget is not None:
+            try:
+                parse_duration(self.time_budget)
+            except ValueError as exc:
+                raise ValueError(f"time_budget: {exc}") from None
+        return self
 
 
 class NerConfig(StrictModel):

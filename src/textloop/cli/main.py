@@ -27,6 +27,8 @@ _TRAIN_FLAGS = {
     "epochs": "train.epochs",
     "max_steps": "train.max_steps",
     "lr": "train.lr",
+    "head_lr": "train.head_lr",
+    "time_budget": "train.time_budget",
     "batch_size": "train.batch_size",
     "max_seq_len": "train.max_seq_len",
     "seed": "train.seed",
@@ -63,9 +65,15 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--label-column", help="column with the label(s) (default 'label')")
     p.add_argument("--label-separator", help="split labels on this string (multi-label)")
     p.add_argument("--multi-label", action="store_true", help="rows hold sets of labels")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="passes over the data (default: the recipe's)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--head-lr", type=float, help="fresh head's learning rate (default 10 x lr)")
+    p.add_argument(
+        "--time-budget",
+        metavar="DURATION",
+        help="fit training to this wall-clock time, e.g. 90s, 10m, 1.5h",
+    )
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-seq-len", type=int)
     p.add_argument("--seed", type=int)

@@ -186,6 +186,35 @@ def ner_sections(split: str, metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def recipe_section(train: dict[str, Any]) -> list[str]:
+    """ "Why these settings": each recipe-chosen training key with its reason, the keys the user
+    set, and what a time budget did."""
+    recipe = train.get("recipe")
+    if not recipe:
+        return []
+
+    def val(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    parts = ["## Why these settings", ""]
+    settings, reasons = recipe.get("settings", {}), recipe.get("reasons", {})
+    for key, why in reasons.items():
+        parts.append(f"- `train.{key}: {val(settings.get(key))}`: {why}")
+    user = [f"`train.{k}: {val(settings.get(k))}`" for k in recipe.get("user_set", [])]
+    if user:
+        parts.append(f"- set in the config: {', '.join(user)}")
+    budget = train.get("time_budget")
+    if budget:
+        line = f"- time budget {budget['seconds']:g} s: planned {budget['planned_steps']} steps"
+        if budget.get("fitted_steps"):
+            line += f", fitted to {budget['fitted_steps']} from the first steps' speed"
+        if budget.get("reached"):
+            line += f"; the budget ran out at step {budget['steps']} (best checkpoint kept)"
+        parts.append(line)
+    parts.append("")
+    return parts
+
+
 def write_report(out: Path, metrics: dict[str, Any], labels: list[str]) -> None:
     """Write ``report.md`` and its PNGs (``plots/``) into a run directory."""
     plots = out / "plots"
@@ -207,6 +236,7 @@ def write_report(out: Path, metrics: dict[str, Any], labels: list[str]) -> None:
     if data.get("dropped_rows"):
         parts.append(f"- dropped invalid rows: {data['dropped_rows']}")
     parts.append("")
+    parts += recipe_section(train)
     kind = metrics_kind(metrics.get("validation", {}))
     headline = {
         "ner": ("f1", "precision", "recall", "macro_f1", "token_accuracy", "loss"),

@@ -32,7 +32,7 @@ from textloop.training.distributed import (
     rank_share,
     world_size,
 )
-from textloop.training.optim import clip_gradients
+from textloop.training.optim import Horizon, clip_gradients
 
 
 @dataclass
@@ -47,6 +47,7 @@ class LoopState:
     best_metric: float | None = None
     best_step: int = 0
     evals_since_best: int = 0
+    stop_at: int | None = None  # a time budget's fitted end (kept so a resume keeps the schedule)
     rng: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -132,7 +133,7 @@ def train_steps(
     evaluate: Callable[[], dict[str, Any]],
     state: LoopState,
     epochs: int,
-    max_steps: int | None,
+    max_steps: int | Horizon | None,
     grad_accum_steps: int,
     grad_clip: float,
     eval_every_steps: int,
@@ -143,6 +144,9 @@ def train_steps(
     loss_tokens: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> Iterator[StepInfo]:
     """Train until ``epochs`` (or ``max_steps``) are done, yielding after each step and eval.
+
+    ``max_steps`` may be a ``Horizon`` whose ``stop_at`` the caller moves while iterating (a time
+    budget): the loop evaluates and stops once the step count reaches it.
 
     ``batches_for_epoch`` gives the global micro-batches of ``state.epoch`` that remain after
     the position ``state`` holds (example indices, or a stream's items). ``collate`` builds a
@@ -236,7 +240,8 @@ def train_steps(
                 loss_sum, loss_count = torch.zeros(()), 0
             yield info
 
-            done = max_steps is not None and state.step >= max_steps
+            limit = max_steps.stop_at if isinstance(max_steps, Horizon) else max_steps
+            done = limit is not None and state.step >= limit
             if done or (eval_every_steps and state.step % eval_every_steps == 0):
                 yield run_eval()
             if done:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -128,20 +129,36 @@ def build_optimizer(
         return LazyAdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
+@dataclass
+class Horizon:
+    """How long a run trains, changeable while it runs (a time budget shortens it).
+
+    ``total_steps`` is the schedule's length (decay reaches 0 there); ``stop_at``, when set, the
+    step after which the loop evaluates and stops.
+    """
+
+    total_steps: int
+    stop_at: int | None = None
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     warmup_steps: int,
-    total_steps: int,
+    total_steps: int | Horizon,
     kind: Literal["linear", "cosine", "constant"],
 ) -> LambdaLR:
-    """Linear warmup from 0, then linear decay to 0, half-cosine decay to 0, or constant."""
+    """Linear warmup from 0, then linear decay to 0, half-cosine decay to 0, or constant.
+
+    Given a ``Horizon``, the decay follows its ``total_steps`` as it changes.
+    """
+    horizon = total_steps if isinstance(total_steps, Horizon) else Horizon(total_steps)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
         if kind == "constant":
             return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = (step - warmup_steps) / max(1, horizon.total_steps - warmup_steps)
         progress = min(1.0, progress)
         if kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from textloop.artifacts.rundir import INCOMPLETE, check_replaceable, is_run_dir
-from textloop.config import RunConfig, config_to_yaml, load_config, read_yaml
+from textloop.config import RunConfig, config_to_yaml, load_config, parse_duration, read_yaml
 from textloop.data.batching import bucketed_batches
 from textloop.errors import CheckpointError, ConfigError, ModelError, RunDirError, TextloopError
 from textloop.models.resolve import resolve_model
@@ -42,8 +42,14 @@ from textloop.training.loop import (
     steps_per_epoch,
     train_steps,
 )
-from textloop.training.optim import build_optimizer, build_scheduler, make_embeddings_sparse
+from textloop.training.optim import (
+    Horizon,
+    build_optimizer,
+    build_scheduler,
+    make_embeddings_sparse,
+)
 from textloop.training.precision import PrecisionChoice, choose_precision
+from textloop.training.recipe import RECIPE_FIELDS, DataShape, Recipe, decide
 from textloop.training.rundir import (
     start_run_dir,
     truncate_log,
@@ -75,6 +81,17 @@ def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
     return diffs
 
 
+def _with_saved_recipe(cfg: RunConfig, saved: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` as a dict, its unset recipe keys filled from a saved run's (recipe-resolved)
+    config: leaving them unset asks for the recipe, which chose those values."""
+    given = cfg.model_dump(mode="json")
+    saved_train: dict[str, Any] = saved.get("train") or {}
+    for key in RECIPE_FIELDS:
+        if given["train"].get(key) is None and key in saved_train:
+            given["train"][key] = saved_train[key]
+    return given
+
+
 def _check_output(out: Path, cfg: RunConfig, resume: bool) -> bool:
     """Decide fresh start vs resume; refuse to clobber a different run or anything that is not a
     textloop run (never replaced, even with --overwrite). Returns True to resume."""
@@ -89,7 +106,7 @@ def _check_output(out: Path, cfg: RunConfig, resume: bool) -> bool:
                 f"{out} holds a finished run; nothing to resume (use --overwrite to retrain)"
             )
         saved = read_yaml(out / "config.yaml")
-        diffs = _config_diff(saved, cfg.model_dump(mode="json"))
+        diffs = _config_diff(saved, _with_saved_recipe(cfg, saved))
         if diffs:
             raise ConfigError(
                 f"--resume with settings that differ from {out}/config.yaml: {'; '.join(diffs)}; "
@@ -107,7 +124,8 @@ def _check_output(out: Path, cfg: RunConfig, resume: bool) -> bool:
             if (out / INCOMPLETE).exists()
             else "a run"
         )
-        diffs = _config_diff(read_yaml(out / "config.yaml"), cfg.model_dump(mode="json"))
+        saved = read_yaml(out / "config.yaml")
+        diffs = _config_diff(saved, _with_saved_recipe(cfg, saved))
         if diffs:
             what += f" with a different config ({'; '.join(diffs[:3])})"
         raise RunDirError(
@@ -148,8 +166,9 @@ class _Setup:
     device: torch.device
     precision: PrecisionChoice
     threads: int
-    total_steps: int
+    horizon: Horizon
     epochs: int
+    recipe: Recipe
     metric_for_best: str
     higher_is_better: bool
     fsdp: bool
@@ -194,13 +213,18 @@ def train(
     fire(
         user_callbacks,
         "on_train_start",
-        {"total_steps": s.total_steps, "start_step": state.step, "summary": s.splits.summary},
+        {
+            "total_steps": s.horizon.total_steps,
+            "start_step": state.step,
+            "summary": s.splits.summary,
+        },
     )
     started, examples_at_start = time.perf_counter(), state.examples_seen
-    _run_loop(s, state, recorder, user_callbacks, main)
+    budget = _run_loop(s, state, recorder, user_callbacks, main)
     train_seconds = time.perf_counter() - started
     dist.barrier()  # rank 0 has written the last checkpoint
-    final = _finish(s, state, train_seconds, state.examples_seen - examples_at_start, main)
+    examples = state.examples_seen - examples_at_start
+    final = _finish(s, state, train_seconds, examples, main, budget)
     fire(user_callbacks, "on_train_end", final)
     dist.barrier()  # the run dir is complete before any process reads it
 
@@ -253,6 +277,9 @@ def _setup(cfg: RunConfig, out: Path) -> _Setup:
 
     # FSDP moves each layer to the device as it shards it: the full model never sits on one GPU
     model = build_model(torch.device("cpu") if fsdp else device)
+    recipe = _decide_recipe(cfg, splits, model)
+    cfg = cfg.model_copy(update={"train": t.model_copy(update=recipe.settings)})
+    t = cfg.train
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(  # type: ignore[operator]
             gradient_checkpointing_kwargs={"use_reentrant": False}  # works with DDP
@@ -262,15 +289,16 @@ def _setup(cfg: RunConfig, out: Path) -> _Setup:
     # DDP wraps `model`; FSDP shards it in place (train_model is model), before the optimizer
     # is built on its sharded parameters
     train_model = dist.wrap_model(model, device, t.distributed)
+    assert t.lr is not None and t.epochs is not None  # the recipe filled them
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.head_lr, task.head_prefixes)
     if t.max_steps is not None:
-        total_steps, epochs = t.max_steps, sys.maxsize  # the loop stops at max_steps
+        horizon, epochs = Horizon(t.max_steps, t.max_steps), sys.maxsize  # stops at max_steps
     else:  # a stream (mlm / clm) counts its blocks in one tokenizing pass
         n_batches = -(-len(splits.stream or splits.train) // t.batch_size)
-        total_steps = t.epochs * steps_per_epoch(n_batches, t.grad_accum_steps)
+        horizon = Horizon(t.epochs * steps_per_epoch(n_batches, t.grad_accum_steps))
         epochs = t.epochs
     scheduler = build_scheduler(
-        optimizer, round(t.warmup_ratio * total_steps), total_steps, t.scheduler
+        optimizer, round(t.warmup_ratio * horizon.total_steps), horizon, t.scheduler
     )
     return _Setup(
         cfg=cfg,
@@ -286,13 +314,34 @@ def _setup(cfg: RunConfig, out: Path) -> _Setup:
         device=device,
         precision=precision,
         threads=threads,
-        total_steps=total_steps,
+        horizon=horizon,
         epochs=epochs,
+        recipe=recipe,
         metric_for_best=metric_for_best,
         higher_is_better=metric_for_best != "loss"
         and metric_for_best not in module.LOWER_IS_BETTER,
         fsdp=fsdp,
     )
+
+
+def _decide_recipe(cfg: RunConfig, splits: Splits, model: torch.nn.Module) -> Recipe:
+    """The recipe's values for the train keys the config left unset (see training/recipe.py)."""
+    t = cfg.train
+    labels = splits.summary.get("labels")
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    shape = DataShape(
+        task=cfg.task,
+        n_train=len(splits.stream) if splits.stream is not None else len(splits.train),
+        n_classes=len(labels) if cfg.task == "classification" and labels else None,
+        hidden_size=hidden if isinstance(hidden, int) else None,
+        examples_per_step=t.batch_size * t.grad_accum_steps,
+    )
+    values = t.model_dump()
+    given = {k: values[k] for k in RECIPE_FIELDS}
+    recipe = decide(shape, given, {k for k, v in given.items() if v is not None})
+    for key, why in recipe.reasons.items():
+        log.info("recipe: train.%s = %s (%s)", key, recipe.settings[key], why)
+    return recipe
 
 
 def _open_run_dir(s: _Setup, resuming: bool, main: bool) -> LoopState:
@@ -301,6 +350,8 @@ def _open_run_dir(s: _Setup, resuming: bool, main: bool) -> LoopState:
     if resuming:
         state = load_checkpoint(out / "checkpoints/last", s.model, s.optimizer, s.scheduler)
         restore_rng(state.rng)
+        if state.stop_at is not None:  # a time budget had shortened the schedule
+            s.horizon.total_steps = s.horizon.stop_at = state.stop_at
         if main:
             truncate_log(out / "log.jsonl", state.step)
         return state
@@ -309,14 +360,100 @@ def _open_run_dir(s: _Setup, resuming: bool, main: bool) -> LoopState:
     return LoopState()
 
 
+class _TimeBudget:
+    """Fits a run's steps to a wall-clock budget as it trains (``train.time_budget``).
+
+    After the first steps, and again every ``REFIT_EVERY`` steps, it projects the time the
+    remaining steps and evaluations take (the time per step and per evaluation with its
+    checkpoint, measured so far) and, if that overruns the budget, moves the end of the schedule
+    earlier (the learning rate decays to 0 by the new end). It never lengthens a run. Should the
+    run still reach the budget, that step is the last: the loop evaluates, and the best
+    checkpoint is what the run keeps. The budget counts the training loop, not reading the data
+    or the final evaluation.
+    """
+
+    FIRST_FIT = 10
+    REFIT_EVERY = 50
+
+    def __init__(
+        self, seconds: float, horizon: Horizon, start_step: int, eval_every: int, per_epoch: int
+    ) -> None:
+        self.seconds, self.horizon = seconds, horizon
+        self.planned = horizon.stop_at or horizon.total_steps
+        self.eval_every = eval_every or per_epoch  # steps between evaluations
+        self.started = self.last = time.perf_counter()
+        self.start_step = start_step
+        self.eval_seconds = 0.0
+        self.evals = 0
+        self.reached = False
+
+    def report(self, state: LoopState) -> dict[str, Any]:
+        end = self.horizon.stop_at
+        return {
+            "seconds": self.seconds,
+            "planned_steps": self.planned,
+            "fitted_steps": end if end is not None and end != self.planned else None,
+            "reached": self.reached,
+            "steps": state.step,
+        }
+
+    def after_eval(self) -> None:
+        """Called once an evaluation and its checkpoint are done."""
+        now = time.perf_counter()
+        self.eval_seconds += now - self.last
+        self.evals += 1
+        self.last = now
+
+    def after_step(self, state: LoopState) -> None:
+        now = self.last = time.perf_counter()
+        elapsed, done = now - self.started, state.step - self.start_step
+        if elapsed >= self.seconds:
+            if self.horizon.stop_at is None or self.horizon.stop_at > state.step:
+                log.info("time budget of %.0f s reached at step %d: stopping", self.seconds, done)
+                self.horizon.stop_at, self.reached = state.step, True
+            return
+        if done != self.FIRST_FIT and (done < self.FIRST_FIT or done % self.REFIT_EVERY):
+            return
+        per_step = (elapsed - self.eval_seconds) / done
+        # an evaluation + checkpoint: measured once there was one, else guessed as 20 steps
+        per_eval = self.eval_seconds / self.evals if self.evals else 20 * per_step
+        end = self.horizon.stop_at or self.horizon.total_steps
+        cost = per_step + per_eval / self.eval_every  # one step and its share of evaluation
+        if (end - state.step) * cost + per_eval <= self.seconds - elapsed:
+            return
+        fit = int((self.seconds - elapsed - per_eval) / cost)  # keep time for the last eval
+        new_end = state.step + max(1, fit)
+        if new_end < end:
+            log.info(
+                "time budget %.0f s: %.3f s/step, %.1f s/evaluation; the schedule now ends at "
+                "step %d instead of %d",
+                self.seconds,
+                per_step,
+                per_eval,
+                new_end,
+                end,
+            )
+            self.horizon.total_steps = self.horizon.stop_at = state.stop_at = new_end
+
+
 def _run_loop(
     s: _Setup, state: LoopState, recorder: JsonlLog | None, callbacks: list[Any], main: bool
-) -> None:
+) -> dict[str, Any] | None:
     """Consume ``train_steps``: log, checkpoint after each evaluation, stop early, or save and
-    raise ``TrainingInterrupted`` on Ctrl-C."""
+    raise ``TrainingInterrupted`` on Ctrl-C. Returns what a time budget did (None without)."""
     t, task, splits, device = s.cfg.train, s.task, s.splits, s.device
     ckpt = s.out / "checkpoints"
     recorders = [recorder] if recorder else []
+    budget = None
+    if t.time_budget is not None:
+        per_epoch = -(-len(splits.stream or splits.train) // (t.batch_size * t.grad_accum_steps))
+        budget = _TimeBudget(
+            parse_duration(t.time_budget),
+            s.horizon,
+            state.step,
+            t.eval_every_steps or 0,
+            max(per_epoch, 1),
+        )
 
     def batches_for_epoch(state: LoopState) -> Iterable[Sequence[Any]]:
         if splits.stream is not None:  # mlm / clm: packed blocks read from disk, from the cursor
@@ -342,10 +479,10 @@ def _run_loop(
             evaluate=lambda: _evaluate(s, splits.validation, callbacks),
             state=state,
             epochs=s.epochs,
-            max_steps=t.max_steps,
+            max_steps=s.horizon,
             grad_accum_steps=t.grad_accum_steps,
             grad_clip=t.grad_clip,
-            eval_every_steps=t.eval_every_steps,
+            eval_every_steps=t.eval_every_steps or 0,
             metric_for_best=s.metric_for_best,
             higher_is_better=s.higher_is_better,
             log_every_steps=t.log_every_steps,
@@ -354,6 +491,8 @@ def _run_loop(
         ):
             if info.kind == "step":
                 fire([*recorders, *callbacks], "on_step_end", info)
+                if budget:
+                    budget.after_step(state)
                 continue
             fire(recorders, "on_eval_end", info)  # logged before the checkpoint it belongs to
             snap = snapshot(s.model, s.optimizer)  # every rank: FSDP gathers the shards to rank 0
@@ -363,7 +502,14 @@ def _run_loop(
                     copy_weights(ckpt / "last", ckpt / "best")
             fire(callbacks, "on_checkpoint", ckpt / "last")
             fire(callbacks, "on_eval_end", info)
-            if t.early_stopping_patience and state.evals_since_best >= t.early_stopping_patience:
+            if budget:
+                budget.after_eval()
+            # never before half the planned steps: a metric flat at chance early is no plateau
+            if (
+                t.early_stopping_patience
+                and state.evals_since_best >= t.early_stopping_patience
+                and state.step * 2 >= s.horizon.total_steps
+            ):
                 log.info(
                     "early stopping at step %d: no improvement in %d evaluations",
                     state.step,
@@ -385,6 +531,7 @@ def _run_loop(
         raise TrainingInterrupted("interrupted before the first step; nothing saved") from None
     if recorder:
         recorder.close()
+    return budget.report(state) if budget else None
 
 
 def _evaluate(s: _Setup, data: Encoded, callbacks: list[Any]) -> dict[str, Any]:
@@ -395,7 +542,12 @@ def _evaluate(s: _Setup, data: Encoded, callbacks: list[Any]) -> dict[str, Any]:
 
 
 def _finish(
-    s: _Setup, state: LoopState, train_seconds: float, examples: int, main: bool
+    s: _Setup,
+    state: LoopState,
+    train_seconds: float,
+    examples: int,
+    main: bool,
+    budget: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Restore the best weights, compute the final metrics and write the run's artifacts."""
     t, model = s.cfg.train, s.model
@@ -418,6 +570,8 @@ def _finish(
         "precision": s.precision.name,
         "threads": s.threads,
         "temperature": temperature,
+        "recipe": s.recipe.as_dict(),
+        "time_budget": budget,
     }
     final["data"] = s.splits.summary
     if dist.world_size() > 1:

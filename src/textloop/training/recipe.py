@@ -1,0 +1,146 @@
+"""The default recipe: the training settings a user left unset, chosen from the data and model.
+
+A user who does not tune gets settings fitted to what the run sees, decided once before the first
+step and written into ``config.yaml`` and the report ("Why these settings"), so every choice can
+be read and overridden (set the key: the recipe never touches a key the user set).
+
+For an encoder fine-tuned on a task (classification, ner, qa):
+
+- ``lr``: the body's peak learning rate by encoder width: 1e-4 up to 512 hidden units (MiniLM and
+  other small encoders), 5e-5 up to 768 (BERT-base), 2e-5 above (large). Small encoders move
+  slowly at the BERT-base rate of 5e-5.
+- ``head_lr``: the freshly initialised head learns ``HEAD_LR_FACTOR`` x faster than the width's
+  body rate (or at ``lr``, if a user set a higher one): it starts from random weights, the body
+  does not.
+- ``epochs``: passes over the data from its size: fewer examples (per class, for
+  classification) need more passes; at least ``MIN_STEPS`` optimizer steps whatever the size.
+- ``eval_every_steps`` and ``early_stopping_patience``: about ``EVALS`` evaluations per run and a
+  stop after ``PATIENCE`` of them without improvement; the best checkpoint is restored at the end,
+  so a generous step budget costs time, not accuracy.
+
+Other tasks (masked / causal LM, generation) keep fixed defaults. ``bench/recipes.py`` measures the
+recipe against Hugging Face ``Trainer`` defaults and a small grid; README "Default recipe" says
+which datasets chose the constants and which are unseen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ENCODER_TASKS = ("classification", "ner", "qa")
+RECIPE_FIELDS = ("epochs", "lr", "head_lr", "eval_every_steps", "early_stopping_patience")
+FIXED_DEFAULTS: dict[str, Any] = {
+    "epochs": 3,
+    "lr": 5e-5,
+    "head_lr": None,
+    "eval_every_steps": 0,
+    "early_stopping_patience": None,
+}
+
+HEAD_LR_FACTOR = 10.0
+MIN_STEPS = 200
+MAX_EPOCHS = 100
+EVALS = 8
+PATIENCE = 3
+# passes over the data: classification from examples per class, token tasks from examples
+PASSES_AT_100_PER_CLASS = 4.0
+TOKEN_TASK_EXAMPLES = 100_000  # passes = sqrt(TOKEN_TASK_EXAMPLES / n)
+MIN_PASSES, MAX_PASSES = 2, 30
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What the recipe looks at: the task, the training data's size, the model's width."""
+
+    task: str
+    n_train: int  # training examples (windows / features for token tasks)
+    n_classes: int | None  # classification only
+    hidden_size: int | None
+    examples_per_step: int  # batch_size x grad_accum_steps (x processes)
+
+
+@dataclass
+class Recipe:
+    """Final values of ``RECIPE_FIELDS`` and, for those the recipe chose, why."""
+
+    settings: dict[str, Any]
+    reasons: dict[str, str] = field(default_factory=dict)
+    user_set: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings, "reasons": self.reasons, "user_set": self.user_set}
+
+
+def _body_lr(hidden: int | None) -> tuple[float, str]:
+    if hidden is None:
+        return 5e-5, "model width unknown: the BERT-base rate"
+    if hidden <= 512:
+        return 1e-4, f"a small encoder ({hidden} hidden units) learns slowly at 5e-5"
+    if hidden <= 768:
+        return 5e-5, f"a base-size encoder ({hidden} hidden units)"
+    return 2e-5, f"a large encoder ({hidden} hidden units) is unstable at higher rates"
+
+
+def _passes(shape: DataShape) -> tuple[int, str]:
+    n = max(shape.n_train, 1)
+    if shape.task == "classification" and shape.n_classes:
+        per_class = n / shape.n_classes
+        raw = PASSES_AT_100_PER_CLASS * math.sqrt(100 / max(per_class, 1.0))
+        why = f"{per_class:.0f} examples per class over {shape.n_classes} classes"
+    else:
+        raw = math.sqrt(TOKEN_TASK_EXAMPLES / n)
+        why = f"{n} training examples"
+    return min(MAX_PASSES, max(MIN_PASSES, math.ceil(raw))), why
+
+
+def decide(shape: DataShape, given: dict[str, Any], user_set: set[str]) -> Recipe:
+    """Fill the ``RECIPE_FIELDS`` the user left unset (``None`` in ``given``) for ``shape``.
+
+    ``given`` maps each recipe field to the config's value (None where unset); ``user_set`` names
+    the fields the user set, which are kept as they are.
+    """
+    settings: dict[str, Any] = {k: given.get(k) for k in RECIPE_FIELDS}
+    mine = [k for k in RECIPE_FIELDS if settings[k] is None and k not in user_set]
+    recipe = Recipe(settings, user_set=[k for k in RECIPE_FIELDS if k not in mine])
+    if shape.task not in ENCODER_TASKS:
+        for k in mine:
+            settings[k] = FIXED_DEFAULTS[k]
+            recipe.reasons[k] = f"the fixed default for {shape.task}"
+        return recipe
+
+    if "lr" in mine:
+        settings["lr"], recipe.reasons["lr"] = _body_lr(shape.hidden_size)
+    if "head_lr" in mine:
+        width_lr = _body_lr(shape.hidden_size)[0]
+        settings["head_lr"] = max(settings["lr"], width_lr * HEAD_LR_FACTOR)
+        recipe.reasons["head_lr"] = (
+            f"the task head starts from random weights: {HEAD_LR_FACTOR:g} x this width's body "
+            "rate (or lr, if higher)"
+        )
+    per_epoch = max(1, math.ceil(shape.n_train / max(shape.examples_per_step, 1)))
+    if "epochs" in mine:
+        passes, why = _passes(shape)
+        epochs = max(passes, math.ceil(MIN_STEPS / per_epoch))
+        settings["epochs"] = min(epochs, MAX_EPOCHS)
+        recipe.reasons["epochs"] = f"{passes} passes for {why}" + (
+            f", raised to {settings['epochs']} for at least {MIN_STEPS} steps"
+            f" ({per_epoch} per epoch)"
+            if settings["epochs"] > passes
+            else f" ({settings['epochs'] * per_epoch} steps)"
+        )
+    total = int(settings["epochs"]) * per_epoch
+    if "eval_every_steps" in mine:
+        if int(settings["epochs"]) <= EVALS:
+            settings["eval_every_steps"] = 0
+            recipe.reasons["eval_every_steps"] = "evaluate after every epoch"
+        else:
+            settings["eval_every_steps"] = math.ceil(total / EVALS)
+            recipe.reasons["eval_every_steps"] = f"about {EVALS} evaluations over {total} steps"
+    if "early_stopping_patience" in mine:
+        settings["early_stopping_patience"] = PATIENCE
+        recipe.reasons["early_stopping_patience"] = (
+            f"stop after {PATIENCE} evaluations without improvement; the best checkpoint is kept"
+        )
+    return recipe
