@@ -13,16 +13,14 @@ from textloop.errors import ConfigError
 from textloop.training import run as run_mod
 from textloop.training.loop import LoopState
 from textloop.training.optim import Horizon
-from textloop.training.recipe import MIN_STEPS, RECIPE_FIELDS, DataShape, decide
+from textloop.training.recipe import RECIPE_FIELDS, DataShape, decide
 from textloop.training.run import train
 
 UNSET = dict.fromkeys(RECIPE_FIELDS)
 
 
 def shape(**kw):
-    base = dict(
-        task="classification", n_train=9000, n_classes=77, hidden_size=384, examples_per_step=32
-    )
+    base = dict(task="classification", n_train=9000, n_classes=77, hidden_size=384)
     base.update(kw)
     return DataShape(**base)
 
@@ -44,11 +42,15 @@ def test_fewer_examples_per_class_get_more_passes_and_at_least_min_steps():
     few = decide(shape(n_train=1500, n_classes=150), UNSET, set()).settings["epochs"]
     assert many < mid < few
     tiny = decide(shape(n_train=50, n_classes=5), UNSET, set())
-    per_epoch = 2  # 50 examples in batches of 32
-    assert tiny.settings["epochs"] * per_epoch >= MIN_STEPS
+    assert tiny.settings["batch_size"] == 8  # 7 updates a pass rather than 2
+    assert decide(shape(n_train=300, n_classes=5), UNSET, set()).settings["batch_size"] == 16
+    assert decide(shape(), UNSET, set()).settings["batch_size"] == 32
     # many short epochs: evaluated about 8 times, not after each one
-    assert tiny.settings["eval_every_steps"] > 0
+    assert tiny.settings["epochs"] > 8 and tiny.settings["eval_every_steps"] > 0
     assert tiny.settings["early_stopping_patience"] >= 1
+    # a batch size the user set is what the steps are counted in
+    kept = decide(shape(n_train=50, n_classes=5), {**UNSET, "batch_size": 32}, {"batch_size"})
+    assert kept.settings["batch_size"] == 32
 
 
 def test_user_settings_are_kept_and_head_never_slower_than_a_user_lr():
@@ -62,6 +64,7 @@ def test_user_settings_are_kept_and_head_never_slower_than_a_user_lr():
 def test_other_tasks_keep_fixed_defaults():
     r = decide(shape(task="clm", n_classes=None), UNSET, set())
     assert r.settings == {
+        "batch_size": 32,
         "epochs": 3,
         "lr": 5e-5,
         "head_lr": None,
@@ -102,10 +105,10 @@ def test_a_run_writes_the_recipe_into_config_and_report(tiny_bert, toy_data, tmp
     assert saved["lr"] == pytest.approx(1e-4) and saved["head_lr"] == pytest.approx(1e-3)
     assert saved["early_stopping_patience"] == 3
     recipe = run.metrics["train"]["recipe"]
-    assert recipe["user_set"] == ["epochs"] and "lr" in recipe["reasons"]
+    assert recipe["user_set"] == ["batch_size", "epochs"] and "lr" in recipe["reasons"]
     report = (out / "report.md").read_text()
     assert "## Why these settings" in report and "`train.lr: 0.0001`" in report
-    assert "set in the config: `train.epochs: 2`" in report
+    assert "set in the config: `train.batch_size: 16`, `train.epochs: 2`" in report
     # the same flags again: the saved, recipe-filled config is the same run
     with pytest.raises(Exception, match="pass --overwrite") as exc:
         train(_tiny(tiny_bert, toy_data, out, **{"train.epochs": 2}))

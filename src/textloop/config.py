@@ -157,7 +157,13 @@ class TrainConfig(StrictModel):
         description="Learning rate of the fresh task head (default: the recipe's, 10 x lr for "
         "encoder tasks; set it equal to lr for one rate).",
     )
-    batch_size: int = Field(32, ge=1, le=4096, description="Examples per micro-batch.")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Examples per micro-batch (default: the recipe's, 32, or 16 / 8 for small "
+        "data).",
+    )
     grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per step.")
     max_seq_len: int = Field(
         128, ge=8, le=8192, description="Tokens per example; longer ones are truncated."

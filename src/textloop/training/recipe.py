@@ -12,8 +12,10 @@ For an encoder fine-tuned on a task (classification, ner, qa):
 - ``head_lr``: the freshly initialised head learns ``HEAD_LR_FACTOR`` x faster than the width's
   body rate (or at ``lr``, if a user set a higher one): it starts from random weights, the body
   does not.
+- ``batch_size``: 32, or 16 / 8 when the data is too small for ``MIN_STEPS_PER_EPOCH`` steps a pass
+  at 32 (few examples need more updates per pass, and a short step costs about the same).
 - ``epochs``: passes over the data from its size: fewer examples (per class, for
-  classification) need more passes; at least ``MIN_STEPS`` optimizer steps whatever the size.
+  classification) need more passes.
 - ``eval_every_steps`` and ``early_stopping_patience``: about ``EVALS`` evaluations per run and a
   stop after ``PATIENCE`` of them without improvement; the best checkpoint is restored at the end,
   so a generous step budget costs time, not accuracy.
@@ -30,8 +32,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ENCODER_TASKS = ("classification", "ner", "qa")
-RECIPE_FIELDS = ("epochs", "lr", "head_lr", "eval_every_steps", "early_stopping_patience")
+RECIPE_FIELDS = (
+    "batch_size",
+    "epochs",
+    "lr",
+    "head_lr",
+    "eval_every_steps",
+    "early_stopping_patience",
+)
 FIXED_DEFAULTS: dict[str, Any] = {
+    "batch_size": 32,
     "epochs": 3,
     "lr": 5e-5,
     "head_lr": None,
@@ -40,12 +50,14 @@ FIXED_DEFAULTS: dict[str, Any] = {
 }
 
 HEAD_LR_FACTOR = 10.0
-MIN_STEPS = 200
 MAX_EPOCHS = 100
 EVALS = 8
 PATIENCE = 3
+# batch size: the largest of 8, 16, 32 that still gives MIN_STEPS_PER_EPOCH steps a pass
+BATCH_SIZES = (32, 16, 8)
+MIN_STEPS_PER_EPOCH = 16
 # passes over the data: classification from examples per class, token tasks from examples
-PASSES_AT_100_PER_CLASS = 4.0
+PASSES_AT_100_PER_CLASS = 3.0  # passes = 3 * sqrt(100 / examples per class)
 TOKEN_TASK_EXAMPLES = 100_000  # passes = sqrt(TOKEN_TASK_EXAMPLES / n)
 MIN_PASSES, MAX_PASSES = 2, 30
 
@@ -58,7 +70,7 @@ class DataShape:
     n_train: int  # training examples (windows / features for token tasks)
     n_classes: int | None  # classification only
     hidden_size: int | None
-    examples_per_step: int  # batch_size x grad_accum_steps (x processes)
+    grad_accum_steps: int = 1
 
 
 @dataclass
@@ -119,17 +131,19 @@ def decide(shape: DataShape, given: dict[str, Any], user_set: set[str]) -> Recip
             f"the task head starts from random weights: {HEAD_LR_FACTOR:g} x this width's body "
             "rate (or lr, if higher)"
         )
-    per_epoch = max(1, math.ceil(shape.n_train / max(shape.examples_per_step, 1)))
+    if "batch_size" in mine:
+        fits = [b for b in BATCH_SIZES if shape.n_train / b >= MIN_STEPS_PER_EPOCH]
+        settings["batch_size"] = fits[0] if fits else BATCH_SIZES[-1]
+        recipe.reasons["batch_size"] = (
+            "32 when the data gives 16 steps a pass, else smaller (down to 8): few examples need "
+            f"more updates per pass ({shape.n_train} examples)"
+        )
+    examples_per_step = int(settings["batch_size"]) * shape.grad_accum_steps
+    per_epoch = max(1, math.ceil(shape.n_train / examples_per_step))
     if "epochs" in mine:
         passes, why = _passes(shape)
-        epochs = max(passes, math.ceil(MIN_STEPS / per_epoch))
-        settings["epochs"] = min(epochs, MAX_EPOCHS)
-        recipe.reasons["epochs"] = f"{passes} passes for {why}" + (
-            f", raised to {settings['epochs']} for at least {MIN_STEPS} steps"
-            f" ({per_epoch} per epoch)"
-            if settings["epochs"] > passes
-            else f" ({settings['epochs'] * per_epoch} steps)"
-        )
+        settings["epochs"] = min(passes, MAX_EPOCHS)
+        recipe.reasons["epochs"] = f"{passes} passes for {why} ({passes * per_epoch} steps)"
     total = int(settings["epochs"]) * per_epoch
     if "eval_every_steps" in mine:
         if int(settings["epochs"]) <= EVALS:

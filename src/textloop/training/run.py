@@ -289,7 +289,7 @@ def _setup(cfg: RunConfig, out: Path) -> _Setup:
     # DDP wraps `model`; FSDP shards it in place (train_model is model), before the optimizer
     # is built on its sharded parameters
     train_model = dist.wrap_model(model, device, t.distributed)
-    assert t.lr is not None and t.epochs is not None  # the recipe filled them
+    assert t.lr is not None and t.epochs is not None and t.batch_size is not None  # the recipe's
     optimizer = build_optimizer(model, t.lr, t.weight_decay, t.head_lr, task.head_prefixes)
     if t.max_steps is not None:
         horizon, epochs = Horizon(t.max_steps, t.max_steps), sys.maxsize  # stops at max_steps
@@ -334,7 +334,7 @@ def _decide_recipe(cfg: RunConfig, splits: Splits, model: torch.nn.Module) -> Re
         n_train=len(splits.stream) if splits.stream is not None else len(splits.train),
         n_classes=len(labels) if cfg.task == "classification" and labels else None,
         hidden_size=hidden if isinstance(hidden, int) else None,
-        examples_per_step=t.batch_size * t.grad_accum_steps,
+        grad_accum_steps=t.grad_accum_steps,
     )
     values = t.model_dump()
     given = {k: values[k] for k in RECIPE_FIELDS}
@@ -444,9 +444,11 @@ def _run_loop(
     t, task, splits, device = s.cfg.train, s.task, s.splits, s.device
     ckpt = s.out / "checkpoints"
     recorders = [recorder] if recorder else []
+    batch_size = t.batch_size
+    assert batch_size is not None  # the recipe filled it
     budget = None
     if t.time_budget is not None:
-        per_epoch = -(-len(splits.stream or splits.train) // (t.batch_size * t.grad_accum_steps))
+        per_epoch = -(-len(splits.stream or splits.train) // (batch_size * t.grad_accum_steps))
         budget = _TimeBudget(
             parse_duration(t.time_budget),
             s.horizon,
@@ -457,9 +459,9 @@ def _run_loop(
 
     def batches_for_epoch(state: LoopState) -> Iterable[Sequence[Any]]:
         if splits.stream is not None:  # mlm / clm: packed blocks read from disk, from the cursor
-            return splits.stream.micro_batches(state.epoch, t.batch_size, state.data_cursor)
+            return splits.stream.micro_batches(state.epoch, batch_size, state.data_cursor)
         batches = bucketed_batches(
-            splits.train.lengths, t.batch_size, t.bucket_batches, t.seed * 1_000_003 + state.epoch
+            splits.train.lengths, batch_size, t.bucket_batches, t.seed * 1_000_003 + state.epoch
         )
         return batches[state.batches_done_in_epoch :]
 
