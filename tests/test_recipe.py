@@ -10,7 +10,7 @@ import yaml
 
 from textloop.config import load_config, parse_duration
 from textloop.errors import ConfigError
-from textloop.training import run as run_mod
+from textloop.training import budget as budget_mod
 from textloop.training.loop import LoopState
 from textloop.training.optim import Horizon
 from textloop.training.recipe import RECIPE_FIELDS, DataShape, decide
@@ -136,9 +136,9 @@ def test_time_budget_stops_with_the_best_checkpoint(tiny_bert, toy_data, tmp_pat
 
 def test_time_budget_fits_the_schedule_from_measured_speed(monkeypatch):
     clock = SimpleNamespace(now=0.0)
-    monkeypatch.setattr(run_mod.time, "perf_counter", lambda: clock.now)
+    monkeypatch.setattr(budget_mod.time, "perf_counter", lambda: clock.now)
     horizon = Horizon(total_steps=1000)
-    budget = run_mod._TimeBudget(100.0, horizon, 0, eval_every=100, per_epoch=100)
+    budget = budget_mod.TimeBudget(100.0, horizon, 0, eval_every=100, per_epoch=100)
     state = LoopState()
     for _ in range(10):  # 1 s a step: 1,000 steps cannot fit 100 s
         clock.now += 1.0
@@ -149,7 +149,7 @@ def test_time_budget_fits_the_schedule_from_measured_speed(monkeypatch):
     # a budget that fits leaves the plan alone
     clock.now = 0.0
     roomy = Horizon(total_steps=50)
-    b2 = run_mod._TimeBudget(1000.0, roomy, 0, eval_every=10, per_epoch=10)
+    b2 = budget_mod.TimeBudget(1000.0, roomy, 0, eval_every=10, per_epoch=10)
     s2 = LoopState()
     for _ in range(10):
         clock.now += 1.0

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +21,7 @@ from textloop.config_io import (  # re-exported: the run config's users read the
     StrictModel,
     _merge,
     load_tree,
+    parse_duration,
     parse_override,
     read_yaml,
     validate_tree,
@@ -43,6 +43,7 @@ __all__ = [
     "load_config",
     "load_resume_config",
     "load_tree",
+    "parse_duration",
     "parse_override",
     "read_yaml",
     "validate_tree",
@@ -113,23 +114,6 @@ class DataConfig(StrictModel):
     drop_invalid_rows: bool = Field(
         False, description="Drop empty or undecodable rows (and report them) instead of failing."
     )
-
-
-def parse_duration(value: str | float | int) -> float:
-    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1.5h"``; ValueError otherwise."""
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = value.strip().lower()
-        scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:])
-        number = text[:-1] if scale else text
-        try:
-            seconds = float(number) * (scale or 1.0)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 10m or 1.5h") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"{value!r} is not a positive duration")
-    return seconds
 
 
 class TrainConfig(StrictModel):

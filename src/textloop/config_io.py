@@ -7,6 +7,7 @@ closest valid key for a typo). The config sections themselves live in ``textloop
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, TypeVar
@@ -157,3 +158,20 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> None:
             _merge(base[key], value)
         else:
             base[key] = value
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"10m"``, ``"1.5h"``; ValueError otherwise."""
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:])
+        number = text[:-1] if scale else text
+        try:
+            seconds = float(number) * (scale or 1.0)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a duration; use e.g. 90s, 10m or 1.5h") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{value!r} is not a positive duration")
+    return seconds

@@ -19,14 +19,15 @@ from typing import Any
 
 import torch
 
-from textloop.artifacts.rundir import INCOMPLETE, check_replaceable, is_run_dir
-from textloop.config import RunConfig, config_to_yaml, load_config, parse_duration, read_yaml
+from textloop.artifacts.rundir import INCOMPLETE, is_run_dir
+from textloop.config import RunConfig, config_to_yaml, load_config, parse_duration
 from textloop.data.batching import bucketed_batches
-from textloop.errors import CheckpointError, ConfigError, ModelError, RunDirError, TextloopError
+from textloop.errors import ConfigError, ModelError, TextloopError
 from textloop.models.resolve import resolve_model
 from textloop.tasks import task_module
 from textloop.tasks.base import Encoded, Splits, Task
 from textloop.training import distributed as dist
+from textloop.training.budget import TimeBudget
 from textloop.training.callbacks import JsonlLog, fire
 from textloop.training.checkpoint import (
     copy_weights,
@@ -51,6 +52,7 @@ from textloop.training.optim import (
 from textloop.training.precision import PrecisionChoice, choose_precision
 from textloop.training.recipe import RECIPE_FIELDS, DataShape, Recipe, decide
 from textloop.training.rundir import (
+    check_output,
     start_run_dir,
     truncate_log,
     write_run_artifacts,
@@ -59,79 +61,10 @@ from textloop.training.rundir import (
 log = logging.getLogger("textloop")
 
 
-# keys a resumed run may change: where and how it runs, not what it trains (a checkpoint is the
-# same file under one process, DDP or FSDP; a moved run folder is the same run)
-_FREE_ON_RESUME = ("output", "overwrite", "train.distributed")
-
-
 class TrainingInterrupted(TextloopError):
     """Ctrl-C during training; ``checkpoints/last`` holds the state to resume from."""
 
     exit_code = 130
-
-
-def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            diffs.extend(_config_diff(va, vb, f"{prefix}{key}."))
-        elif va != vb and f"{prefix}{key}" not in _FREE_ON_RESUME:
-            diffs.append(f"{prefix}{key} {va!r} -> {vb!r}")
-    return diffs
-
-
-def _with_saved_recipe(cfg: RunConfig, saved: dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` as a dict, its unset recipe keys filled from a saved run's (recipe-resolved)
-    config: leaving them unset asks for the recipe, which chose those values."""
-    given = cfg.model_dump(mode="json")
-    saved_train: dict[str, Any] = saved.get("train") or {}
-    for key in RECIPE_FIELDS:
-        if given["train"].get(key) is None and key in saved_train:
-            given["train"][key] = saved_train[key]
-    return given
-
-
-def _check_output(out: Path, cfg: RunConfig, resume: bool) -> bool:
-    """Decide fresh start vs resume; refuse to clobber a different run or anything that is not a
-    textloop run (never replaced, even with --overwrite). Returns True to resume."""
-    last = out / "checkpoints" / "last"
-    if resume:
-        if not (last / "state.json").is_file() or not (out / "config.yaml").is_file():
-            raise CheckpointError(
-                f"nothing to resume in {out}: no checkpoints/last (start without --resume)"
-            )
-        if not (out / INCOMPLETE).exists():
-            raise CheckpointError(
-                f"{out} holds a finished run; nothing to resume (use --overwrite to retrain)"
-            )
-        saved = read_yaml(out / "config.yaml")
-        diffs = _config_diff(saved, _with_saved_recipe(cfg, saved))
-        if diffs:
-            raise ConfigError(
-                f"--resume with settings that differ from {out}/config.yaml: {'; '.join(diffs)}; "
-                "drop those flags (--resume continues with the saved config)"
-            )
-        return True
-    try:
-        check_replaceable(out, cfg.overwrite)
-    except RunDirError as exc:
-        if not is_run_dir(out) or cfg.overwrite:
-            raise
-        # a run without --overwrite: say which run it is
-        what = (
-            "an unfinished run (pass --resume to continue it)"
-            if (out / INCOMPLETE).exists()
-            else "a run"
-        )
-        saved = read_yaml(out / "config.yaml")
-        diffs = _config_diff(saved, _with_saved_recipe(cfg, saved))
-        if diffs:
-            what += f" with a different config ({'; '.join(diffs[:3])})"
-        raise RunDirError(
-            f"output directory {out} already holds {what}; pass --overwrite to replace it"
-        ) from exc
-    return False
 
 
 def _load_tokenizer(model_dir: Path) -> Any:
@@ -203,7 +136,7 @@ def train(
     if not cfg.output:
         raise ConfigError("no output directory: set output in the config or pass --output DIR")
     out = Path(cfg.output)
-    resuming = _check_output(out, cfg, resume)
+    resuming = check_output(out, cfg, resume)
     s = _setup(cfg, out)  # data, model, optimizer: every input checked, nothing written
     dist.barrier()  # every process has checked the output dir before rank 0 changes it
     main = dist.is_main_process()  # under torchrun only rank 0 writes files
@@ -360,82 +293,6 @@ def _open_run_dir(s: _Setup, resuming: bool, main: bool) -> LoopState:
     return LoopState()
 
 
-class _TimeBudget:
-    """Fits a run's steps to a wall-clock budget as it trains (``train.time_budget``).
-
-    After the first steps, and again every ``REFIT_EVERY`` steps, it projects the time the
-    remaining steps and evaluations take (the time per step and per evaluation with its
-    checkpoint, measured so far) and, if that overruns the budget, moves the end of the schedule
-    earlier (the learning rate decays to 0 by the new end). It never lengthens a run. Should the
-    run still reach the budget, that step is the last: the loop evaluates, and the best
-    checkpoint is what the run keeps. The budget counts the training loop, not reading the data
-    or the final evaluation.
-    """
-
-    FIRST_FIT = 10
-    REFIT_EVERY = 50
-
-    def __init__(
-        self, seconds: float, horizon: Horizon, start_step: int, eval_every: int, per_epoch: int
-    ) -> None:
-        self.seconds, self.horizon = seconds, horizon
-        self.planned = horizon.stop_at or horizon.total_steps
-        self.eval_every = eval_every or per_epoch  # steps between evaluations
-        self.started = self.last = time.perf_counter()
-        self.start_step = start_step
-        self.eval_seconds = 0.0
-        self.evals = 0
-        self.reached = False
-
-    def report(self, state: LoopState) -> dict[str, Any]:
-        end = self.horizon.stop_at
-        return {
-            "seconds": self.seconds,
-            "planned_steps": self.planned,
-            "fitted_steps": end if end is not None and end != self.planned else None,
-            "reached": self.reached,
-            "steps": state.step,
-        }
-
-    def after_eval(self) -> None:
-        """Called once an evaluation and its checkpoint are done."""
-        now = time.perf_counter()
-        self.eval_seconds += now - self.last
-        self.evals += 1
-        self.last = now
-
-    def after_step(self, state: LoopState) -> None:
-        now = self.last = time.perf_counter()
-        elapsed, done = now - self.started, state.step - self.start_step
-        if elapsed >= self.seconds:
-            if self.horizon.stop_at is None or self.horizon.stop_at > state.step:
-                log.info("time budget of %.0f s reached at step %d: stopping", self.seconds, done)
-                self.horizon.stop_at, self.reached = state.step, True
-            return
-        if done != self.FIRST_FIT and (done < self.FIRST_FIT or done % self.REFIT_EVERY):
-            return
-        per_step = (elapsed - self.eval_seconds) / done
-        # an evaluation + checkpoint: measured once there was one, else guessed as 20 steps
-        per_eval = self.eval_seconds / self.evals if self.evals else 20 * per_step
-        end = self.horizon.stop_at or self.horizon.total_steps
-        cost = per_step + per_eval / self.eval_every  # one step and its share of evaluation
-        if (end - state.step) * cost + per_eval <= self.seconds - elapsed:
-            return
-        fit = int((self.seconds - elapsed - per_eval) / cost)  # keep time for the last eval
-        new_end = state.step + max(1, fit)
-        if new_end < end:
-            log.info(
-                "time budget %.0f s: %.3f s/step, %.1f s/evaluation; the schedule now ends at "
-                "step %d instead of %d",
-                self.seconds,
-                per_step,
-                per_eval,
-                new_end,
-                end,
-            )
-            self.horizon.total_steps = self.horizon.stop_at = state.stop_at = new_end
-
-
 def _run_loop(
     s: _Setup, state: LoopState, recorder: JsonlLog | None, callbacks: list[Any], main: bool
 ) -> dict[str, Any] | None:
@@ -446,10 +303,10 @@ def _run_loop(
     recorders = [recorder] if recorder else []
     batch_size = t.batch_size
     assert batch_size is not None  # the recipe filled it
-    budget = None
+    budget: TimeBudget | None = None
     if t.time_budget is not None:
         per_epoch = -(-len(splits.stream or splits.train) // (batch_size * t.grad_accum_steps))
-        budget = _TimeBudget(
+        budget = TimeBudget(
             parse_duration(t.time_budget),
             s.horizon,
             state.step,

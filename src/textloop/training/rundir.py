@@ -1,4 +1,5 @@
-"""The one writer of a run folder: its start, its log's truncation on resume, its artifacts.
+"""The one writer of a run folder: the check before it is touched (fresh start, resume, or a
+refusal), its start, its log's truncation on resume, its artifacts.
 
 ``training.run.train`` and an update's candidate (``continual.retrain.write_run_dir``) both write
 through here, so every run folder has the same layout (see README "Run directory"), which
@@ -17,11 +18,14 @@ from typing import Any
 
 import torch
 
-from textloop.artifacts.rundir import INCOMPLETE
+from textloop.artifacts.rundir import INCOMPLETE, check_replaceable, is_run_dir
+from textloop.config import RunConfig, read_yaml
+from textloop.errors import CheckpointError, ConfigError, RunDirError
 from textloop.evaluation.report import write_report
 from textloop.fileio import atomic_dir, write_text_atomic
 from textloop.tasks.base import Task
 from textloop.training.precision import PrecisionChoice, read_cpu_info
+from textloop.training.recipe import RECIPE_FIELDS
 
 _VERSIONED = (
     "torch",
@@ -114,3 +118,72 @@ def write_run_artifacts(
     if section:
         report = out / "report.md"
         write_text_atomic(report, report.read_text(encoding="utf-8") + "\n" + section)
+
+
+# keys a resumed run may change: where and how it runs, not what it trains (a checkpoint is the
+# same file under one process, DDP or FSDP; a moved run folder is the same run)
+_FREE_ON_RESUME = ("output", "overwrite", "train.distributed")
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs.extend(_config_diff(va, vb, f"{prefix}{key}."))
+        elif va != vb and f"{prefix}{key}" not in _FREE_ON_RESUME:
+            diffs.append(f"{prefix}{key} {va!r} -> {vb!r}")
+    return diffs
+
+
+def _with_saved_recipe(cfg: RunConfig, saved: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` as a dict, its unset recipe keys filled from a saved run's (recipe-resolved)
+    config: leaving them unset asks for the recipe, which chose those values."""
+    given = cfg.model_dump(mode="json")
+    saved_train: dict[str, Any] = saved.get("train") or {}
+    for key in RECIPE_FIELDS:
+        if given["train"].get(key) is None and key in saved_train:
+            given["train"][key] = saved_train[key]
+    return given
+
+
+def check_output(out: Path, cfg: RunConfig, resume: bool) -> bool:
+    """Decide fresh start vs resume; refuse to clobber a different run or anything that is not a
+    textloop run (never replaced, even with --overwrite). Returns True to resume."""
+    last = out / "checkpoints" / "last"
+    if resume:
+        if not (last / "state.json").is_file() or not (out / "config.yaml").is_file():
+            raise CheckpointError(
+                f"nothing to resume in {out}: no checkpoints/last (start without --resume)"
+            )
+        if not (out / INCOMPLETE).exists():
+            raise CheckpointError(
+                f"{out} holds a finished run; nothing to resume (use --overwrite to retrain)"
+            )
+        saved = read_yaml(out / "config.yaml")
+        diffs = _config_diff(saved, _with_saved_recipe(cfg, saved))
+        if diffs:
+            raise ConfigError(
+                f"--resume with settings that differ from {out}/config.yaml: {'; '.join(diffs)}; "
+                "drop those flags (--resume continues with the saved config)"
+            )
+        return True
+    try:
+        check_replaceable(out, cfg.overwrite)
+    except RunDirError as exc:
+        if not is_run_dir(out) or cfg.overwrite:
+            raise
+        # a run without --overwrite: say which run it is
+        what = (
+            "an unfinished run (pass --resume to continue it)"
+            if (out / INCOMPLETE).exists()
+            else "a run"
+        )
+        saved = read_yaml(out / "config.yaml")
+        diffs = _config_diff(saved, _with_saved_recipe(cfg, saved))
+        if diffs:
+            what += f" with a different config ({'; '.join(diffs[:3])})"
+        raise RunDirError(
+            f"output directory {out} already holds {what}; pass --overwrite to replace it"
+        ) from exc
+    return False
