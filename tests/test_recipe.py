@@ -43,7 +43,7 @@ def test_fewer_examples_per_class_get_more_passes_and_at_least_min_steps():
     assert many < mid < few
     tiny = decide(shape(n_train=50, n_classes=5), UNSET, set())
     assert tiny.settings["batch_size"] == 8  # 7 updates a pass rather than 2
-    assert decide(shape(n_train=300, n_classes=5), UNSET, set()).settings["batch_size"] == 16
+    assert decide(shape(n_train=600, n_classes=5), UNSET, set()).settings["batch_size"] == 16
     assert decide(shape(), UNSET, set()).settings["batch_size"] == 32
     # many short epochs: evaluated about 8 times, not after each one
     assert tiny.settings["epochs"] > 8 and tiny.settings["eval_every_steps"] > 0

@@ -55,7 +55,7 @@ EVALS = 8
 PATIENCE = 3
 # batch size: the largest of 8, 16, 32 that still gives MIN_STEPS_PER_EPOCH steps a pass
 BATCH_SIZES = (32, 16, 8)
-MIN_STEPS_PER_EPOCH = 16
+MIN_STEPS_PER_EPOCH = 32
 # passes over the data: classification from examples per class, token tasks from examples
 PASSES_AT_100_PER_CLASS = 3.0  # passes = 3 * sqrt(100 / examples per class)
 TOKEN_TASK_EXAMPLES = 100_000  # passes = sqrt(TOKEN_TASK_EXAMPLES / n)
@@ -135,8 +135,8 @@ def decide(shape: DataShape, given: dict[str, Any], user_set: set[str]) -> Recip
         fits = [b for b in BATCH_SIZES if shape.n_train / b >= MIN_STEPS_PER_EPOCH]
         settings["batch_size"] = fits[0] if fits else BATCH_SIZES[-1]
         recipe.reasons["batch_size"] = (
-            "32 when the data gives 16 steps a pass, else smaller (down to 8): few examples need "
-            f"more updates per pass ({shape.n_train} examples)"
+            f"32 when the data gives {MIN_STEPS_PER_EPOCH} steps a pass, else smaller (down to 8): "
+            f"few examples need more updates per pass ({shape.n_train} examples)"
         )
     examples_per_step = int(settings["batch_size"]) * shape.grad_accum_steps
     per_epoch = max(1, math.ceil(shape.n_train / examples_per_step))
