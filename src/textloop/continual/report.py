@@ -27,6 +27,30 @@ def write_update_report(parent: Path, name: str, report: dict[str, Any]) -> Path
     return final
 
 
+def _drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "accuracy_drop": before["accuracy"] - after["accuracy"],
+        "recall_drop": {
+            lab: m["recall"] - after["per_class"].get(lab, {}).get("recall", 0.0)
+            for lab, m in before["per_class"].items()
+        },
+    }
+
+
+def forgetting(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Forgetting as the gate judges it (top level: in the old label space when labels were
+    added) and in the full label space."""
+    if not before.get("n"):
+        return {}
+    if "regression_old_labels" not in after:
+        return {**_drops(before, after["regression"]), "label_space": "same"}
+    return {
+        **_drops(before, after["regression_old_labels"]),
+        "label_space": "old",
+        "full_label_space": _drops(before, after["regression"]),
+    }
+
+
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 

@@ -32,7 +32,7 @@ import torch
 
 from textloop.artifacts.registry import Registry
 from textloop.config import config_to_yaml
-from textloop.continual.config import ReplayConfig, UpdateConfig
+from textloop.continual.config import GateConfig, ReplayConfig, UpdateConfig
 from textloop.continual.gate import GateDecision, decide, predict_gate
 from textloop.continual.regularisers import EWCObjective, LwFObjective
 from textloop.continual.replay import (
@@ -44,7 +44,7 @@ from textloop.continual.replay import (
     label_counts,
     read_labelled,
 )
-from textloop.continual.report import write_update_report
+from textloop.continual.report import forgetting, write_update_report
 from textloop.continual.retrain import (
     Schedule,
     encode_rows,
@@ -184,28 +184,47 @@ def score_after(
     return out
 
 
-def _drops(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "accuracy_drop": before["accuracy"] - after["accuracy"],
-        "recall_drop": {
-            lab: m["recall"] - after["per_class"].get(lab, {}).get("recall", 0.0)
-            for lab, m in before["per_class"].items()
-        },
-    }
+def judge(
+    gate: GateConfig,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    new_labels: Sequence[str],
+    reference: dict[str, Any] | None = None,
+) -> GateDecision:
+    """The gate on an update's scores, as ``update`` applies it.
 
-
-def _forgetting(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Forgetting as the gate judges it (top level: in the old label space when labels were
-    added) and in the full label space."""
-    if not before.get("n"):
-        return {}
-    if "regression_old_labels" not in after:
-        return {**_drops(before, after["regression"]), "label_space": "same"}
-    return {
-        **_drops(before, after["regression_old_labels"]),
-        "label_space": "old",
-        "full_label_space": _drops(before, after["regression"]),
-    }
+    Args:
+        gate: the thresholds.
+        before: production's ``{"regression": score, "new": score}``.
+        after: the candidate's scores from ``score_after`` (old-label-space ones included when
+            its label space grew).
+        new_labels: the labels the candidate added.
+        reference: the joint reference's ``score_after`` scores, if one was trained.
+    """
+    grown = "regression_old_labels" in after
+    ref = None
+    if reference is not None:
+        ref = {
+            "regression": reference.get("regression_old_labels", reference["regression"]),
+            "regression_full": reference["regression"],
+            "new": reference["new"],
+        }
+    return decide(
+        before["regression"],
+        after["regression_old_labels"] if grown else after["regression"],
+        before["new"],
+        after["new"],
+        gate.max_overall_drop,
+        gate.max_class_drop,
+        gate.min_class_support,
+        gate.min_new_gain,
+        after_regression_full=after["regression"] if grown else None,
+        old_to_new=after.get("old_to_new"),
+        max_old_to_new_share=gate.max_old_to_new_share,
+        new_labels=new_labels,
+        reference=ref,
+        max_drop_vs_reference=gate.max_drop_vs_reference,
+    )
 
 
 def update(
@@ -333,28 +352,13 @@ def update(
                 "train": ref_info,
             }
             del ref_model
-    decision = decide(
-        before["regression"],
-        after.get("regression_old_labels", after["regression"]),
-        before["new"],
-        after["new"],
-        g.max_overall_drop,
-        g.max_class_drop,
-        g.min_class_support,
-        g.min_new_gain,
-        after_regression_full=after["regression"] if "regression_old_labels" in after else None,
-        old_to_new=after.get("old_to_new"),
-        max_old_to_new_share=g.max_old_to_new_share,
-        new_labels=train_info["new_labels"],
-        reference=_reference_for_gate(reference),
-        max_drop_vs_reference=g.max_drop_vs_reference,
-    )
+    decision = judge(g, before, after, train_info["new_labels"], reference)
     report: dict[str, Any] = {
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plan": plan,
         "before": before,
         "after": after,
-        "forgetting": _forgetting(before["regression"], after),
+        "forgetting": forgetting(before["regression"], after),
         "train": train_info,
         "decision": decision.to_json(),
         "config": cfg.model_dump(mode="json"),
@@ -399,14 +403,3 @@ def update(
     return UpdateResult(
         False, plan, before, after, decision, new.version, stage, report_dir, report
     )
-
-
-def _reference_for_gate(reference: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The reference's scores as the gate compares them: in the old label space if it grew."""
-    if reference is None:
-        return None
-    return {
-        "regression": reference.get("regression_old_labels", reference["regression"]),
-        "regression_full": reference["regression"],
-        "new": reference["new"],
-    }
