@@ -96,15 +96,11 @@ class SampleSize:
     total: int | None = None
 
     def sample(self, rows: Sequence[Row], seed: int) -> list[Row]:
+        """The rows kept of ``rows`` (a seeded sample)."""
         if self.total is not None:
             return balanced_sample(rows, self.total, seed)
         picked = per_class_sample(rows, self.per_class, seed)
         return balanced_sample(picked, self.cap, seed) if len(picked) > self.cap else picked
-
-    def describe(self) -> str:
-        if self.total is not None:
-            return f"{self.total} in all"
-        return f"{self.per_class} per class, at most {self.cap} in all"
 
 
 # What a version's frozen buffer holds when nothing else is configured (``ReplayConfig``'s
