@@ -1,8 +1,10 @@
-"""Continual learning on BBC News topics arriving over time: naive vs replay vs EWC vs LwF.
+"""Continual learning benchmarks: naive vs replay vs EWC vs LwF vs joint retraining.
 
-Scenario (class-incremental with some old-topic traffic): a model is trained on batch 0
-(business, entertainment); then three batches arrive, each bringing a new topic plus a third
-as many examples of one earlier topic:
+Two scenarios (``--scenario``):
+
+**bbc** (default): BBC News topics arriving over time (class-incremental with some old-topic
+traffic). A model is trained on batch 0 (business, entertainment); then three batches arrive,
+each bringing a new topic plus a third as many examples of one earlier topic:
 
     batch 1: politics (new) + entertainment      batch 2: sports (new) + business
     batch 3: tech (new) + politics
@@ -17,11 +19,28 @@ after learning batch i. Printed as JSON per strategy:
   Ranzato 2017), forgetting = -backward_transfer
 - new_batch_accuracy = mean_{i>=1} R[i][i]
 - update_seconds: total wall time of the three updates (training only)
-- gate: what the default gate would decide at each update
+- gate: what the default gate (``update.judge``) would decide at each update
 
 Run (about 30 minutes on 2 shared CPU cores; LwF can run in a second process with
 --strategies lwf):
     nice -n 19 .venv/bin/python bench/continual.py --output bench/results/continual.json
+
+**clinc**: CLINC150 intents (``../shared/data/clinc150``) added group by group, each group a
+set of intents the model has never seen (pure class-incremental, as when a bank adds 37 intents
+to 40). The file has no domain column, so the 150 intent names are sorted and cut into 10 groups
+of 15 in that order (alphabetical blocks: a group mixes domains, and later groups hold intents
+confusable with earlier ones, e.g. card_declined / report_lost_card). Group 0 trains the base
+model (``textloop train``); each later group is an update from the previous step's model (every
+strategy continues from its own candidate, whatever the gate said). Per step and strategy:
+accuracy on the old intents' test rows in the full label space and restricted to the old labels
+(argmax over the labels the previous model knew), the previous model's accuracy on them, so
+forgetting both ways, accuracy on the new intents, the gate's decision and reasons (regression
+set: 40 held-out train.tsv rows per old intent, like a regression set of earlier data;
+new-data hold-out: the dev rows of the new intents; default GateConfig), what the former full-label-space gate would have said, and the update time.
+``joint`` retrains from the previous model on all training rows seen so far (plain fine-tuning,
+what ``reference: joint`` trains on the buffer). Shrink it with --groups, --per-intent, --epochs:
+    nice -n 19 taskset -c 1 .venv/bin/python bench/continual.py --scenario clinc --groups 3 \
+        --per-intent 20 --threads 1 --output bench/results/continual_clinc_small.json
 """
 
 from __future__ import annotations
@@ -30,6 +49,7 @@ import argparse
 import csv
 import json
 import os
+import platform
 import random
 import sys
 import time
@@ -37,6 +57,7 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spinning threads
+REPO = Path(__file__).resolve().parents[1]
 
 BATCHES = [
     {"new": ["business", "entertainment"], "old": []},
@@ -118,29 +139,14 @@ def train_base(batch: dict, work: Path, args: argparse.Namespace) -> Path:
     return run_dir
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", help="also write the JSON here")
-    parser.add_argument("--work", default="/tmp/textloop-bench-continual")
-    parser.add_argument("--strategies", default="naive,replay,ewc,lwf")
-    parser.add_argument("--per-new", type=int, default=120, help="train examples per new topic")
-    parser.add_argument("--per-old", type=int, default=40, help="examples of the old topic")
-    parser.add_argument("--test-per-class", type=int, default=40)
-    parser.add_argument("--replay-size", type=int, default=160)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--head-lr", type=float, default=1e-3)
-    parser.add_argument("--max-seq-len", type=int, default=96)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
+def run_bbc(args: argparse.Namespace) -> dict:
+    """The BBC News scenario (see the module docstring)."""
     import torch
 
     from textloop.continual.config import load_update_config
-    from textloop.continual.gate import decide
     from textloop.continual.replay import balanced_sample
     from textloop.continual.retrain import score
-    from textloop.continual.update import build_candidate
+    from textloop.continual.update import build_candidate, judge, score_after
     from textloop.runs import load_run
 
     work = Path(args.work)
@@ -189,17 +195,12 @@ def main() -> int:
             scores = [score(new_model, new_task, b["test"]) for b in batches[: i + 1]]
             matrix.append([s["accuracy"] for s in scores])
             old_test = [r for b in batches[:i] for r in b["test"]]
-            g = cfg.gate
-            gate = decide(
-                score(model, task, old_test),
-                score(new_model, new_task, old_test),
-                score(model, task, batches[i]["test"]),
-                scores[i],
-                g.max_overall_drop,
-                g.max_class_drop,
-                g.min_class_support,
-                g.min_new_gain,
-            )
+            before = {
+                "regression": score(model, task, old_test),
+                "new": score(model, task, batches[i]["test"]),
+            }
+            after = score_after(new_model, new_task, task.labels, old_test, batches[i]["test"])
+            gate = judge(cfg.gate, before, after, info["new_labels"])
             gates.append({"accepted": gate.accepted, "reasons": gate.reasons})
             buffer = balanced_sample([*buffer, *batches[i]["train"]], 2000, args.seed)
             model, task = new_model, new_task
@@ -221,6 +222,295 @@ def main() -> int:
         results["forgetting_ratio_naive_over_replay"] = round(
             strategies["naive"]["forgetting"] / replay_forgetting, 2
         )
+    return results
+
+
+# ---- CLINC150, intents added group by group ------------------------------------------------
+GROUP_SIZE = 15
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return [{"text": r["text"], "label": r["label"]} for r in csv.DictReader(f, delimiter="\t")]
+
+
+def clinc_groups(
+    data: Path, n_groups: int, per_intent: int, regression_per_intent: int, seed: int
+) -> list[dict]:
+    """Groups of 15 intents in sorted-name order: ``per_intent`` training rows per intent (a
+    seeded sample of train.tsv), up to ``regression_per_intent`` other train.tsv rows as the
+    gate's regression set (held-out earlier data), and all of each intent's dev and test rows."""
+    splits = {name: read_tsv(data / f"{name}.tsv") for name in ("train", "dev", "test")}
+    intents = sorted({r["label"] for r in splits["train"]})
+    rng = random.Random(seed)
+    by_intent: dict[str, list[dict[str, str]]] = {}
+    for row in splits["train"]:
+        by_intent.setdefault(row["label"], []).append(row)
+    groups = []
+    for g in range(n_groups):
+        names = intents[g * GROUP_SIZE : (g + 1) * GROUP_SIZE]
+        train, regression = [], []
+        for name in names:
+            rows = by_intent[name]
+            take = rng.sample(rows, min(len(rows), per_intent + regression_per_intent))
+            train += take[:per_intent]
+            regression += take[per_intent:]
+        rng.shuffle(train)
+        groups.append(
+            {
+                "intents": names,
+                "train": train,
+                "regression": regression,
+                "dev": [r for r in splits["dev"] if r["label"] in names],
+                "test": [r for r in splits["test"] if r["label"] in names],
+            }
+        )
+    return groups
+
+
+def train_clinc_base(group: dict, work: Path, args: argparse.Namespace) -> Path:
+    """``textloop train`` on group 0 with the update's schedule pinned (no early stopping)."""
+    from textloop.config import load_config
+    from textloop.training.run import train
+
+    run_dir = work / f"base-{args.per_intent}-{args.base_epochs or args.epochs}-{args.seed}"
+    if (run_dir / "metrics.json").is_file():
+        return run_dir
+    for split in ("train", "dev", "test"):
+        write_csv(work / f"g0-{split}.csv", group[split])
+    extra = {
+        "model": args.model,
+        "output": str(run_dir),
+        "overwrite": True,
+        "data.train": str(work / "g0-train.csv"),
+        "data.validation": str(work / "g0-dev.csv"),
+        "data.test": str(work / "g0-test.csv"),
+        "train.epochs": args.base_epochs or args.epochs,
+        "train.lr": args.lr,
+        "train.head_lr": args.head_lr,
+        "train.batch_size": 16,
+        "train.max_seq_len": args.max_seq_len,
+        "train.eval_every_steps": 0,
+        "train.early_stopping_patience": 0,
+        "train.log_every_steps": 50,
+        "train.seed": args.seed,
+    }
+    if args.threads:
+        extra["train.threads"] = args.threads
+    train(load_config(None, extra=extra))
+    return run_dir
+
+
+def clinc_step(model, task, cand, ctask, info, old: dict, new: dict, cfg) -> dict:
+    """Scores, forgetting both ways and the gate for one step (old/new: rows of the intents
+    learned before / in this step)."""
+    from textloop.continual.gate import decide
+    from textloop.continual.retrain import score, score_in_old_label_space
+    from textloop.continual.update import judge, score_after
+
+    old_labels = list(task.labels)
+    before = {
+        "regression": score(model, task, old["regression"]),
+        "new": score(model, task, new["dev"]),
+    }
+    after = score_after(cand, ctask, old_labels, old["regression"], new["dev"])
+    decision = judge(cfg.gate, before, after, info["new_labels"])
+    g = cfg.gate  # the gate before this change: the full label space judged
+    former = decide(
+        before["regression"],
+        after["regression"],
+        before["new"],
+        after["new"],
+        g.max_overall_drop,
+        g.max_class_drop,
+        g.min_class_support,
+        g.min_new_gain,
+    )
+    prev_old = score(model, task, old["test"])["accuracy"]
+    both = score_in_old_label_space(cand, ctask, old["test"], old_labels)
+    full, restricted = both["full"]["accuracy"], both["old_labels"]["accuracy"]
+    o2n = after["old_to_new"]
+    return {
+        "n_old_intents": len(old_labels),
+        "n_new_intents": len(info["new_labels"]),
+        "n_train": info["n_train"],
+        "n_replay": info["n_replay"],
+        "update_seconds": info["seconds"],
+        "old_accuracy_before": round(prev_old, 4),
+        "old_accuracy_full": round(full, 4),
+        "old_accuracy_old_labels": round(restricted, 4),
+        "forgetting_full": round(prev_old - full, 4),
+        "forgetting_old_labels": round(prev_old - restricted, 4),
+        "old_to_new_share_test": round(both["old_to_new"]["share"], 4),
+        "new_accuracy": round(score(cand, ctask, new["test"])["accuracy"], 4),
+        "all_accuracy": round(score(cand, ctask, old["test"] + new["test"])["accuracy"], 4),
+        "gate": {
+            "accepted": decision.accepted,
+            "mode": decision.mode,
+            "reasons": decision.reasons,
+            "n_checks": len(decision.checks),
+            "regression_old_labels": round(after["regression_old_labels"]["accuracy"], 4),
+            "regression_full": round(after["regression"]["accuracy"], 4),
+            "regression_before": round(before["regression"]["accuracy"], 4),
+            "old_to_new_share": round(o2n["share"], 4),
+            "top_confusions": [
+                {k: p[k] for k in ("gold", "predicted", "count")} for p in o2n["pairs"][:5]
+            ],
+        },
+        "former_full_label_space_gate": {
+            "accepted": former.accepted,
+            "n_failed": len(former.reasons),
+            "first_reasons": former.reasons[:3],
+        },
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_clinc(args: argparse.Namespace) -> dict:
+    """The CLINC150 scenario (see the module docstring)."""
+    data = Path(args.data)
+    if not (data / "train.tsv").is_file():
+        return {"scenario": "clinc", "skipped": f"{data} not found (../shared/data is absent)"}
+    import torch
+
+    from textloop.continual.config import load_update_config
+    from textloop.continual.update import build_buffer_size, build_candidate, build_reference
+    from textloop.runs import load_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(args.work) / "clinc"
+    work.mkdir(parents=True, exist_ok=True)
+    groups = clinc_groups(data, args.groups, args.per_intent, args.regression_per_intent, args.seed)
+    t0 = time.perf_counter()
+    base = load_run(train_clinc_base(groups[0], work, args))
+    results: dict = {
+        "scenario": "clinc",
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
+        "settings": {
+            "groups": args.groups,
+            "intents_per_group": GROUP_SIZE,
+            "grouping": "sorted intent names, blocks of 15 (no domain column)",
+            "per_intent_train": args.per_intent,
+            "regression_per_intent": args.regression_per_intent,
+            "dev_test_per_intent": 15,
+            "model": args.model,
+            "max_seq_len": args.max_seq_len,
+            "epochs": args.epochs,
+            "base_epochs": args.base_epochs or args.epochs,
+            "lr": args.lr,
+            "head_lr": args.head_lr,
+            "batch_size": 16,
+            "seed": args.seed,
+            "replay": "default ReplayConfig: 50 per old class replayed, buffer 100 per class",
+            "gate": "default GateConfig; regression set: held-out train.tsv rows of the old "
+            "intents (regression_per_intent each); new-data hold-out: dev rows of the new ones",
+        },
+        "groups": [g["intents"] for g in groups],
+        "base_seconds": round(time.perf_counter() - t0, 1),
+        "base_test_accuracy": base.metrics["test"]["accuracy"],
+        "strategies": {},
+    }
+    strategies = (args.strategies or "naive,replay,ewc,joint").split(",")
+    for strategy in strategies:
+        cfg = load_update_config(
+            None,
+            [
+                f"strategy={'replay' if strategy == 'joint' else strategy}",
+                f"epochs={args.epochs}",
+                f"lr={args.lr}",
+                f"head_lr={args.head_lr}",
+                "batch_size=16",
+                f"max_seq_len={args.max_seq_len}",
+                f"seed={args.seed}",
+            ],
+        )
+        model, task = base.model, base.task
+        seen = list(groups[0]["train"])
+        buffer = build_buffer_size(cfg.replay).sample(seen, args.seed)
+        steps = []
+        for i in range(1, len(groups)):
+            old = {k: [r for g in groups[:i] for r in g[k]] for k in ("regression", "test")}
+            build = build_reference if strategy == "joint" else build_candidate
+            history = seen if strategy == "joint" else buffer
+            cand, ctask, info = build(model, task, groups[i]["train"], history, cfg)
+            step = clinc_step(model, task, cand, ctask, info, old, groups[i], cfg)
+            steps.append(step)
+            print(
+                f"{strategy} step {i}: old {step['old_accuracy_before']} -> full "
+                f"{step['old_accuracy_full']} / old-labels {step['old_accuracy_old_labels']}, "
+                f"new {step['new_accuracy']}, gate "
+                f"{'accepted' if step['gate']['accepted'] else 'rejected'} "
+                f"({info['seconds']} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            seen += groups[i]["train"]
+            buffer = build_buffer_size(cfg.replay).sample([*buffer, *groups[i]["train"]], args.seed)
+            model, task = cand, ctask
+        results["strategies"][strategy] = {
+            "final_accuracy_all_intents": steps[-1]["all_accuracy"],
+            "mean_forgetting_full": round(sum(s["forgetting_full"] for s in steps) / len(steps), 4),
+            "mean_forgetting_old_labels": round(
+                sum(s["forgetting_old_labels"] for s in steps) / len(steps), 4
+            ),
+            "update_seconds": round(sum(s["update_seconds"] for s in steps), 1),
+            "accepted": [s["gate"]["accepted"] for s in steps],
+            "former_gate_accepted": [s["former_full_label_space_gate"]["accepted"] for s in steps],
+            "steps": steps,
+        }
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", choices=["bbc", "clinc"], default="bbc")
+    parser.add_argument("--output", help="also write the JSON here")
+    parser.add_argument("--work", default="/tmp/textloop-bench-continual")
+    parser.add_argument(
+        "--strategies", help="default: naive,replay,ewc,lwf (bbc); naive,replay,ewc,joint (clinc)"
+    )
+    parser.add_argument("--per-new", type=int, default=120, help="bbc: examples per new topic")
+    parser.add_argument("--per-old", type=int, default=40, help="bbc: examples of the old topic")
+    parser.add_argument("--test-per-class", type=int, default=40, help="bbc")
+    parser.add_argument("--replay-size", type=int, default=160, help="bbc: replayed in all")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "clinc150"))
+    parser.add_argument("--groups", type=int, default=10, help="clinc: groups of 15 intents")
+    parser.add_argument("--per-intent", type=int, default=80, help="clinc: train rows per intent")
+    parser.add_argument(
+        "--regression-per-intent",
+        type=int,
+        default=40,
+        help="clinc: held-out train.tsv rows per intent in the gate's regression set",
+    )
+    parser.add_argument(
+        "--base-epochs", type=int, help="clinc: base model epochs (default --epochs)"
+    )
+    parser.add_argument("--model", default="embedded:minilm", help="clinc: the encoder")
+    parser.add_argument("--threads", type=int, help="clinc: torch threads")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--max-seq-len", type=int, help="default 96 (bbc), 32 (clinc)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.max_seq_len is None:
+        args.max_seq_len = 96 if args.scenario == "bbc" else 32
+    if args.scenario == "bbc":
+        args.strategies = args.strategies or "naive,replay,ewc,lwf"
+        results = run_bbc(args)
+    else:
+        results = run_clinc(args)
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:

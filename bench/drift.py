@@ -65,7 +65,7 @@ def main() -> int:
     from textloop.config import load_config
     from textloop.continual.drift import drift_report
     from textloop.continual.monitor import check_drift, window_from_texts
-    from textloop.continual.replay import ensure_frozen
+    from textloop.continual.replay import DEFAULT_BUFFER, DEFAULT_REGRESSION_SIZE, ensure_frozen
     from textloop.data.builtin import read_builtin
     from textloop.runs import load_registered
     from textloop.training.run import train
@@ -135,7 +135,9 @@ def main() -> int:
         }
         print(f"{name}: {single[name]}", file=sys.stderr)
 
-    frozen = ensure_frozen(registry, "bbc", mv.version, run.config, 2000, 2000, args.seed)
+    frozen = ensure_frozen(
+        registry, "bbc", mv.version, run.config, DEFAULT_BUFFER, DEFAULT_REGRESSION_SIZE, args.seed
+    )
     ref_pool = window_from_texts(run, [r["text"] for r in frozen.regression], "BBC test")
     scored = {name: window_from_texts(run, texts, name) for name, texts in pools.items()}
 

@@ -38,7 +38,18 @@ def add_parser(sub: Any) -> list[str]:
     u.add_argument("--new-data", required=True, help="labelled file, dir, glob or builtin:NAME")
     u.add_argument("config", nargs="?", help="update YAML (optional; see docs/continual.md)")
     u.add_argument("--strategy", choices=["naive", "replay", "ewc", "lwf"])
-    u.add_argument("--replay-size", type=int, help="buffer examples mixed in (strategy replay)")
+    u.add_argument(
+        "--replay-size",
+        type=int,
+        help="a fixed total of buffer examples mixed in (strategy replay; default: "
+        "replay.replay_per_class of each earlier class)",
+    )
+    u.add_argument(
+        "--reference",
+        choices=["none", "joint"],
+        help="joint: also train a reference on the whole buffer + the new data (plain "
+        "fine-tuning) and report it beside the candidate",
+    )
     u.add_argument("--epochs", type=int)
     u.add_argument("--lr", type=float)
     u.add_argument("--text-column")
@@ -120,11 +131,13 @@ def _drift(args: argparse.Namespace) -> int:
 
 def _update(args: argparse.Namespace) -> int:
     from textloop.continual.config import load_update_config
+    from textloop.continual.report import dry_run_lines, summary_lines
     from textloop.continual.update import update
 
     flags = {
         "strategy": args.strategy,
         "replay.replay_size": args.replay_size,
+        "reference": args.reference,
         "epochs": args.epochs,
         "lr": args.lr,
         "text_column": args.text_column,
@@ -142,35 +155,11 @@ def _update(args: argparse.Namespace) -> int:
         body = result.report if not result.dry_run else {"plan": p, "before": result.before}
         print(json.dumps(body, indent=2, ensure_ascii=False))
         return 0
-    if result.dry_run:
-        print(
-            f"dry run: nothing written. Would update {p['name']} v{p['from_version']} with "
-            f"strategy {p['strategy']}:"
-        )
-        print(
-            f"  new data {p['new_data']}: {p['n_new_train']} to train on, {p['n_new_holdout']} "
-            f"held out for the gate; replay {p['n_replay']}; ~{p['steps']} steps"
-        )
-        print(f"  new labels: {', '.join(p['new_labels']) or 'none'}")
-        b = result.before
-        print(
-            f"  production now: regression accuracy {b['regression']['accuracy']:.4f} "
-            f"(n={b['regression']['n']}), new-data accuracy {b['new']['accuracy']:.4f}"
-        )
-        return 0
-    assert result.decision is not None
-    print(
-        f"{'accepted' if result.decision.accepted else 'rejected'}: {p['name']} "
-        f"v{result.version} (stage {result.stage})"
-    )
-    for name in ("regression", "new"):
-        print(
-            f"  {name:<10} accuracy {result.before[name]['accuracy']:.4f} -> "
-            f"{result.after[name]['accuracy']:.4f}"
-        )
-    for reason in result.decision.reasons:
-        print(f"  failed: {reason}")
-    print(f"report: {result.report_dir / 'report.md' if result.report_dir else '-'}")
+    lines = dry_run_lines(p, result.before) if result.dry_run else summary_lines(result.report)
+    for line in lines:
+        print(line)
+    if not result.dry_run:
+        print(f"report: {result.report_dir / 'report.md' if result.report_dir else '-'}")
     return 0
 
 

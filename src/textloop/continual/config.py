@@ -12,29 +12,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from textloop.config import StrictModel, load_tree, validate_tree
+from textloop.continual.replay import DEFAULT_BUFFER, DEFAULT_REGRESSION_SIZE
 
 Strategy = Literal["naive", "replay", "ewc", "lwf"]
+Reference = Literal["none", "joint"]
 
 
 class GateConfig(StrictModel):
-    """What a candidate must show before it may replace the production model."""
+    """What a candidate must show before it may replace the production model.
+
+    When the update adds labels, the forgetting checks (``max_overall_drop``,
+    ``max_class_drop``) judge the candidate in the label space production knew: its prediction
+    on the regression set is the argmax over the old labels only. Old examples it now sends to
+    a new label are reported as old<->new confusions and capped by ``max_old_to_new_share``.
+    """
 
     max_overall_drop: float = Field(
         0.02,
         ge=0.0,
         le=1.0,
         description="Most accuracy the candidate may lose on the frozen regression set of "
-        "earlier data, against the production model.",
+        "earlier data, against the production model (in the old label space when the update "
+        "adds labels).",
     )
     max_class_drop: float = Field(
         0.05,
         ge=0.0,
         le=1.0,
         description="Most recall any earlier class may lose on the regression set (classes "
-        "with fewer than gate.min_class_support examples there are not judged).",
+        "with fewer than gate.min_class_support examples there are not judged; in the old "
+        "label space when the update adds labels).",
     )
     min_class_support: int = Field(
         10, ge=1, description="Regression-set examples a class needs to be judged per class."
@@ -46,6 +56,22 @@ class GateConfig(StrictModel):
         description="The candidate's accuracy on the new data's held-out part must exceed the "
         "production model's by more than this.",
     )
+    max_old_to_new_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="When the update adds labels: most of the regression set's earlier "
+        "examples the candidate may send to a new label. Confusable new labels take some "
+        "(reported per pair); more than half is a takeover, not ambiguity. 1.0: no limit.",
+    )
+    max_drop_vs_reference: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="With reference: joint, the candidate's (old-label) regression accuracy "
+        "must also be at most this below the joint reference's (default: the reference is "
+        "reported, not gated on).",
+    )
     promote: bool = Field(
         True,
         description="Promote an accepted candidate to production (false: leave it in staging).",
@@ -53,19 +79,43 @@ class GateConfig(StrictModel):
 
 
 class ReplayConfig(StrictModel):
-    """The replay buffer: a class-balanced sample of earlier training data beside the registry."""
+    """The replay buffer: earlier training data beside the registry, sized per class."""
 
-    buffer_size: int = Field(
-        2000, ge=1, description="Examples the frozen buffer of each version holds at most."
+    buffer_per_class: int = Field(
+        DEFAULT_BUFFER.per_class,
+        ge=1,
+        description="Examples of each class the frozen buffer of each version keeps (a class "
+        "with fewer keeps all), so the buffer grows with the label space; capped by "
+        "replay.max_size.",
     )
-    replay_size: int = Field(
-        2000,
+    buffer_size: int | None = Field(
+        None,
+        ge=1,
+        description="A fixed total for the frozen buffer instead of replay.buffer_per_class, "
+        "spread as evenly over the classes as their counts allow.",
+    )
+    replay_per_class: int = Field(
+        50,
         ge=0,
-        description="Buffer examples mixed into the new training data (strategy replay); all "
-        "of the buffer when it holds fewer.",
+        description="Buffer examples of each earlier class mixed into the new training data "
+        "(strategy replay); capped by replay.max_size.",
+    )
+    replay_size: int | None = Field(
+        None,
+        ge=0,
+        description="A fixed total of buffer examples mixed in (strategy replay) instead of "
+        "replay.replay_per_class; all of the buffer when it holds fewer; 0: none.",
+    )
+    max_size: int = Field(
+        DEFAULT_BUFFER.cap,
+        ge=1,
+        description="Most examples the buffer, and the replayed sample, hold when sized per "
+        "class (spread evenly over the classes when the cap bites).",
     )
     regression_size: int = Field(
-        2000, ge=1, description="Examples the frozen regression set of each version holds at most."
+        DEFAULT_REGRESSION_SIZE,
+        ge=1,
+        description="Examples the frozen regression set of each version holds at most.",
     )
 
 
@@ -78,6 +128,13 @@ class UpdateConfig(StrictModel):
         "of the replay buffer; ewc: new data plus an elastic-weight-consolidation penalty "
         "(Kirkpatrick et al. 2017); lwf: new data plus distillation from the current model on "
         "the old labels (learning without forgetting, Li & Hoiem 2016).",
+    )
+    reference: Reference = Field(
+        "none",
+        description="joint: also train a reference from the production model on the whole "
+        "replay buffer plus the new data (plain fine-tuning, the same schedule) and report its "
+        "accuracies beside the candidate's, to calibrate what 'no forgetting' can mean for "
+        "this data (and gate on it with gate.max_drop_vs_reference); none: no reference.",
     )
     text_column: str | None = Field(
         None, description="Text column of the new data (default: the production run's)."
@@ -127,6 +184,15 @@ class UpdateConfig(StrictModel):
     threads: int | None = Field(None, ge=1, le=512, description="Intra-op threads.")
     replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig())
     gate: GateConfig = Field(default_factory=lambda: GateConfig())
+
+    @model_validator(mode="after")
+    def _reference_for_its_check(self) -> UpdateConfig:
+        if self.gate.max_drop_vs_reference is not None and self.reference == "none":
+            raise ValueError(
+                "gate.max_drop_vs_reference needs a reference to compare with: set "
+                "reference: joint (or --reference joint), or unset the check"
+            )
+        return self
 
 
 def load_update_config(

@@ -1,24 +1,47 @@
 """The promotion gate: compare a candidate with the production model before it may replace it.
 
 Plain values in, a decision with every reason out, so the rule is testable without models.
+
+Forgetting is judged in the label space production knew. When an update adds labels, an old
+query that now resembles a new intent is genuinely ambiguous: a 77-way candidate that sends it
+to the new intent has not forgotten the old one, and comparing its 77-way accuracy with a
+40-way model's would forbid ever adding a confusable intent. So the forgetting thresholds
+apply to the candidate's prediction restricted to the old labels (argmax over their logits
+only), and the old examples it sends to new labels are reported per (old, new) pair, capped
+only by a generous share. The full-label-space accuracy stays in the report, for information.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+Mode = Literal["same_label_space", "old_label_space"]
+
+_TOLERANCE = 1e-12  # the thresholds are inclusive; float sums of counts must not flip them
 
 
 @dataclass
 class GateDecision:
-    """Whether the candidate passed, why (each failed check is a reason), and each check."""
+    """Whether the candidate passed, why (each failed check is a reason), each check, and what
+    was reported beside the checks (``info``: full-label-space accuracy, old->new confusions,
+    new labels' recall, the reference's scores)."""
 
     accepted: bool
     reasons: list[str] = field(default_factory=list)
     checks: list[dict[str, Any]] = field(default_factory=list)
+    mode: Mode = "same_label_space"
+    info: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"accepted": self.accepted, "reasons": self.reasons, "checks": self.checks}
+        return {
+            "accepted": self.accepted,
+            "mode": self.mode,
+            "reasons": self.reasons,
+            "checks": self.checks,
+            "info": self.info,
+        }
 
 
 def decide(
@@ -30,6 +53,13 @@ def decide(
     max_class_drop: float,
     min_class_support: int,
     min_new_gain: float,
+    *,
+    after_regression_full: dict[str, Any] | None = None,
+    old_to_new: dict[str, Any] | None = None,
+    max_old_to_new_share: float = 1.0,
+    new_labels: Sequence[str] = (),
+    reference: Mapping[str, Any] | None = None,
+    max_drop_vs_reference: float | None = None,
 ) -> GateDecision:
     """Apply the gate to scores from ``retrain.score`` (accuracy, per-class recall).
 
@@ -38,9 +68,28 @@ def decide(
     ``min_class_support`` regression examples loses more than ``max_class_drop`` recall, and
     (3) its accuracy on the new data's held-out part beats production's by more than
     ``min_new_gain``.
+
+    When the update added labels, ``after_regression`` must be the candidate's score in the old
+    label space (``retrain.score_in_old_label_space``'s ``old_labels``) and
+    ``after_regression_full`` its full-label-space score: (1) and (2) judge the former, the
+    latter is reported. Then also (4) at most ``max_old_to_new_share`` of the regression set's
+    earlier examples may go to a new label (``old_to_new``, reported per pair; 1.0: reported
+    only). With a ``reference`` (``{"regression": score in the old label space, ...}`` of a
+    model jointly trained on the buffer and the new data) and ``max_drop_vs_reference`` set,
+    (5) the candidate's regression accuracy must be at most that below the reference's.
+
+    Example:
+        >>> reg = {"n": 10, "accuracy": 0.9, "per_class": {}}
+        >>> new = {"n": 10, "accuracy": 0.0, "per_class": {}}
+        >>> decide(reg, reg, new, {**new, "accuracy": 0.8}, 0.02, 0.05, 10, 0.0).accepted
+        True
     """
+    grown = after_regression_full is not None
+    mode: Mode = "old_label_space" if grown else "same_label_space"
+    space = " (old labels)" if grown else ""
     checks: list[dict[str, Any]] = []
     reasons: list[str] = []
+    info: dict[str, Any] = {}
 
     def check(name: str, before: float, after: float, ok: bool, rule: str) -> None:
         checks.append({"check": name, "before": before, "after": after, "passed": ok, "rule": rule})
@@ -50,10 +99,10 @@ def decide(
     if before_regression.get("n"):
         b, a = before_regression["accuracy"], after_regression["accuracy"]
         check(
-            "regression accuracy",
+            f"regression accuracy{space}",
             b,
             a,
-            b - a <= max_overall_drop + 1e-12,
+            b - a <= max_overall_drop + _TOLERANCE,
             f"may drop at most {max_overall_drop}",
         )
         for label, m in before_regression["per_class"].items():
@@ -61,12 +110,135 @@ def decide(
                 continue
             after = after_regression["per_class"].get(label, {}).get("recall", 0.0)
             check(
-                f"regression recall of {label!r}",
+                f"regression recall of {label!r}{space}",
                 m["recall"],
                 after,
-                m["recall"] - after <= max_class_drop + 1e-12,
+                m["recall"] - after <= max_class_drop + _TOLERANCE,
                 f"may drop at most {max_class_drop}",
+            )
+    if after_regression_full is not None and before_regression.get("n"):
+        info["regression_accuracy_full_label_space"] = {
+            "before": before_regression["accuracy"],
+            "after": after_regression_full["accuracy"],
+        }
+    if grown and old_to_new is not None:
+        info["old_to_new"] = old_to_new
+        if max_old_to_new_share < 1.0 and old_to_new["n_old_gold"]:
+            share = old_to_new["share"]
+            check(
+                "share of earlier examples predicted as a new label",
+                0.0,
+                share,
+                share <= max_old_to_new_share + _TOLERANCE,
+                f"at most {max_old_to_new_share}",
             )
     b, a = before_new["accuracy"], after_new["accuracy"]
     check("new-data accuracy", b, a, a - b > min_new_gain, f"must gain more than {min_new_gain}")
-    return GateDecision(accepted=not reasons, reasons=reasons, checks=checks)
+    if new_labels:
+        recall = {
+            lab: after_new["per_class"][lab]["recall"]
+            for lab in new_labels
+            if lab in after_new["per_class"]
+        }
+        info["new_labels_recall"] = recall
+        info["new_labels_mean_recall"] = sum(recall.values()) / len(recall) if recall else None
+    if reference is not None:
+        ref_acc = reference["regression"]["accuracy"]
+        info["reference"] = {
+            "regression_accuracy": ref_acc,
+            "regression_accuracy_full_label_space": reference.get("regression_full", {}).get(
+                "accuracy", ref_acc
+            ),
+            "new_accuracy": reference.get("new", {}).get("accuracy"),
+        }
+        if max_drop_vs_reference is not None and ref_acc is not None:
+            check(
+                f"regression accuracy{space} vs the joint reference",
+                ref_acc,
+                after_regression["accuracy"],
+                ref_acc - after_regression["accuracy"] <= max_drop_vs_reference + _TOLERANCE,
+                f"may be at most {max_drop_vs_reference} below the reference",
+            )
+    return GateDecision(not reasons, reasons, checks, mode, info)
+
+
+def predict_gate(
+    old_labels: Sequence[str],
+    new_labels: Sequence[str],
+    regression_per_class: Mapping[str, int],
+    before_new_accuracy: float | None,
+    max_overall_drop: float,
+    max_class_drop: float,
+    min_class_support: int,
+    min_new_gain: float,
+    max_old_to_new_share: float,
+    reference: str = "none",
+    max_drop_vs_reference: float | None = None,
+) -> dict[str, Any]:
+    """How the gate will judge an update, said before training (for ``update --dry-run``).
+
+    Returns:
+        ``mode`` (``old_label_space`` when the update adds labels), ``judged_classes`` (the
+        earlier classes with enough regression examples to be judged per class), ``can_pass``
+        (False when a check cannot pass whatever the candidate does, else None: unknown until
+        trained) and ``notes``, one sentence each.
+    """
+    n_reg = sum(regression_per_class.values())
+    judged = sorted(lab for lab, n in regression_per_class.items() if n >= min_class_support)
+    unknown = sorted(set(regression_per_class) - set(old_labels))
+    mode: Mode = "old_label_space" if new_labels else "same_label_space"
+    notes: list[str] = []
+    can_pass: bool | None = None
+    rules = (
+        f"accuracy may drop at most {max_overall_drop}, the recall of each of the "
+        f"{len(judged)} classes with >= {min_class_support} examples at most {max_class_drop}"
+    )
+    if not n_reg:
+        notes.append("the regression set is empty: forgetting will not be checked")
+    elif new_labels:
+        cap = (
+            f"rejected above a share of {max_old_to_new_share} of the earlier examples"
+            if max_old_to_new_share < 1.0
+            else "not limited"
+        )
+        notes.append(
+            f"{len(new_labels)} new label{'s' if len(new_labels) != 1 else ''}: the regression "
+            f"set ({n_reg} examples) will be judged in the old label space (argmax over the "
+            f"{len(old_labels)} labels production knows): {rules}"
+        )
+        notes.append(
+            f"old<->new confusions (earlier examples predicted as a new label) will be reported "
+            f"per pair, {cap}; the full-label-space accuracy will be reported, not judged"
+        )
+    else:
+        notes.append(
+            f"no new labels: the regression set ({n_reg} examples) will be judged in the "
+            f"label space production has: {rules}"
+        )
+    if unknown:
+        notes.append(
+            f"{len(unknown)} regression label(s) production does not know ({', '.join(unknown)}) "
+            "count as errors before and after"
+        )
+    if before_new_accuracy is not None:
+        notes.append(
+            f"new-data accuracy must beat production's {before_new_accuracy:.4f} by more than "
+            f"{min_new_gain}"
+        )
+        if before_new_accuracy + min_new_gain >= 1.0:
+            can_pass = False
+            notes.append(
+                "the candidate cannot pass: production already scores so high on the held-out "
+                "new data that no candidate can gain more than gate.min_new_gain"
+            )
+    if reference == "joint":
+        notes.append(
+            "a joint reference (plain fine-tuning on the whole buffer plus the new data) will "
+            "be trained and reported beside the candidate"
+            + (
+                f"; the candidate must come within {max_drop_vs_reference} of its accuracy"
+                if max_drop_vs_reference is not None
+                else ""
+            )
+        )
+    return {"mode": mode, "judged_classes": judged, "can_pass": can_pass, "notes": notes}

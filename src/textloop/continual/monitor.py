@@ -23,7 +23,12 @@ import torch
 from textloop.artifacts.feedback import FeedbackStore
 from textloop.artifacts.registry import Registry
 from textloop.continual.drift import Window, drift_report, plot_report, report_markdown
-from textloop.continual.replay import continual_dir, ensure_frozen
+from textloop.continual.replay import (
+    DEFAULT_BUFFER,
+    DEFAULT_REGRESSION_SIZE,
+    continual_dir,
+    ensure_frozen,
+)
 from textloop.data.batching import sorted_batches
 from textloop.errors import DataError
 from textloop.fileio import atomic_dir, make_parent_dirs
@@ -146,7 +151,9 @@ def check_drift(
         ref_texts = _sample(_read_texts(reference, col), window, seed)
         ref_desc = reference
     else:
-        frozen = ensure_frozen(registry, name, mv.version, run.config, 2000, 2000, seed)
+        frozen = ensure_frozen(
+            registry, name, mv.version, run.config, DEFAULT_BUFFER, DEFAULT_REGRESSION_SIZE, seed
+        )
         ref_texts = _sample([r["text"] for r in frozen.regression], window, seed)
         ref_desc = f"frozen regression set of {name} v{mv.version}"
     ref = window_from_texts(run, ref_texts, ref_desc)

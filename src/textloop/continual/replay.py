@@ -3,7 +3,7 @@
 Layout::
 
     registry/continual/<name>/<version>/
-      replay.jsonl       # class-balanced sample of the data this version was trained on
+      replay.jsonl       # a sample of the data this version was trained on, per class
       regression.jsonl   # held-out earlier data the next candidate must not get worse on
       manifest.json      # counts per class, sources, sha256 of both files
 
@@ -68,6 +68,47 @@ def balanced_sample(rows: Sequence[Row], size: int, seed: int) -> list[Row]:
     return out
 
 
+def per_class_sample(rows: Sequence[Row], per_class: int, seed: int) -> list[Row]:
+    """Up to ``per_class`` rows of each label (a label with fewer keeps all of them)."""
+    by_label: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_label[row["label"]].append(row)
+    rng = random.Random(seed)
+    out: list[Row] = []
+    for lab in sorted(by_label):
+        out.extend(rng.sample(by_label[lab], min(per_class, len(by_label[lab]))))
+    rng.shuffle(out)
+    return out
+
+
+@dataclass(frozen=True)
+class SampleSize:
+    """How many rows a replay buffer (or the sample replayed from it) keeps.
+
+    By default ``per_class`` rows of each label, so the buffer grows with the label space (40
+    intents keep 40 x per_class, 150 keep 150 x per_class), capped at ``cap`` rows in all and
+    spread evenly when capped. A fixed ``total`` replaces the per-class rule: ``total`` rows
+    spread as evenly over the labels as their counts allow.
+    """
+
+    per_class: int
+    cap: int
+    total: int | None = None
+
+    def sample(self, rows: Sequence[Row], seed: int) -> list[Row]:
+        """The rows kept of ``rows`` (a seeded sample)."""
+        if self.total is not None:
+            return balanced_sample(rows, self.total, seed)
+        picked = per_class_sample(rows, self.per_class, seed)
+        return balanced_sample(picked, self.cap, seed) if len(picked) > self.cap else picked
+
+
+# What a version's frozen buffer holds when nothing else is configured (``ReplayConfig``'s
+# defaults): ``drift`` may freeze a version's data before any update does.
+DEFAULT_BUFFER = SampleSize(per_class=100, cap=20_000)
+DEFAULT_REGRESSION_SIZE = 2000
+
+
 def read_labelled(
     source: str, text_column: str, label_column: str, drop_invalid: bool = False
 ) -> list[Row]:
@@ -119,7 +160,8 @@ class FrozenData:
     manifest: dict[str, Any]
 
 
-def _counts(rows: Sequence[Row]) -> dict[str, int]:
+def label_counts(rows: Sequence[Row]) -> dict[str, int]:
+    """Rows per label, in label order."""
     out: dict[str, int] = defaultdict(int)
     for row in rows:
         out[row["label"]] += 1
@@ -152,8 +194,8 @@ def freeze(
             "version": version,
             "frozen_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "sources": sources,
-            "replay": {"n": len(replay), "per_label": _counts(replay)},
-            "regression": {"n": len(regression), "per_label": _counts(regression)},
+            "replay": {"n": len(replay), "per_label": label_counts(replay)},
+            "regression": {"n": len(regression), "per_label": label_counts(regression)},
             "sha256": {f: sha256_file(tmp / f) for f in ("replay.jsonl", "regression.jsonl")},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
@@ -180,7 +222,7 @@ def load_frozen(root: str | Path, name: str, version: int) -> FrozenData | None:
 
 
 def frozen_from_run_config(
-    run_config: Any, buffer_size: int, regression_size: int, seed: int
+    run_config: Any, buffer: SampleSize, regression_size: int, seed: int
 ) -> tuple[list[Row], list[Row], dict[str, Any]]:
     """Replay and regression rows rebuilt from the data a run's config names.
 
@@ -215,7 +257,7 @@ def frozen_from_run_config(
             f"cannot rebuild the replay buffer of the production model from its training data: "
             f"{exc} (run `textloop update` once with the original data in place)"
         ) from None
-    replay = balanced_sample(train, buffer_size, seed)
+    replay = buffer.sample(train, seed)
     regression = balanced_sample(held, regression_size, seed)
     return replay, regression, {"train": d.train, "regression": held_source}
 
@@ -225,7 +267,7 @@ def ensure_frozen(
     name: str,
     version: int,
     run_config: Any,
-    buffer_size: int,
+    buffer: SampleSize,
     regression_size: int,
     seed: int,
     write: bool = True,
@@ -237,9 +279,7 @@ def ensure_frozen(
     found = load_frozen(root, name, version)
     if found is not None:
         return found
-    replay, regression, sources = frozen_from_run_config(
-        run_config, buffer_size, regression_size, seed
-    )
+    replay, regression, sources = frozen_from_run_config(run_config, buffer, regression_size, seed)
     if not write:
         return FrozenData(replay, regression, {"sources": sources, "not_written": True})
     return freeze(root, name, version, replay, regression, sources)

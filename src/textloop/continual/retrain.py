@@ -77,28 +77,18 @@ def extend_head(
 
 
 # ---- scoring -------------------------------------------------------------------------------
-def score(
-    model: torch.nn.Module, task: Any, rows: Sequence[Row], batch_size: int = 64
-) -> dict[str, Any]:
-    """Accuracy, macro-F1 and per-class recall / F1 of ``model`` on labelled rows.
-
-    Gold labels the model does not know count as errors, so a model can be scored on data with
-    new labels before it learns them.
-    """
+def score_predictions(gold: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class precision / recall / F1 over the gold labels."""
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-    if not rows:
+    if not gold:
         return {"n": 0, "accuracy": None, "macro_f1": None, "per_class": {}}
-    data = task.encode([r["text"] for r in rows], None)
-    logits = task.logits_for(model, data, batch_size)
-    predicted = [task.labels[i] for i in logits.argmax(-1).tolist()]
-    gold = [r["label"] for r in rows]
     labels = sorted(set(gold))
     precision, recall, f1, support = precision_recall_fscore_support(
         gold, predicted, labels=labels, zero_division=0
     )
     return {
-        "n": len(rows),
+        "n": len(gold),
         "accuracy": float(accuracy_score(gold, predicted)),
         "macro_f1": float(
             f1_score(gold, predicted, labels=labels, average="macro", zero_division=0)
@@ -112,6 +102,85 @@ def score(
             }
             for i, lab in enumerate(labels)
         },
+    }
+
+
+def _logits(
+    model: torch.nn.Module, task: Any, rows: Sequence[Row], batch_size: int
+) -> torch.Tensor:
+    return task.logits_for(model, task.encode([r["text"] for r in rows], None), batch_size)
+
+
+def score(
+    model: torch.nn.Module, task: Any, rows: Sequence[Row], batch_size: int = 64
+) -> dict[str, Any]:
+    """Accuracy, macro-F1 and per-class recall / F1 of ``model`` on labelled rows.
+
+    Gold labels the model does not know count as errors, so a model can be scored on data with
+    new labels before it learns them.
+    """
+    if not rows:
+        return score_predictions([], [])
+    predicted = [task.labels[i] for i in _logits(model, task, rows, batch_size).argmax(-1).tolist()]
+    return score_predictions([r["label"] for r in rows], predicted)
+
+
+def score_in_old_label_space(
+    model: torch.nn.Module,
+    task: Any,
+    rows: Sequence[Row],
+    old_labels: Sequence[str],
+    batch_size: int = 64,
+    examples_per_pair: int = 3,
+) -> dict[str, Any]:
+    """Scores of a model with a grown label space on earlier data, from one pass of logits.
+
+    Returns:
+        ``full``: the score of its prediction over all its labels; ``old_labels``: the score
+        of its prediction restricted to ``old_labels`` (argmax over those logits only: the
+        answer it gives when asked what the production model was asked); ``old_to_new``: the
+        rows whose gold is an old label but whose full prediction is a new one, counted per
+        (gold, predicted) pair, most frequent first, with up to ``examples_per_pair`` texts.
+    """
+    if not rows:
+        empty = score_predictions([], [])
+        return {"full": empty, "old_labels": empty, "old_to_new": old_to_new_confusions([], 0)}
+    logits = _logits(model, task, rows, batch_size)  # (N, C_all)
+    old_index = [task.labels.index(lab) for lab in old_labels]
+    full = [task.labels[i] for i in logits.argmax(-1).tolist()]
+    restricted = [old_labels[i] for i in logits[:, old_index].argmax(-1).tolist()]
+    gold = [r["label"] for r in rows]
+    old = set(old_labels)
+    pairs = [(g, p, r["text"]) for g, p, r in zip(gold, full, rows) if g in old and p not in old]
+    n_old_gold = sum(g in old for g in gold)
+    return {
+        "full": score_predictions(gold, full),
+        "old_labels": score_predictions(gold, restricted),
+        "old_to_new": old_to_new_confusions(pairs, n_old_gold, examples_per_pair),
+    }
+
+
+def old_to_new_confusions(
+    pairs: Sequence[tuple[str, str, str]], n_old_gold: int, examples_per_pair: int = 3
+) -> dict[str, Any]:
+    """Count (old gold, new predicted, text) triples per pair, most frequent pair first."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for gold, predicted, text in pairs:
+        grouped.setdefault((gold, predicted), []).append(text)
+    ordered = sorted(grouped.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return {
+        "n_old_gold": n_old_gold,
+        "n_to_new": len(pairs),
+        "share": len(pairs) / n_old_gold if n_old_gold else 0.0,
+        "pairs": [
+            {
+                "gold": gold,
+                "predicted": predicted,
+                "count": len(texts),
+                "examples": texts[:examples_per_pair],
+            }
+            for (gold, predicted), texts in ordered
+        ],
     }
 
 

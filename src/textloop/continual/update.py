@@ -3,11 +3,15 @@
 Steps, in order: load and verify the production version; load (or build once) its frozen
 replay buffer and regression set; read the new batch and hold out a stratified part for the
 gate; train a candidate from the production weights with the configured strategy (new labels
-extend the head); score both models on the regression set and the held-out new data; apply the
-gate; register the candidate (promoted, left in staging, or archived as rejected with the
-reason); freeze the candidate's own buffer and regression set; write the update report.
+extend the head), and with ``reference: joint`` a reference by plain fine-tuning on the whole
+buffer plus the new batch; score the models on the regression set (when labels were added:
+in the old label space, in the full one, and the old->new confusions) and on the held-out new
+data; apply the gate; register the candidate (promoted, left in staging, or archived as
+rejected with the reason); freeze the candidate's own buffer and regression set; write the
+update report.
 
-A dry run stops after scoring the production model and writes nothing.
+A dry run stops after scoring the production model, says how the gate will judge, and writes
+nothing.
 
 Example:
     >>> result = update("registry", "reviews", "corpus/feedback", load_update_config())
@@ -17,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,27 +32,30 @@ import torch
 
 from textloop.artifacts.registry import Registry
 from textloop.config import config_to_yaml
-from textloop.continual.config import UpdateConfig
-from textloop.continual.gate import GateDecision, decide
+from textloop.continual.config import GateConfig, ReplayConfig, UpdateConfig
+from textloop.continual.gate import GateDecision, decide, predict_gate
 from textloop.continual.regularisers import EWCObjective, LwFObjective
 from textloop.continual.replay import (
+    SampleSize,
     balanced_sample,
     continual_dir,
     ensure_frozen,
     freeze,
+    label_counts,
     read_labelled,
 )
+from textloop.continual.report import forgetting, write_update_report
 from textloop.continual.retrain import (
     Schedule,
     encode_rows,
     extend_head,
     finetune,
     score,
+    score_in_old_label_space,
     write_run_dir,
 )
 from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
-from textloop.fileio import atomic_dir
 from textloop.runs import load_registered
 from textloop.tasks.classification.task import ClassificationTask
 
@@ -69,6 +75,16 @@ class UpdateResult:
     stage: str | None = None
     report_dir: Path | None = None
     report: dict[str, Any] = field(default_factory=dict)
+
+
+def build_buffer_size(replay: ReplayConfig) -> SampleSize:
+    """The frozen buffer's size rule: ``buffer_per_class`` per class, or a fixed total."""
+    return SampleSize(replay.buffer_per_class, replay.max_size, replay.buffer_size)
+
+
+def build_replay_size(replay: ReplayConfig) -> SampleSize:
+    """The replayed sample's size rule: ``replay_per_class`` per class, or a fixed total."""
+    return SampleSize(replay.replay_per_class, replay.max_size, replay.replay_size)
 
 
 def build_candidate(
@@ -94,8 +110,8 @@ def build_candidate(
     rows = list(new_train)
     n_replay = 0
     objective: Any = ctask
-    if cfg.strategy == "replay" and cfg.replay.replay_size:
-        replayed = balanced_sample(replay_buffer, cfg.replay.replay_size, cfg.seed)
+    if cfg.strategy == "replay":
+        replayed = build_replay_size(cfg.replay).sample(replay_buffer, cfg.seed)
         rows += replayed
         n_replay = len(replayed)
     elif cfg.strategy == "ewc":
@@ -131,16 +147,84 @@ def build_candidate(
     return candidate, ctask, info
 
 
-def _forgetting(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    if not before.get("n"):
-        return {}
-    return {
-        "accuracy_drop": before["accuracy"] - after["accuracy"],
-        "recall_drop": {
-            lab: m["recall"] - after["per_class"].get(lab, {}).get("recall", 0.0)
-            for lab, m in before["per_class"].items()
-        },
-    }
+def build_reference(
+    model: torch.nn.Module,
+    task: Any,
+    new_train: Sequence[Row],
+    replay_buffer: Sequence[Row],
+    cfg: UpdateConfig,
+) -> tuple[torch.nn.Module, ClassificationTask, dict[str, Any]]:
+    """The joint reference: plain fine-tuning from ``model`` on the whole buffer plus the new
+    training rows, with the candidate's schedule (what retraining on everything kept could do)."""
+    everything = cfg.replay.model_copy(update={"replay_size": len(replay_buffer)})
+    joint = cfg.model_copy(update={"strategy": "replay", "replay": everything})
+    reference, rtask, info = build_candidate(model, task, new_train, replay_buffer, joint)
+    info["strategy"] = "joint"
+    return reference, rtask, info
+
+
+def score_after(
+    model: torch.nn.Module,
+    task: Any,
+    old_labels: Sequence[str],
+    regression: Sequence[Row],
+    new_holdout: Sequence[Row],
+) -> dict[str, Any]:
+    """A trained model's scores for the gate: the regression set in the full label space (and,
+    when the label space grew, in the old one with the old->new confusions) and the new data."""
+    out: dict[str, Any] = {}
+    if len(task.labels) > len(old_labels):
+        both = score_in_old_label_space(model, task, regression, old_labels)
+        out["regression"] = both["full"]
+        out["regression_old_labels"] = both["old_labels"]
+        out["old_to_new"] = both["old_to_new"]
+    else:
+        out["regression"] = score(model, task, regression)
+    out["new"] = score(model, task, new_holdout)
+    return out
+
+
+def judge(
+    gate: GateConfig,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    new_labels: Sequence[str],
+    reference: dict[str, Any] | None = None,
+) -> GateDecision:
+    """The gate on an update's scores, as ``update`` applies it.
+
+    Args:
+        gate: the thresholds.
+        before: production's ``{"regression": score, "new": score}``.
+        after: the candidate's scores from ``score_after`` (old-label-space ones included when
+            its label space grew).
+        new_labels: the labels the candidate added.
+        reference: the joint reference's ``score_after`` scores, if one was trained.
+    """
+    grown = "regression_old_labels" in after
+    ref = None
+    if reference is not None:
+        ref = {
+            "regression": reference.get("regression_old_labels", reference["regression"]),
+            "regression_full": reference["regression"],
+            "new": reference["new"],
+        }
+    return decide(
+        before["regression"],
+        after["regression_old_labels"] if grown else after["regression"],
+        before["new"],
+        after["new"],
+        gate.max_overall_drop,
+        gate.max_class_drop,
+        gate.min_class_support,
+        gate.min_new_gain,
+        after_regression_full=after["regression"] if grown else None,
+        old_to_new=after.get("old_to_new"),
+        max_old_to_new_share=gate.max_old_to_new_share,
+        new_labels=new_labels,
+        reference=ref,
+        max_drop_vs_reference=gate.max_drop_vs_reference,
+    )
 
 
 def update(
@@ -183,7 +267,7 @@ def update(
         name,
         mv.version,
         run.config,
-        cfg.replay.buffer_size,
+        build_buffer_size(cfg.replay),
         cfg.replay.regression_size,
         cfg.seed,
         write=not dry_run,
@@ -202,8 +286,16 @@ def update(
             f"{cfg.holdout_fraction:.0%} for the gate; send more feedback first"
         )
     new_train, new_holdout = [rows[i] for i in keep], [rows[i] for i in held]
-    new_labels = sorted({r["label"] for r in rows} - set(run.task.labels))
-    n_replay = min(cfg.replay.replay_size, len(frozen.replay)) if cfg.strategy == "replay" else 0
+    old_labels = list(run.task.labels)
+    new_labels = sorted({r["label"] for r in new_train} - set(old_labels))
+    n_replay = (
+        len(build_replay_size(cfg.replay).sample(frozen.replay, cfg.seed))
+        if cfg.strategy == "replay"
+        else 0
+    )
+    n_steps = cfg.epochs * -(-(len(new_train) + n_replay) // cfg.batch_size)
+    if cfg.reference == "joint":
+        n_steps += cfg.epochs * -(-(len(new_train) + len(frozen.replay)) // cfg.batch_size)
     plan = {
         "name": name,
         "from_version": mv.version,
@@ -213,47 +305,66 @@ def update(
         "n_new_train": len(new_train),
         "n_new_holdout": len(new_holdout),
         "n_replay": n_replay,
+        "n_buffer": len(frozen.replay),
         "n_regression": len(frozen.regression),
-        "old_labels": list(run.task.labels),
+        "old_labels": old_labels,
         "new_labels": new_labels,
-        "steps": cfg.epochs * -(-(len(new_train) + n_replay) // cfg.batch_size),
+        "reference": cfg.reference,
+        "steps": n_steps,
         "promote_if_accepted": cfg.gate.promote,
     }
     before = {
         "regression": score(run.model, run.task, frozen.regression),
         "new": score(run.model, run.task, new_holdout),
     }
+    g = cfg.gate
+    plan["gate"] = predict_gate(
+        old_labels,
+        new_labels,
+        label_counts(frozen.regression),
+        before["new"]["accuracy"],
+        g.max_overall_drop,
+        g.max_class_drop,
+        g.min_class_support,
+        g.min_new_gain,
+        g.max_old_to_new_share,
+        cfg.reference,
+        g.max_drop_vs_reference,
+    )
     if dry_run:
         return UpdateResult(dry_run=True, plan=plan, before=before)
 
     candidate, ctask, train_info = build_candidate(
         run.model, run.task, new_train, frozen.replay, cfg
     )
-    after = {
-        "regression": score(candidate, ctask, frozen.regression),
-        "new": score(candidate, ctask, new_holdout),
-    }
-    g = cfg.gate
-    decision = decide(
-        before["regression"],
-        after["regression"],
-        before["new"],
-        after["new"],
-        g.max_overall_drop,
-        g.max_class_drop,
-        g.min_class_support,
-        g.min_new_gain,
-    )
+    after = score_after(candidate, ctask, old_labels, frozen.regression, new_holdout)
+    reference: dict[str, Any] | None = None
+    if cfg.reference == "joint":
+        if cfg.strategy == "replay" and n_replay == len(frozen.replay):
+            # the candidate already replays the whole buffer: it is the joint reference
+            reference = {**after, "train": {**train_info, "same_as_candidate": True}}
+        else:
+            ref_model, rtask, ref_info = build_reference(
+                run.model, run.task, new_train, frozen.replay, cfg
+            )
+            reference = {
+                **score_after(ref_model, rtask, old_labels, frozen.regression, new_holdout),
+                "train": ref_info,
+            }
+            del ref_model
+    decision = judge(g, before, after, train_info["new_labels"], reference)
     report: dict[str, Any] = {
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plan": plan,
         "before": before,
         "after": after,
-        "forgetting": _forgetting(before["regression"], after["regression"]),
+        "forgetting": forgetting(before["regression"], after),
         "train": train_info,
         "decision": decision.to_json(),
         "config": cfg.model_dump(mode="json"),
     }
+    if reference is not None:
+        report["reference"] = reference
     run_cfg = run.config.model_copy(deep=True)
     run_cfg.model = str(mv.path / "model")
     run_cfg.data.train = new_data
@@ -283,63 +394,12 @@ def update(
         registry,
         name,
         new.version,
-        balanced_sample([*frozen.replay, *new_train], cfg.replay.buffer_size, cfg.seed),
+        build_buffer_size(cfg.replay).sample([*frozen.replay, *new_train], cfg.seed),
         balanced_sample([*frozen.regression, *new_holdout], cfg.replay.regression_size, cfg.seed),
         {"from_version": mv.version, "new_data": new_data},
     )
     report.update({"version": new.version, "stage": stage})
-    report_dir = _write_report(work / "updates", f"v{new.version}", report)
+    report_dir = write_update_report(work / "updates", f"v{new.version}", report)
     return UpdateResult(
         False, plan, before, after, decision, new.version, stage, report_dir, report
     )
-
-
-def _write_report(parent: Path, name: str, report: dict[str, Any]) -> Path:
-    parent.mkdir(parents=True, exist_ok=True)
-    final = parent / name
-    with atomic_dir(final) as tmp:
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-        (tmp / "report.md").write_text(update_markdown(report), encoding="utf-8")
-    return final
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
-def update_markdown(report: dict[str, Any]) -> str:
-    """The update report for people: plan, before/after per class, forgetting, decision."""
-    p, dec = report["plan"], report["decision"]
-    lines = [
-        f"# Update of {p['name']}: v{p['from_version']} -> v{report.get('version')} "
-        f"({'ACCEPTED' if dec['accepted'] else 'REJECTED'}, stage {report.get('stage')})",
-        "",
-        f"- strategy {p['strategy']}; new data {p['new_data']}: {p['n_new_train']} train / "
-        f"{p['n_new_holdout']} held out; replayed {p['n_replay']}; regression set "
-        f"{p['n_regression']}",
-        f"- new labels: {', '.join(p['new_labels']) or 'none'}",
-        f"- training: {report['train']['steps']} steps in {report['train']['seconds']} s",
-        "",
-        "| set | accuracy before | accuracy after |",
-        "|---|---:|---:|",
-    ]
-    for key in ("regression", "new"):
-        lines.append(
-            f"| {key} | {_pct(report['before'][key]['accuracy'])} | "
-            f"{_pct(report['after'][key]['accuracy'])} |"
-        )
-    lines += ["", "| class (regression set) | recall before | recall after | support |"]
-    lines.append("|---|---:|---:|---:|")
-    for lab, m in report["before"]["regression"]["per_class"].items():
-        after = report["after"]["regression"]["per_class"].get(lab, {})
-        lines.append(
-            f"| {lab} | {m['recall']:.4f} | {after.get('recall', 0.0):.4f} | {m['support']} |"
-        )
-    lines += ["", "## Decision", ""]
-    lines += [
-        f"- {c['check']}: {c['before']:.4f} -> {c['after']:.4f} "
-        f"{'ok' if c['passed'] else 'FAILED'} ({c['rule']})"
-        for c in dec["checks"]
-    ]
-    lines.append("")
-    return "\n".join(lines)
