@@ -154,12 +154,26 @@ class UpdateConfig(StrictModel):
         description="Share of the new data held out (stratified) for the gate; it joins the "
         "next version's regression set.",
     )
-    epochs: int = Field(3, ge=1, le=100, description="Passes over the update's training data.")
-    lr: float = Field(5e-5, gt=0.0, le=1.0, description="Peak learning rate.")
-    head_lr: float | None = Field(
-        None, gt=0.0, le=1.0, description="Learning rate of the classifier head (default: lr)."
+    epochs: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="Passes over the update's training data (default: the training recipe's, "
+        "from the rows and labels the update trains on).",
     )
-    batch_size: int = Field(16, ge=1, le=4096, description="Examples per step.")
+    lr: float | None = Field(
+        None, gt=0.0, le=1.0, description="Peak learning rate (default: the recipe's)."
+    )
+    head_lr: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Learning rate of the classifier head, new label rows included (default: "
+        "the recipe's, 10 x its body rate).",
+    )
+    batch_size: int | None = Field(
+        None, ge=1, le=4096, description="Examples per step (default: the recipe's)."
+    )
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of steps warming up.")
     weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="Decoupled weight decay.")
     max_seq_len: int | None = Field(

@@ -217,6 +217,14 @@ def dry_run_lines(plan: dict[str, Any], before: dict[str, Any]) -> list[str]:
         f"{plan['n_new_holdout']} held out for the gate; replay {plan['n_replay']} of the "
         f"buffer's {plan.get('n_buffer', '-')}; ~{plan['steps']} steps",
         f"  new labels: {', '.join(plan['new_labels']) or 'none'}",
+    ]
+    sched = plan.get("schedule")
+    if sched:
+        lines.append(
+            f"  schedule: {sched['epochs']} epochs, batch {sched['batch_size']}, lr "
+            f"{sched['lr']:g}, head lr {sched['head_lr']:g} (unset keys from the default recipe)"
+        )
+    lines += [
         f"  production now: regression accuracy {_num(before['regression']['accuracy'])} "
         f"(n={before['regression']['n']}), new-data accuracy {_num(before['new']['accuracy'])}",
     ]

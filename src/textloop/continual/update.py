@@ -58,6 +58,8 @@ from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
 from textloop.runs import load_registered
 from textloop.tasks.classification.task import ClassificationTask
+from textloop.training.recipe import DataShape, Recipe
+from textloop.training.recipe import decide as decide_recipe
 
 Row = dict[str, str]
 
@@ -126,13 +128,14 @@ def build_candidate(
         objective = LwFObjective(
             ctask, teacher, len(old_labels), cfg.lwf_lambda, cfg.lwf_temperature
         )
+    recipe = update_recipe(cfg, len(rows), len(ctask.labels), _width(candidate))
     schedule = Schedule(
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
+        epochs=recipe.settings["epochs"],
+        lr=recipe.settings["lr"],
+        batch_size=recipe.settings["batch_size"],
         warmup_ratio=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
-        head_lr=cfg.head_lr,
+        head_lr=recipe.settings["head_lr"],
         seed=cfg.seed,
     )
     info = finetune(candidate, ctask, objective, encode_rows(ctask, rows), schedule)
@@ -142,9 +145,31 @@ def build_candidate(
             "n_train": len(rows),
             "n_replay": n_replay,
             "new_labels": new_labels,
+            "recipe": recipe.as_dict(),
         }
     )
     return candidate, ctask, info
+
+
+_UPDATE_RECIPE = ("batch_size", "epochs", "lr", "head_lr")
+
+
+def update_recipe(cfg: UpdateConfig, n_rows: int, n_labels: int, width: int | None) -> Recipe:
+    """The update's batch size, epochs and learning rates: those set in ``cfg``, the rest from
+    the default recipe (``training/recipe.py``) for the rows it trains on (new + replayed) and
+    the labels it ends with, so a class-incremental update is not under-trained."""
+    values = cfg.model_dump()
+    given = {k: values[k] for k in _UPDATE_RECIPE}
+    shape = DataShape("classification", n_rows, n_labels, width)
+    recipe = decide_recipe(shape, given, {k for k, v in given.items() if v is not None})
+    recipe.settings = {k: recipe.settings[k] for k in _UPDATE_RECIPE}
+    recipe.reasons = {k: v for k, v in recipe.reasons.items() if k in _UPDATE_RECIPE}
+    return recipe
+
+
+def _width(model: torch.nn.Module) -> int | None:
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    return hidden if isinstance(hidden, int) else None
 
 
 def build_reference(
@@ -293,9 +318,14 @@ def update(
         if cfg.strategy == "replay"
         else 0
     )
-    n_steps = cfg.epochs * -(-(len(new_train) + n_replay) // cfg.batch_size)
+    n_labels = len(old_labels) + len(new_labels)
+    width = _width(run.model)
+    steps_of = update_recipe(cfg, len(new_train) + n_replay, n_labels, width).settings
+    n_steps = steps_of["epochs"] * -(-(len(new_train) + n_replay) // steps_of["batch_size"])
     if cfg.reference == "joint":
-        n_steps += cfg.epochs * -(-(len(new_train) + len(frozen.replay)) // cfg.batch_size)
+        n_joint = len(new_train) + len(frozen.replay)
+        joint_of = update_recipe(cfg, n_joint, n_labels, width).settings
+        n_steps += joint_of["epochs"] * -(-n_joint // joint_of["batch_size"])
     plan = {
         "name": name,
         "from_version": mv.version,
@@ -305,6 +335,7 @@ def update(
         "n_new_train": len(new_train),
         "n_new_holdout": len(new_holdout),
         "n_replay": n_replay,
+        "schedule": steps_of,
         "n_buffer": len(frozen.replay),
         "n_regression": len(frozen.regression),
         "old_labels": old_labels,

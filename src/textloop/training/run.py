@@ -363,11 +363,13 @@ def _run_loop(
             fire(callbacks, "on_eval_end", info)
             if budget:
                 budget.after_eval()
-            # never before half the planned steps: a metric flat at chance early is no plateau
+            # the recipe's patience waits for half the planned steps (a metric flat at chance
+            # early is no plateau); a patience the user set applies from the first evaluation
+            patient = "early_stopping_patience" in s.recipe.reasons
             if (
                 t.early_stopping_patience
                 and state.evals_since_best >= t.early_stopping_patience
-                and state.step * 2 >= s.horizon.total_steps
+                and (not patient or state.step * 2 >= s.horizon.total_steps)
             ):
                 log.info(
                     "early stopping at step %d: no improvement in %d evaluations",
