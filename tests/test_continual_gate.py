@@ -269,3 +269,21 @@ def test_naive_update_on_new_intents_only_forgets_and_is_rejected(intents_prod, 
     assert ref["train"]["strategy"] == "joint" and ref["train"]["n_replay"] == 240
     assert ref["regression_old_labels"]["accuracy"] - judged > 0.2
     assert Registry(root).production_version("intents") == 1
+
+
+def test_per_class_rule_allows_chance_flips_but_not_forgetting():
+    from textloop.continual.gate import class_noise, decide
+
+    def reg(recall: float) -> dict:
+        return {"n": 80, "accuracy": 0.9, "per_class": {"a": {"recall": recall, "support": 40}}}
+
+    new = {"n": 10, "accuracy": 0.0, "per_class": {}}
+    better = {**new, "accuracy": 0.8}
+    assert class_noise(0.9, 40, 2.0) == pytest.approx(0.0949, abs=1e-3)
+    # 4 of 40 flipped (0.9 -> 0.8): chance with the noise allowance, a failure without it
+    noisy = decide(reg(0.9), reg(0.8), new, better, 0.02, 0.05, 10, 0.0, class_noise_z=2.0)
+    strict = decide(reg(0.9), reg(0.8), new, better, 0.02, 0.05, 10, 0.0, class_noise_z=0.0)
+    assert noisy.accepted and not strict.accepted
+    # 16 of 40 lost is forgetting whatever the allowance
+    forgot = decide(reg(0.9), reg(0.5), new, better, 0.02, 0.05, 10, 0.0, class_noise_z=2.0)
+    assert not forgot.accepted and "standard errors" in " ".join(forgot.reasons)

@@ -46,6 +46,14 @@ class GateConfig(StrictModel):
         "with fewer than gate.min_class_support examples there are not judged; in the old "
         "label space when the update adds labels).",
     )
+    class_noise_z: float = Field(
+        2.0,
+        ge=0.0,
+        le=10.0,
+        description="Per-class recall drops within this many binomial standard errors (of the "
+        "class's recall on its regression examples) above max_class_drop are chance, not "
+        "forgetting: 40 examples at 90% recall allow 0.05 + 0.095. 0: max_class_drop alone.",
+    )
     min_class_support: int = Field(
         10, ge=1, description="Regression-set examples a class needs to be judged per class."
     )

@@ -13,6 +13,7 @@ only by a generous share. The full-label-space accuracy stays in the report, for
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -44,6 +45,16 @@ class GateDecision:
         }
 
 
+def class_noise(recall: float, support: int, z: float) -> float:
+    """The recall drop a class's regression examples show by chance: ``z`` binomial standard
+    errors of its recall on ``support`` examples (the recall clipped to [0.05, 0.95], so a class
+    at 100% still allows for a flip or two). With 40 examples at 90% recall and z=2: 0.095."""
+    if z <= 0 or support <= 0:
+        return 0.0
+    p = min(max(recall, 0.05), 0.95)
+    return z * math.sqrt(p * (1 - p) / support)
+
+
 def decide(
     before_regression: dict[str, Any],
     after_regression: dict[str, Any],
@@ -60,12 +71,14 @@ def decide(
     new_labels: Sequence[str] = (),
     reference: Mapping[str, Any] | None = None,
     max_drop_vs_reference: float | None = None,
+    class_noise_z: float = 0.0,
 ) -> GateDecision:
     """Apply the gate to scores from ``retrain.score`` (accuracy, per-class recall).
 
     The candidate passes when (1) its accuracy on the regression set of earlier data is at most
     ``max_overall_drop`` below the production model's, (2) no class with at least
-    ``min_class_support`` regression examples loses more than ``max_class_drop`` recall, and
+    ``min_class_support`` regression examples loses more than ``max_class_drop`` recall plus
+    ``class_noise_z`` standard errors of its recall on its examples (chance flips), and
     (3) its accuracy on the new data's held-out part beats production's by more than
     ``min_new_gain``.
 
@@ -109,12 +122,19 @@ def decide(
             if m["support"] < min_class_support:
                 continue
             after = after_regression["per_class"].get(label, {}).get("recall", 0.0)
+            allowed = max_class_drop + class_noise(m["recall"], m["support"], class_noise_z)
             check(
                 f"regression recall of {label!r}{space}",
                 m["recall"],
                 after,
-                m["recall"] - after <= max_class_drop + _TOLERANCE,
-                f"may drop at most {max_class_drop}",
+                m["recall"] - after <= allowed + _TOLERANCE,
+                f"may drop at most {allowed:.3f}"
+                + (
+                    f" ({max_class_drop} + {class_noise_z:g} standard errors on "
+                    f"{m['support']} examples)"
+                    if class_noise_z
+                    else ""
+                ),
             )
     if after_regression_full is not None and before_regression.get("n"):
         info["regression_accuracy_full_label_space"] = {
@@ -174,6 +194,7 @@ def predict_gate(
     max_old_to_new_share: float,
     reference: str = "none",
     max_drop_vs_reference: float | None = None,
+    class_noise_z: float = 0.0,
 ) -> dict[str, Any]:
     """How the gate will judge an update, said before training (for ``update --dry-run``).
 
@@ -192,6 +213,7 @@ def predict_gate(
     rules = (
         f"accuracy may drop at most {max_overall_drop}, the recall of each of the "
         f"{len(judged)} classes with >= {min_class_support} examples at most {max_class_drop}"
+        + (f" plus {class_noise_z:g} standard errors of its recall" if class_noise_z else "")
     )
     if not n_reg:
         notes.append("the regression set is empty: forgetting will not be checked")

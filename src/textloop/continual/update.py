@@ -249,6 +249,7 @@ def judge(
         new_labels=new_labels,
         reference=ref,
         max_drop_vs_reference=gate.max_drop_vs_reference,
+        class_noise_z=gate.class_noise_z,
     )
 
 
@@ -361,6 +362,7 @@ def update(
         g.max_old_to_new_share,
         cfg.reference,
         g.max_drop_vs_reference,
+        g.class_noise_z,
     )
     if dry_run:
         return UpdateResult(dry_run=True, plan=plan, before=before)
