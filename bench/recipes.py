@@ -1,7 +1,8 @@
 """textloop's default recipe vs Hugging Face ``Trainer``: defaults and a small grid, same data.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/recipes.py --rows snips-10,bbc-50 \
-        [--grid default,best-known] [--threads 2] [--output bench/results/recipes.json]
+        [--grid all|default|none|1e-4x10,...] [--threads 2] [--output bench/results/x.json]
+    .venv/bin/python bench/recipes.py --render bench/results/recipes_*.json   # README table
 
 Every row trains embedded:minilm on one labelled dataset (or a class-stratified subsample of it)
 three ways, on the same train / validation / test files and the same machine, one after another:
@@ -404,7 +405,46 @@ def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | N
     return result
 
 
+def render(paths: list[Path]) -> str:
+    """The README table from result files: one line per row, textloop next to HF."""
+
+    def cell(c: dict[str, Any] | None, key: str) -> str:
+        if not c:
+            return "-"
+        where = f"{c['lr']:g} x {c['epochs']} ep, " if "lr" in c else ""
+        secs = c.get("train_seconds", c.get("seconds"))
+        return f"{c[key]:.3f} ({where}{secs:.0f} s)"
+
+    lines = [
+        "| row | train / classes | textloop defaults | HF defaults | HF grid best (cells run) | "
+        "chose |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for path in paths:
+        data = json.loads(path.read_text())
+        for r in data["rows"]:
+            key = "f1" if r["task"] == "ner" else "macro_f1"
+            sizes = r["sizes"]
+            shape = f"{sizes['train']}" + (f" / {sizes['classes']}" if "classes" in sizes else "")
+            tl = r["textloop"]
+            tl_cell = (
+                f"{tl[key]:.3f} ({tl['train_seconds']:.0f} s; batch {tl['recipe']['batch_size']}, "
+                f"{tl['recipe']['epochs']} ep, {tl['steps']} steps)"
+            )
+            best = r.get("hf_best")
+            n_cells = len(r.get("hf_grid") or [])
+            lines.append(
+                f"| {r['row']} | {shape} | {tl_cell} | {cell(r.get('hf_default'), key)} | "
+                f"{cell(best, key) + f' ({n_cells})' if best else '-'} | "
+                f"{'yes' if r['chose_recipe'] else 'unseen'} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--render"]:
+        print(render([Path(a) for a in sys.argv[2:]]))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--rows",
