@@ -16,8 +16,9 @@ For an encoder fine-tuned on a task (classification, ner, qa):
   at 32 (few examples need more updates per pass, and a short step costs about the same).
 - ``epochs``: passes over the data from its size: fewer examples (per class, for
   classification) need more passes.
-- ``eval_every_steps`` and ``early_stopping_patience``: about ``EVALS`` evaluations per run and a
-  stop after ``PATIENCE`` of them without improvement; the best checkpoint is restored at the end,
+- ``eval_every_steps`` and ``early_stopping_patience``: at most ``EVALS`` evaluations per run, at
+  least ``MIN_EVAL_INTERVAL`` steps apart, and a stop after ``PATIENCE`` of them without
+  improvement (not before half the planned steps); the best checkpoint is restored at the end,
   so a generous step budget costs time, not accuracy.
 
 Other tasks (masked / causal LM, generation) keep fixed defaults. ``bench/recipes.py`` measures the
@@ -52,6 +53,7 @@ FIXED_DEFAULTS: dict[str, Any] = {
 HEAD_LR_FACTOR = 10.0
 MAX_EPOCHS = 100
 EVALS = 8
+MIN_EVAL_INTERVAL = 50  # steps; an evaluation + checkpoint costs as much as many short steps
 PATIENCE = 3
 # batch size: the largest of 8, 16, 32 that still gives MIN_STEPS_PER_EPOCH steps a pass
 BATCH_SIZES = (32, 16, 8)
@@ -146,12 +148,16 @@ def decide(shape: DataShape, given: dict[str, Any], user_set: set[str]) -> Recip
         recipe.reasons["epochs"] = f"{passes} passes for {why} ({passes * per_epoch} steps)"
     total = int(settings["epochs"]) * per_epoch
     if "eval_every_steps" in mine:
-        if int(settings["epochs"]) <= EVALS:
+        interval = max(math.ceil(total / EVALS), MIN_EVAL_INTERVAL)
+        if int(settings["epochs"]) <= EVALS and per_epoch >= interval:
             settings["eval_every_steps"] = 0
             recipe.reasons["eval_every_steps"] = "evaluate after every epoch"
         else:
-            settings["eval_every_steps"] = math.ceil(total / EVALS)
-            recipe.reasons["eval_every_steps"] = f"about {EVALS} evaluations over {total} steps"
+            settings["eval_every_steps"] = interval
+            recipe.reasons["eval_every_steps"] = (
+                f"every {interval} steps: at most {EVALS} evaluations over {total} steps, "
+                f"at least {MIN_EVAL_INTERVAL} steps apart"
+            )
     if "early_stopping_patience" in mine:
         settings["early_stopping_patience"] = PATIENCE
         recipe.reasons["early_stopping_patience"] = (
