@@ -156,3 +156,22 @@ def test_time_budget_fits_the_schedule_from_measured_speed(monkeypatch):
         s2.step += 1
         b2.after_step(s2)
     assert roomy.stop_at is None and roomy.total_steps == 50
+
+
+def test_resume_from_the_saved_config_keeps_the_recipe(tiny_bert, toy_data, tmp_path):
+    from textloop.cli.main import main
+    from textloop.training.run import TrainingInterrupted
+
+    class StopAt3:
+        def on_step_end(self, info):
+            if info.step == 3:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted):
+        train(_tiny(tiny_bert, toy_data, out, **{"train.epochs": 2}), callbacks=[StopAt3()])
+    # --resume reads config.yaml, where the recipe's values look as if set by the user
+    assert main(["train", "--output", str(out), "--resume", "--quiet"]) == 0
+    recipe = json.loads((out / "metrics.json").read_text())["train"]["recipe"]
+    assert "lr" in recipe["reasons"] and "early_stopping_patience" in recipe["reasons"]
+    assert recipe["user_set"] == ["batch_size", "epochs"]

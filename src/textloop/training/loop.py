@@ -48,6 +48,7 @@ class LoopState:
     best_step: int = 0
     evals_since_best: int = 0
     stop_at: int | None = None  # a time budget's fitted end (kept so a resume keeps the schedule)
+    recipe: dict[str, Any] | None = None  # what the default recipe chose and why (resume keeps it)
     rng: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:

@@ -285,12 +285,14 @@ def _open_run_dir(s: _Setup, resuming: bool, main: bool) -> LoopState:
         restore_rng(state.rng)
         if state.stop_at is not None:  # a time budget had shortened the schedule
             s.horizon.total_steps = s.horizon.stop_at = state.stop_at
+        if state.recipe is not None:  # the saved config holds the recipe's values as if set
+            s.recipe = Recipe(**state.recipe)
         if main:
             truncate_log(out / "log.jsonl", state.step)
         return state
     if main:
         start_run_dir(out, config_to_yaml(s.cfg), replace=is_run_dir(out) and s.cfg.overwrite)
-    return LoopState()
+    return LoopState(recipe=s.recipe.as_dict())
 
 
 def _run_loop(
