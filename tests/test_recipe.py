@@ -175,3 +175,10 @@ def test_resume_from_the_saved_config_keeps_the_recipe(tiny_bert, toy_data, tmp_
     recipe = json.loads((out / "metrics.json").read_text())["train"]["recipe"]
     assert "lr" in recipe["reasons"] and "early_stopping_patience" in recipe["reasons"]
     assert recipe["user_set"] == ["batch_size", "epochs"]
+
+
+def test_a_large_validation_set_is_evaluated_less_often():
+    small = decide(shape(n_train=2000, n_classes=None, task="ner"), UNSET, set())
+    big = decide(shape(n_train=2000, n_classes=None, task="ner", n_validation=3250), UNSET, set())
+    assert small.settings["epochs"] == big.settings["epochs"]
+    assert big.settings["eval_every_steps"] > max(small.settings["eval_every_steps"], 63)

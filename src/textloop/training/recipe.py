@@ -16,7 +16,8 @@ For an encoder fine-tuned on a task (classification, ner, qa):
   at 32 (few examples need more updates per pass, and a short step costs about the same).
 - ``epochs``: passes over the data from its size: fewer examples (per class, for
   classification) need more passes.
-- ``eval_every_steps`` and ``early_stopping_patience``: at most ``EVALS`` evaluations per run, at
+- ``eval_every_steps`` and ``early_stopping_patience``: at most ``EVALS`` evaluations per run, and
+  fewer when the validation set is large (their compute under ``EVAL_SHARE`` of training's), at
   least ``MIN_EVAL_INTERVAL`` steps apart, and a stop after ``PATIENCE`` of them without
   improvement (not before half the planned steps); the best checkpoint is restored at the end,
   so a generous step budget costs time, not accuracy.
@@ -53,6 +54,7 @@ FIXED_DEFAULTS: dict[str, Any] = {
 HEAD_LR_FACTOR = 10.0
 MAX_EPOCHS = 100
 EVALS = 8
+EVAL_SHARE = 0.15  # evaluations' compute at most this share of training's
 MIN_EVAL_INTERVAL = 50  # steps; an evaluation + checkpoint costs as much as many short steps
 PATIENCE = 3
 # batch size: the largest of 8, 16, 32 that still gives MIN_STEPS_PER_EPOCH steps a pass
@@ -73,6 +75,7 @@ class DataShape:
     n_classes: int | None  # classification only
     hidden_size: int | None
     grad_accum_steps: int = 1
+    n_validation: int | None = None  # examples each evaluation reads
 
 
 @dataclass
@@ -148,15 +151,21 @@ def decide(shape: DataShape, given: dict[str, Any], user_set: set[str]) -> Recip
         recipe.reasons["epochs"] = f"{passes} passes for {why} ({passes * per_epoch} steps)"
     total = int(settings["epochs"]) * per_epoch
     if "eval_every_steps" in mine:
-        interval = max(math.ceil(total / EVALS), MIN_EVAL_INTERVAL)
-        if int(settings["epochs"]) <= EVALS and per_epoch >= interval:
+        evals = EVALS
+        if shape.n_validation:  # an example evaluated costs about a third of one trained
+            trained = int(settings["epochs"]) * shape.n_train
+            affordable = EVAL_SHARE * trained * 3 / shape.n_validation
+            evals = max(1, min(EVALS, int(affordable)))
+        interval = max(math.ceil(total / evals), MIN_EVAL_INTERVAL)
+        if int(settings["epochs"]) <= evals and per_epoch >= interval:
             settings["eval_every_steps"] = 0
             recipe.reasons["eval_every_steps"] = "evaluate after every epoch"
         else:
             settings["eval_every_steps"] = interval
             recipe.reasons["eval_every_steps"] = (
-                f"every {interval} steps: at most {EVALS} evaluations over {total} steps, "
-                f"at least {MIN_EVAL_INTERVAL} steps apart"
+                f"every {interval} steps: at most {evals} evaluations over {total} steps "
+                f"(evaluation kept under {EVAL_SHARE:.0%} of the training compute), at least "
+                f"{MIN_EVAL_INTERVAL} steps apart"
             )
     if "early_stopping_patience" in mine:
         settings["early_stopping_patience"] = PATIENCE

@@ -268,6 +268,7 @@ def _decide_recipe(cfg: RunConfig, splits: Splits, model: torch.nn.Module) -> Re
         n_classes=len(labels) if cfg.task == "classification" and labels else None,
         hidden_size=hidden if isinstance(hidden, int) else None,
         grad_accum_steps=t.grad_accum_steps,
+        n_validation=len(splits.validation),
     )
     values = t.model_dump()
     given = {k: values[k] for k in RECIPE_FIELDS}
