@@ -411,7 +411,8 @@ def render(paths: list[Path]) -> str:
     def cell(c: dict[str, Any] | None, key: str) -> str:
         if not c:
             return "-"
-        where = f"{c['lr']:g} x {c['epochs']} ep, " if "lr" in c else ""
+        lr = f"{c['lr']:.0e}".replace("e-0", "e-") if "lr" in c else ""
+        where = f"{lr} x {c['epochs']} ep, " if lr else ""
         secs = c.get("train_seconds", c.get("seconds"))
         return f"{c[key]:.3f} ({where}{secs:.0f} s)"
 
