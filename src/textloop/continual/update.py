@@ -58,7 +58,7 @@ from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
 from textloop.runs import load_registered
 from textloop.tasks.classification.task import ClassificationTask
-from textloop.training.recipe import DataShape, Recipe
+from textloop.training.recipe import DataShape, Recipe, model_width
 from textloop.training.recipe import decide as decide_recipe
 
 Row = dict[str, str]
@@ -128,7 +128,7 @@ def build_candidate(
         objective = LwFObjective(
             ctask, teacher, len(old_labels), cfg.lwf_lambda, cfg.lwf_temperature
         )
-    recipe = update_recipe(cfg, len(rows), len(ctask.labels), _width(candidate))
+    recipe = update_recipe(cfg, len(rows), len(ctask.labels), model_width(candidate))
     schedule = Schedule(
         epochs=recipe.settings["epochs"],
         lr=recipe.settings["lr"],
@@ -165,11 +165,6 @@ def update_recipe(cfg: UpdateConfig, n_rows: int, n_labels: int, width: int | No
     recipe.settings = {k: recipe.settings[k] for k in _UPDATE_RECIPE}
     recipe.reasons = {k: v for k, v in recipe.reasons.items() if k in _UPDATE_RECIPE}
     return recipe
-
-
-def _width(model: torch.nn.Module) -> int | None:
-    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
-    return hidden if isinstance(hidden, int) else None
 
 
 def build_reference(
@@ -320,7 +315,7 @@ def update(
         else 0
     )
     n_labels = len(old_labels) + len(new_labels)
-    width = _width(run.model)
+    width = model_width(run.model)
     steps_of = update_recipe(cfg, len(new_train) + n_replay, n_labels, width).settings
     n_steps = steps_of["epochs"] * -(-(len(new_train) + n_replay) // steps_of["batch_size"])
     if cfg.reference == "joint":

@@ -173,3 +173,9 @@ def decide(shape: DataShape, given: dict[str, Any], user_set: set[str]) -> Recip
             f"stop after {PATIENCE} evaluations without improvement; the best checkpoint is kept"
         )
     return recipe
+
+
+def model_width(model: Any) -> int | None:
+    """A Hugging Face model's hidden size (its ``config.hidden_size``), None when it has none."""
+    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    return hidden if isinstance(hidden, int) else None

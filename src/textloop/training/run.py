@@ -50,7 +50,7 @@ from textloop.training.optim import (
     make_embeddings_sparse,
 )
 from textloop.training.precision import PrecisionChoice, choose_precision
-from textloop.training.recipe import RECIPE_FIELDS, DataShape, Recipe, decide
+from textloop.training.recipe import RECIPE_FIELDS, DataShape, Recipe, decide, model_width
 from textloop.training.rundir import (
     check_output,
     start_run_dir,
@@ -261,12 +261,11 @@ def _decide_recipe(cfg: RunConfig, splits: Splits, model: torch.nn.Module) -> Re
     """The recipe's values for the train keys the config left unset (see training/recipe.py)."""
     t = cfg.train
     labels = splits.summary.get("labels")
-    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
     shape = DataShape(
         task=cfg.task,
         n_train=len(splits.stream) if splits.stream is not None else len(splits.train),
         n_classes=len(labels) if cfg.task == "classification" and labels else None,
-        hidden_size=hidden if isinstance(hidden, int) else None,
+        hidden_size=model_width(model),
         grad_accum_steps=t.grad_accum_steps,
         n_validation=len(splits.validation),
     )
