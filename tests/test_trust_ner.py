@@ -34,6 +34,9 @@ def ner_run(tiny_bert, tmp_path_factory):
         "train.lr": 5e-3,
         "train.batch_size": 16,
         "train.max_seq_len": 24,
+        "train.precision": "fp32",  # one numeric path on every CPU (auto is bf16 on AMX)
+        "train.eval_every_steps": 0,  # each epoch's checkpoint, as the test was written for
+        "train.early_stopping_patience": 0,
         "ner.window_overlap": 6,
     }
     return train(load_config(None, extra=extra))
