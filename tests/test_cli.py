@@ -396,3 +396,61 @@ def test_duplicated_csv_header_is_refused_by_train_and_prepare(
     _fails(args, capsys, str(bad), "'text' appears more than once")
     _fails(["prepare", str(bad), "--output", str(tmp_path / "corpus")], capsys, str(bad), "'text'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dup.csv"]
+
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                for inner, subsub in _subparsers(sub):
+                    yield f"{name} {inner}", subsub
+
+
+def test_every_flag_of_every_command_has_help():
+    from textloop.cli.main import build_parser
+
+    parser, _ = build_parser()
+    missing = [
+        f"{name} {action.option_strings[0] if action.option_strings else action.dest}"
+        for name, sub in _subparsers(parser)
+        for action in sub._actions
+        if action.dest != "help" and not (action.help or "").strip()
+    ]
+    assert not missing, f"flags without help: {missing}"
+
+
+def test_config_flags_take_type_choices_and_help_from_the_fields():
+    import argparse
+
+    from textloop.cli.flags import Flag, add_config_flags, flag_values
+    from textloop.config import RunConfig, TrainConfig
+
+    p = argparse.ArgumentParser()
+    flags = add_config_flags(
+        p,
+        RunConfig,
+        [
+            "train.lr",
+            "train.time_budget",
+            "data.multi_label",
+            "data.tag_scheme",
+            Flag("task", "objective", choices=("mlm", "clm")),
+        ],
+    )
+    args = p.parse_args(["--lr", "3e-5", "--time-budget", "10m", "--multi-label"])
+    # only the flags given set keys; the YAML and defaults keep the rest
+    assert flag_values(args, flags) == {
+        "train.lr": 3e-5,
+        "train.time_budget": "10m",
+        "data.multi_label": True,
+    }
+    with pytest.raises(SystemExit):
+        p.parse_args(["--tag-scheme", "XYZ"])  # choices come from the Literal
+    with pytest.raises(SystemExit):
+        p.parse_args(["--objective", "classification"])  # narrowed by the command
+    help_text = " ".join(p.format_help().split())
+    assert TrainConfig.model_fields["lr"].description.rstrip(".") in help_text
+    assert "[train.lr]" in help_text and "[data.tag_scheme, default auto]" in help_text

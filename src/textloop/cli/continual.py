@@ -7,6 +7,25 @@ import json
 import os
 from typing import Any
 
+from textloop.cli.flags import Flag, add_config_flags, flag_values
+from textloop.continual.config import UpdateConfig
+
+# the update config keys `update` offers as flags (type, choices and help from the fields)
+UPDATE_FLAGS: tuple[str | Flag, ...] = (
+    "strategy",
+    "replay.replay_size",
+    "reference",
+    "epochs",
+    "lr",
+    "head_lr",
+    "batch_size",
+    "seed",
+    "text_column",
+    "label_column",
+    "drop_invalid_rows",
+    "gate.promote",
+)
+
 _REGISTRY_HELP = "registry directory (default $TEXTLOOP_REGISTRY or ./registry)"
 
 
@@ -28,7 +47,7 @@ def add_parser(sub: Any) -> list[str]:
     p.add_argument("--since-hours", type=float, help="only traffic of the last N hours")
     p.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate (default 0.05)")
     p.add_argument("--permutations", type=int, default=500, help="MMD permutations")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations (default 0)")
     p.add_argument("--output", help="report folder (default under <registry>/continual/)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--exit-code", action="store_true", help="exit 1 when drift is detected")
@@ -37,36 +56,20 @@ def add_parser(sub: Any) -> list[str]:
     _registry_arg(u)
     u.add_argument("--new-data", required=True, help="labelled file, dir, glob or builtin:NAME")
     u.add_argument("config", nargs="?", help="update YAML (optional; see docs/continual.md)")
-    u.add_argument("--strategy", choices=["naive", "replay", "ewc", "lwf"])
-    u.add_argument(
-        "--replay-size",
-        type=int,
-        help="a fixed total of buffer examples mixed in (strategy replay; default: "
-        "replay.replay_per_class of each earlier class)",
-    )
-    u.add_argument(
-        "--reference",
-        choices=["none", "joint"],
-        help="joint: also train a reference on the whole buffer + the new data (plain "
-        "fine-tuning) and report it beside the candidate",
-    )
-    u.add_argument("--epochs", type=int)
-    u.add_argument("--lr", type=float)
-    u.add_argument("--text-column")
-    u.add_argument("--label-column")
-    u.add_argument(
-        "--drop-invalid-rows",
-        action="store_true",
-        help="drop rows without a text or label (unlabelled feedback) instead of failing",
-    )
-    u.add_argument("--no-promote", action="store_true", help="leave an accepted model in staging")
+    u.set_defaults(config_flags=add_config_flags(u, UpdateConfig, UPDATE_FLAGS))
     u.add_argument("--dry-run", action="store_true", help="show what would happen; write nothing")
     u.add_argument("--actor", help="who (for the audit log; default: the OS user)")
-    u.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    u.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any update config key, e.g. gate.max_class_drop=0.1",
+    )
     u.add_argument("--json", action="store_true", help="print the report as JSON")
 
     f = sub.add_parser("feedback", help="labelled feedback collected by the server")
-    fsub = f.add_subparsers(dest="feedback_command", required=True)
+    fsub = f.add_subparsers(dest="feedback_command", required=True, help="feedback action")
     e = fsub.add_parser("export", help="write the feedback as a labelled JSONL for update")
     _registry_arg(e)
     e.add_argument("--output", required=True, help="JSONL file to write")
@@ -134,21 +137,7 @@ def _update(args: argparse.Namespace) -> int:
     from textloop.continual.report import dry_run_lines, summary_lines
     from textloop.continual.update import update
 
-    flags = {
-        "strategy": args.strategy,
-        "replay.replay_size": args.replay_size,
-        "reference": args.reference,
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "text_column": args.text_column,
-        "label_column": args.label_column,
-    }
-    extra = {k: v for k, v in flags.items() if v is not None}
-    if args.no_promote:
-        extra["gate.promote"] = False
-    if args.drop_invalid_rows:
-        extra["drop_invalid_rows"] = True
-    cfg = load_update_config(args.config, args.set, extra)
+    cfg = load_update_config(args.config, args.set, flag_values(args, args.config_flags))
     result = update(args.registry, args.name, args.new_data, cfg, args.dry_run, args.actor)
     p = result.plan
     if args.json:

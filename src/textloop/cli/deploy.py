@@ -22,8 +22,19 @@ def add_parser(sub: Any) -> list[str]:
     p = sub.add_parser("export", help="export a run for serving: safetensors, ONNX, int8")
     p.add_argument("run", help="run directory")
     p.add_argument("--output", required=True, help="folder to create")
-    p.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors")
-    p.add_argument("--quantize", choices=["none", "int8"], default="none")
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "onnx"],
+        default="safetensors",
+        help="safetensors: the PyTorch model as trained; onnx: an onnxruntime graph (default "
+        "safetensors)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="onnx: dynamic int8 quantisation of the linear layers (default none)",
+    )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-optimize", action="store_true", help="skip onnxruntime's BERT fusion")
     p.add_argument("--sample", help="file with texts to verify on (default: the run's data)")
@@ -33,7 +44,7 @@ def add_parser(sub: Any) -> list[str]:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
     r = sub.add_parser("registry", help="register, promote and roll back model versions")
-    rsub = r.add_subparsers(dest="registry_command", required=True)
+    rsub = r.add_subparsers(dest="registry_command", required=True, help="registry action")
 
     def reg(name: str, help: str) -> argparse.ArgumentParser:
         q = rsub.add_parser(name, help=help)
@@ -51,21 +62,26 @@ def add_parser(sub: Any) -> list[str]:
     q.add_argument("--reason", default="", help="why (kept in the audit log)")
     q.add_argument("--actor", help="who (default: the OS user)")
     q = reg("promote", "move a version to production (or --stage staging|archived)")
-    q.add_argument("name")
-    q.add_argument("version", type=int)
-    q.add_argument("--stage", choices=["production", "staging", "archived"], default="production")
-    q.add_argument("--reason", default="")
-    q.add_argument("--actor")
+    q.add_argument("name", help="model name")
+    q.add_argument("version", type=int, help="version number")
+    q.add_argument(
+        "--stage",
+        choices=["production", "staging", "archived"],
+        default="production",
+        help="stage to move the version to (default production)",
+    )
+    q.add_argument("--reason", default="", help="why (kept in the audit log)")
+    q.add_argument("--actor", help="who (default: the OS user)")
     q = reg("rollback", "put back the previous production version")
-    q.add_argument("name")
-    q.add_argument("--reason", default="")
-    q.add_argument("--actor")
+    q.add_argument("name", help="model name")
+    q.add_argument("--reason", default="", help="why (kept in the audit log)")
+    q.add_argument("--actor", help="who (default: the OS user)")
     q = reg("list", "list models and versions")
-    q.add_argument("name", nargs="?")
+    q.add_argument("name", nargs="?", help="one model (default: all)")
     q = reg("show", "one model's versions, metrics and audit log")
-    q.add_argument("name")
+    q.add_argument("name", help="model name")
     q = reg("verify", "re-hash a version's files against the registry")
-    q.add_argument("name")
+    q.add_argument("name", help="model name")
     q.add_argument("version", type=int, nargs="?", help="default: the production version")
 
     s = sub.add_parser("serve", help="serve a model over HTTP (FastAPI + uvicorn)")
@@ -74,7 +90,7 @@ def add_parser(sub: Any) -> list[str]:
     s.add_argument("--name", help="registry model name (serves its production version)")
     s.add_argument("--version", type=int, help="pin a version (no hot swap)")
     s.add_argument("--host", default="127.0.0.1", help="interface (default loopback only)")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
     s.add_argument("--api-key-file", help="file holding the key write endpoints require")
     s.add_argument("--max-batch-size", type=int, default=32, help="texts per batch; 1 = off")
     s.add_argument("--max-wait-ms", type=float, default=2.0, help="wait to fill a batch")

@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> list[str]:
     g.add_argument("prompts", nargs="*", help="prompts to answer")
     g.add_argument("--input", help="file of prompts (one per line, or jsonl with --prompt-column)")
     g.add_argument("--prompt-column", default="prompt", help="jsonl/csv column with the prompt")
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default 8)")
     g.add_argument("--stream", action="store_true", help="print tokens as they come (one prompt)")
     g.add_argument("--json", action="store_true", help="JSON lines with tokens and finish reason")
     c = sub.add_parser("chat", help="chat with a generation run in the terminal")

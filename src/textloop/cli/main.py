@@ -10,114 +10,50 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from textloop.cli.flags import Flag, add_config_flags, add_run_flags, run_overrides
 from textloop.errors import TextloopError
 
-# flag -> dotted config key; the flag's value overrides the YAML, --set overrides both
-_TRAIN_FLAGS = {
-    "model": "model",
-    "task": "task",
-    "output": "output",
-    "train": "data.train",
-    "validation": "data.validation",
-    "test": "data.test",
-    "text_column": "data.text_column",
-    "text_pair_column": "data.text_pair_column",
-    "label_column": "data.label_column",
-    "label_separator": "data.label_separator",
-    "epochs": "train.epochs",
-    "max_steps": "train.max_steps",
-    "lr": "train.lr",
-    "head_lr": "train.head_lr",
-    "time_budget": "train.time_budget",
-    "batch_size": "train.batch_size",
-    "max_seq_len": "train.max_seq_len",
-    "seed": "train.seed",
-    "class_weights": "train.class_weights",
-    "tag_column": "data.tag_column",
-    "tag_scheme": "data.tag_scheme",
-    "prompt_column": "data.prompt_column",
-    "target_column": "data.target_column",
-    "messages_column": "data.messages_column",
-    "distributed": "train.distributed",
-}
-_TRAIN_SWITCHES = {
-    "overwrite": "overwrite",
-    "multi_label": "data.multi_label",
-    "drop_invalid_rows": "data.drop_invalid_rows",
-    "packing": "train.packing",
-}
+# the config keys `train` offers as flags: type, choices and help come from the config fields
+TRAIN_FLAGS: tuple[str | Flag, ...] = (
+    "model",
+    "task",
+    "data.train",
+    "data.validation",
+    "data.test",
+    "data.text_column",
+    "data.text_pair_column",
+    "data.label_column",
+    "data.label_separator",
+    "data.multi_label",
+    "data.tag_column",
+    "data.tag_scheme",
+    "data.prompt_column",
+    "data.target_column",
+    "data.messages_column",
+    "data.drop_invalid_rows",
+    "train.epochs",
+    "train.max_steps",
+    "train.lr",
+    "train.head_lr",
+    "train.time_budget",
+    "train.batch_size",
+    "train.max_seq_len",
+    "train.seed",
+    "train.class_weights",
+    "train.packing",
+    "train.distributed",
+    "output",
+    "overwrite",
+)
 
 
 def _add_train(sub: Any) -> None:
+    from textloop.config import RunConfig
+
     p = sub.add_parser("train", help="fine-tune a model and write a run directory")
     p.add_argument("config", nargs="?", help="YAML run file (optional for simple cases)")
-    p.add_argument(
-        "--model", help="local checkpoint dir or embedded:NAME (default embedded:minilm)"
-    )
-    from textloop.tasks import TASK_MODULES
-
-    p.add_argument("--task", choices=sorted(TASK_MODULES), help="task (default classification)")
-    p.add_argument("--train", help="training data: file, dir, glob or builtin:NAME")
-    p.add_argument("--validation", help="validation data (default: stratified split of train)")
-    p.add_argument("--test", help="test data")
-    p.add_argument("--text-column", help="column with the text (default 'text')")
-    p.add_argument("--text-pair-column", help="second text column for pair classification")
-    p.add_argument("--label-column", help="column with the label(s) (default 'label')")
-    p.add_argument("--label-separator", help="split labels on this string (multi-label)")
-    p.add_argument("--multi-label", action="store_true", help="rows hold sets of labels")
-    p.add_argument("--epochs", type=int, help="passes over the data (default: the recipe's)")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
-    p.add_argument("--head-lr", type=float, help="fresh head's learning rate (default 10 x lr)")
-    p.add_argument(
-        "--time-budget",
-        metavar="DURATION",
-        help="fit training to this wall-clock time, e.g. 90s, 10m, 1.5h",
-    )
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-seq-len", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--class-weights", choices=["none", "balanced"])
-    p.add_argument("--tag-column", type=int, help="NER CoNLL files: tag column (default -1, last)")
-    p.add_argument(
-        "--tag-scheme",
-        choices=["auto", "IO", "IOB1", "IOB2", "BIO", "IOBES", "BILOU"],
-        help="NER tag scheme of the data (default auto)",
-    )
-    p.add_argument("--prompt-column", help="generation pairs: prompt column (default 'prompt')")
-    p.add_argument("--target-column", help="generation pairs: answer column (default 'target')")
-    p.add_argument("--messages-column", help="generation chats: messages key (default 'messages')")
-    p.add_argument("--packing", action="store_true", help="pack short examples into full rows")
-    p.add_argument(
-        "--lora",
-        metavar="SPEC",
-        help="LoRA adapters, e.g. r=8,alpha=16,targets=q_proj,v_proj; 'off' trains all weights",
-    )
-    p.add_argument(
-        "--distributed",
-        choices=["ddp", "fsdp"],
-        help="under torchrun: replicate (ddp, default) or shard (fsdp) the model",
-    )
-    p.add_argument("--output", help="run directory to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the unfinished run in --output with its saved config",
-    )
-    p.add_argument(
-        "--drop-invalid-rows",
-        action="store_true",
-        help="drop empty / non-UTF-8 rows instead of failing",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key, e.g. train.lr=3e-5",
-    )
-    p.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    p.set_defaults(config_flags=add_config_flags(p, RunConfig, TRAIN_FLAGS))
+    add_run_flags(p)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -125,16 +61,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from textloop.training.callbacks import LogLines, ProgressBar
     from textloop.training.run import train
 
-    extra = {
-        key: getattr(args, flag)
-        for flag, key in _TRAIN_FLAGS.items()
-        if getattr(args, flag) is not None
-    }
-    extra.update({key: True for flag, key in _TRAIN_SWITCHES.items() if getattr(args, flag)})
-    if args.lora:
-        from textloop.models.lora import parse_lora_spec
-
-        extra.update({f"lora.{k}": v for k, v in parse_lora_spec(args.lora).items()})
+    extra = run_overrides(args)
     # --resume continues from the run's saved config; given flags must agree with it
     cfg = (load_resume_config if args.resume else load_config)(args.config, args.set, extra)
     callbacks = [LogLines()] if args.quiet or not sys.stderr.isatty() else [ProgressBar()]
@@ -157,14 +84,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+_DROP_HELP = "drop empty / non-UTF-8 rows (and report them) instead of failing"
+
+
 def _add_evaluate(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="metrics of a trained run on a labelled file")
     p.add_argument("run", help="run directory")
     p.add_argument("--data", required=True, help="labelled file, dir, glob or builtin:NAME[:SPLIT]")
-    p.add_argument("--text-column")
-    p.add_argument("--text-pair-column")
-    p.add_argument("--label-column")
-    p.add_argument("--drop-invalid-rows", action="store_true")
+    p.add_argument("--text-column", help="column with the text (default: the run's)")
+    p.add_argument("--text-pair-column", help="second text column (default: the run's)")
+    p.add_argument("--label-column", help="column with the label(s) (default: the run's)")
+    p.add_argument("--drop-invalid-rows", action="store_true", help=_DROP_HELP)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -203,9 +133,9 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--context", action="append", help="QA: the context of each --question")
     p.add_argument("--input", help="file to predict (any readable format)")
     p.add_argument("--output", help="JSONL file for --input predictions (default: stdout)")
-    p.add_argument("--text-column")
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--drop-invalid-rows", action="store_true")
+    p.add_argument("--text-column", help="--input: column with the text (default: the run's)")
+    p.add_argument("--top-k", type=int, default=1, help="labels per text, best first (default 1)")
+    p.add_argument("--drop-invalid-rows", action="store_true", help=_DROP_HELP)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -245,8 +175,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _add_validate(sub: Any) -> None:
     p = sub.add_parser("validate", help="check run files without training (all problems at once)")
-    p.add_argument("configs", nargs="+")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("configs", nargs="+", help="YAML run files")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -15,24 +15,28 @@ import signal
 import sys
 from typing import Any
 
-# flag -> dotted prepare-config key; flags override the YAML, --set overrides both
-_FLAGS = {
-    "output": "output",
-    "format": "format",
-    "txt_mode": "txt_mode",
-    "text_column": "text_column",
-    "label_column": "label_column",
-    "encoding": "encoding",
-    "on_error": "on_error",
-    "num_proc": "num_proc",
-    "num_shards": "num_shards",
-    "shard_index": "shard_index",
-    "dedup": "dedup.mode",
-    "threshold": "dedup.threshold",
-    "shingle_size": "dedup.shingle_size",
-    "split": "split.fractions",
-    "conflicts": "labels.conflicts",
-}
+from textloop.cli.flags import Flag, add_config_flags, flag_values
+from textloop.data.prepare.config import PrepareConfig
+
+# the prepare config keys offered as flags (type, choices and help from the config fields)
+PREPARE_FLAGS: tuple[str | Flag, ...] = (
+    "output",
+    "overwrite",
+    "format",
+    "txt_mode",
+    "text_column",
+    "label_column",
+    "encoding",
+    "on_error",
+    "num_proc",
+    "num_shards",
+    "shard_index",
+    Flag("dedup.mode", "dedup"),
+    "dedup.threshold",
+    "dedup.shingle_size",
+    Flag("split.fractions", "split", "train,validation[,test] fractions, e.g. 0.8,0.1,0.1"),
+    Flag("labels.conflicts", "conflicts"),
+)
 
 
 def add_parser(sub: Any) -> list[str]:
@@ -50,35 +54,7 @@ def add_parser(sub: Any) -> list[str]:
         help="a prepare YAML and/or inputs (files, dirs, globs, builtin:NAME[:SPLIT]); "
         "or `merge OUT SHARD_DIR...`",
     )
-    p.add_argument("--output", help="corpus directory to create")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace an existing corpus in --output"
-    )
-    p.add_argument("--format", choices=["auto", "txt", "jsonl", "json", "csv", "tsv", "parquet"])
-    p.add_argument(
-        "--txt-mode", choices=["line", "file"], help="txt: a document per line or per file"
-    )
-    p.add_argument("--text-column", help="field with the text (default 'text')")
-    p.add_argument("--label-column", help="field with the label (labelled data)")
-    p.add_argument("--encoding", help="encoding of text inputs (default utf-8)")
-    p.add_argument(
-        "--on-error",
-        choices=["skip_records", "skip", "fail"],
-        help="skip_records (default): skip+report bad records, stop at a truncated/corrupt file; "
-        "skip: skip both; fail: stop at the first",
-    )
-    p.add_argument("--num-proc", type=int, help="worker processes on this machine")
-    p.add_argument("--num-shards", type=int, help="machines sharing the inputs (then merge)")
-    p.add_argument("--shard-index", type=int, help="this machine's slice, 0..num-shards-1")
-    p.add_argument(
-        "--dedup", choices=["none", "exact", "near"], help="deduplication (default near)"
-    )
-    p.add_argument("--threshold", type=float, help="near-duplicate Jaccard threshold (default 0.8)")
-    p.add_argument(
-        "--shingle-size", type=int, help="words per shingle of texts of 64+ words (default 5)"
-    )
-    p.add_argument("--split", help="train,validation[,test] fractions, e.g. 0.8,0.1,0.1")
-    p.add_argument("--conflicts", choices=["drop", "keep_first"], help="same text, other labels")
+    p.set_defaults(config_flags=add_config_flags(p, PrepareConfig, PREPARE_FLAGS))
     p.add_argument(
         "--set",
         action="append",
@@ -151,19 +127,15 @@ def _run(args: argparse.Namespace) -> int:
         output = args.output or (rest.pop(0) if rest else None)
         if not output or not rest:
             raise ConfigError("usage: textloop prepare merge OUT SHARD_DIR [SHARD_DIR ...]")
-        result = merge(output, rest, overwrite=args.overwrite)
+        result = merge(output, rest, overwrite=bool(args.overwrite))
         _print_summary(result.manifest, result.path, False)
         return 0
     config = None
     if sources and sources[0].endswith((".yaml", ".yml")):
         config = sources.pop(0)
-    extra: dict[str, Any] = {
-        key: getattr(args, flag) for flag, key in _FLAGS.items() if getattr(args, flag) is not None
-    }
+    extra = flag_values(args, args.config_flags)
     if sources:
         extra["inputs"] = sources
-    if args.overwrite:
-        extra["overwrite"] = True
     cfg = load_prepare_config(config, args.set, extra)
     result = prepare(cfg)
     _print_summary(result.manifest, result.path, result.is_shard)

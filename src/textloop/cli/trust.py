@@ -56,8 +56,8 @@ def add_parser(sub: Any) -> list[str]:
         help="column:NAME | regex:NAME=PATTERN | length (repeatable)",
     )
     a.add_argument("--output", help="report directory (default RUN/audit)")
-    a.add_argument("--text-column")
-    a.add_argument("--label-column")
+    a.add_argument("--text-column", help="column with the text (default: the run's)")
+    a.add_argument("--label-column", help="column with the label (default: the run's)")
     a.add_argument(
         "--deletion",
         type=int,
@@ -66,7 +66,11 @@ def add_parser(sub: Any) -> list[str]:
         help="explain the first N texts: completeness and deletion test (slow; e.g. 200)",
     )
     a.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="integration steps")
-    a.add_argument("--drop-invalid-rows", action="store_true")
+    a.add_argument(
+        "--drop-invalid-rows",
+        action="store_true",
+        help="drop empty / non-UTF-8 rows instead of failing",
+    )
     a.add_argument("--json", action="store_true", help="print the audit as JSON")
     return ["explain", "audit"]
 

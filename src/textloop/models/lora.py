@@ -141,7 +141,7 @@ def parse_lora_spec(spec: str) -> dict[str, Any]:
 
     ``on`` / ``off`` switch adapters on or off; otherwise comma-separated ``key=value`` pairs
     (keys r, alpha, dropout, targets) switch them on, and names after ``targets=`` that carry no
-    ``=`` are more targets: ``r=8,alpha=16,targets=q_proj,v_proj``.
+    ``=`` are more targets: ``r=8,alpha=16,targets=q_proj,v_proj`` (or ``targets=q_proj+v_proj``).
 
     Raises:
         ConfigError: an unknown key or a value of the wrong type.
@@ -165,7 +165,7 @@ def parse_lora_spec(spec: str) -> dict[str, Any]:
         else:
             raise ConfigError(f"--lora {spec!r}: expected KEY=VALUE, found {part!r}")
         if key == "targets":
-            out.setdefault("targets", []).append(value)
+            out.setdefault("targets", []).extend(t for t in value.split("+") if t)
             continue
         try:
             out[key] = _SPEC_KEYS[key](value)
