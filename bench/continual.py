@@ -143,10 +143,11 @@ def run_bbc(args: argparse.Namespace) -> dict:
     """The BBC News scenario (see the module docstring)."""
     import torch
 
+    from textloop.continual.candidate import build_candidate
     from textloop.continual.config import load_update_config
     from textloop.continual.replay import balanced_sample
     from textloop.continual.retrain import score
-    from textloop.continual.update import build_candidate, judge, score_after
+    from textloop.continual.update import judge, score_after
     from textloop.runs import load_run
 
     work = Path(args.work)
@@ -382,8 +383,8 @@ def run_clinc(args: argparse.Namespace) -> dict:
         return {"scenario": "clinc", "skipped": f"{data} not found (../shared/data is absent)"}
     import torch
 
+    from textloop.continual.candidate import build_buffer_size, build_candidate, build_reference
     from textloop.continual.config import load_update_config
-    from textloop.continual.update import build_buffer_size, build_candidate, build_reference
     from textloop.runs import load_run
 
     if args.threads:

@@ -443,7 +443,7 @@ def test_feedback_labels_and_texts_are_bounded(prod, tmp_path):
 
 
 def test_ewc_and_lwf_stay_closer_to_the_old_model_than_naive(prod):
-    from textloop.continual.update import build_candidate
+    from textloop.continual.candidate import build_candidate
     from textloop.runs import load_run
 
     run = load_run(prod / "run")

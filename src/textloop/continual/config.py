@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from textloop.config import StrictModel, load_tree, validate_tree
+from textloop.config import ScheduleConfig, StrictModel, load_tree, validate_tree
 from textloop.continual.replay import DEFAULT_BUFFER, DEFAULT_REGRESSION_SIZE
 
 Strategy = Literal["naive", "replay", "ewc", "lwf"]
@@ -127,8 +127,11 @@ class ReplayConfig(StrictModel):
     )
 
 
-class UpdateConfig(StrictModel):
-    """One update: how to retrain on a new labelled batch and when to accept the result."""
+class UpdateConfig(ScheduleConfig):
+    """One update: how to retrain on a new labelled batch and when to accept the result. The
+    schedule keys (epochs, lr, head_lr, batch_size, warmup_ratio, weight_decay, grad_clip,
+    seed) are those of ``train``; the unset ones come from the default recipe for the rows the
+    update trains on (new + replayed) and the labels it ends with."""
 
     strategy: Strategy = Field(
         "replay",
@@ -162,28 +165,7 @@ class UpdateConfig(StrictModel):
         description="Share of the new data held out (stratified) for the gate; it joins the "
         "next version's regression set.",
     )
-    epochs: int | None = Field(
-        None,
-        ge=1,
-        le=100,
-        description="Passes over the update's training data (default: the training recipe's, "
-        "from the rows and labels the update trains on).",
-    )
-    lr: float | None = Field(
-        None, gt=0.0, le=1.0, description="Peak learning rate (default: the recipe's)."
-    )
-    head_lr: float | None = Field(
-        None,
-        gt=0.0,
-        le=1.0,
-        description="Learning rate of the classifier head, new label rows included (default: "
-        "the recipe's, 10 x its body rate).",
-    )
-    batch_size: int | None = Field(
-        None, ge=1, le=4096, description="Examples per step (default: the recipe's)."
-    )
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of steps warming up.")
-    weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="Decoupled weight decay.")
     max_seq_len: int | None = Field(
         None, ge=8, le=8192, description="Tokens per example (default: the production run's)."
     )
@@ -202,7 +184,6 @@ class UpdateConfig(StrictModel):
     lwf_temperature: float = Field(
         2.0, gt=0.0, description="lwf: softmax temperature of the distillation."
     )
-    seed: int = Field(0, ge=0, description="Seed of the split, sampling, order and init.")
     threads: int | None = Field(None, ge=1, le=512, description="Intra-op threads.")
     replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig())
     gate: GateConfig = Field(default_factory=lambda: GateConfig())

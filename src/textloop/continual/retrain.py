@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from textloop.config import ScheduleConfig
+from textloop.continual.replay import Row
 from textloop.data.batching import bucketed_batches
 from textloop.fileio import atomic_dir, write_text_atomic
 from textloop.tasks.base import Encoded
 from textloop.training.loop import LoopState, seed_everything, steps_per_epoch, train_steps
 from textloop.training.optim import build_optimizer, build_scheduler
-
-Row = dict[str, str]
 
 
 # ---- class-incremental head ----------------------------------------------------------------
@@ -185,20 +184,6 @@ def old_to_new_confusions(
 
 
 # ---- fine-tune driver ----------------------------------------------------------------------
-@dataclass
-class Schedule:
-    """Optimisation of one update (plain values; built from ``UpdateConfig`` by the caller)."""
-
-    epochs: int
-    lr: float
-    batch_size: int
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    head_lr: float | None = None
-    grad_clip: float = 1.0
-    seed: int = 0
-
-
 def encode_rows(task: Any, rows: Sequence[Row]) -> Encoded:
     """Tokenize labelled rows with the task (labels must be in ``task.labels``)."""
     data: Encoded = task.encode([r["text"] for r in rows], None)
@@ -209,28 +194,29 @@ def encode_rows(task: Any, rows: Sequence[Row]) -> Encoded:
 
 
 def finetune(
-    model: torch.nn.Module, task: Any, objective: Any, train: Encoded, schedule: Schedule
+    model: torch.nn.Module, task: Any, objective: Any, train: Encoded, schedule: ScheduleConfig
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``train`` with ``objective.training_loss``; the last weights.
 
     There is no best-checkpoint pick on a validation split: every labelled example of an
     update goes either into training or to the gate, which judges the result.
     """
+    if schedule.epochs is None or schedule.lr is None or schedule.batch_size is None:
+        raise ValueError("finetune needs a resolved schedule: epochs, lr and batch_size set")
+    epochs, batch_size = schedule.epochs, schedule.batch_size
     seed_everything(schedule.seed)
     optimizer = build_optimizer(
         model, schedule.lr, schedule.weight_decay, schedule.head_lr, task.head_prefixes
     )
-    n_batches = -(-len(train) // schedule.batch_size)
-    total = schedule.epochs * steps_per_epoch(n_batches, 1)
+    n_batches = -(-len(train) // batch_size)
+    total = epochs * steps_per_epoch(n_batches, 1)
     scheduler = build_scheduler(optimizer, round(schedule.warmup_ratio * total), total, "linear")
     device = next(model.parameters()).device
     state = LoopState()
     losses: list[float] = []
 
     def batches_for_epoch(s: LoopState) -> list[list[int]]:
-        order = bucketed_batches(
-            train.lengths, schedule.batch_size, 50, schedule.seed * 1_000_003 + s.epoch
-        )
+        order = bucketed_batches(train.lengths, batch_size, 50, schedule.seed * 1_000_003 + s.epoch)
         return order[s.batches_done_in_epoch :]
 
     def collate(items: Sequence[Any]) -> dict[str, torch.Tensor]:
@@ -246,7 +232,7 @@ def finetune(
         loss_fn=lambda batch: objective.training_loss(model, batch),
         evaluate=lambda: {"loss": float(np.mean(losses[-n_batches:])) if losses else 0.0},
         state=state,
-        epochs=schedule.epochs,
+        epochs=epochs,
         max_steps=None,
         grad_accum_steps=1,
         grad_clip=schedule.grad_clip,

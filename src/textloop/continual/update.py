@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,11 +31,17 @@ import torch
 
 from textloop.artifacts.registry import Registry
 from textloop.config import config_to_yaml
-from textloop.continual.config import GateConfig, ReplayConfig, UpdateConfig
+from textloop.continual.candidate import (
+    build_buffer_size,
+    build_candidate,
+    build_reference,
+    build_replay_size,
+    update_recipe,
+)
+from textloop.continual.config import GateConfig, UpdateConfig
 from textloop.continual.gate import GateDecision, decide, predict_gate
-from textloop.continual.regularisers import EWCObjective, LwFObjective
 from textloop.continual.replay import (
-    SampleSize,
+    Row,
     balanced_sample,
     continual_dir,
     ensure_frozen,
@@ -46,10 +51,6 @@ from textloop.continual.replay import (
 )
 from textloop.continual.report import forgetting, write_update_report
 from textloop.continual.retrain import (
-    Schedule,
-    encode_rows,
-    extend_head,
-    finetune,
     score,
     score_in_old_label_space,
     write_run_dir,
@@ -58,10 +59,7 @@ from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
 from textloop.runs import load_registered
 from textloop.tasks.classification.task import ClassificationTask
-from textloop.training.recipe import DataShape, Recipe, model_width
-from textloop.training.recipe import decide as decide_recipe
-
-Row = dict[str, str]
+from textloop.training.recipe import model_width
 
 
 @dataclass
@@ -77,110 +75,6 @@ class UpdateResult:
     stage: str | None = None
     report_dir: Path | None = None
     report: dict[str, Any] = field(default_factory=dict)
-
-
-def build_buffer_size(replay: ReplayConfig) -> SampleSize:
-    """The frozen buffer's size rule: ``buffer_per_class`` per class, or a fixed total."""
-    return SampleSize(replay.buffer_per_class, replay.max_size, replay.buffer_size)
-
-
-def build_replay_size(replay: ReplayConfig) -> SampleSize:
-    """The replayed sample's size rule: ``replay_per_class`` per class, or a fixed total."""
-    return SampleSize(replay.replay_per_class, replay.max_size, replay.replay_size)
-
-
-def build_candidate(
-    model: torch.nn.Module,
-    task: Any,
-    new_train: Sequence[Row],
-    replay_buffer: Sequence[Row],
-    cfg: UpdateConfig,
-) -> tuple[torch.nn.Module, ClassificationTask, dict[str, Any]]:
-    """Train a candidate from ``model`` (left untouched) on a new batch with ``cfg.strategy``.
-
-    Returns:
-        The trained copy, its task (old labels first, new labels appended), and training facts.
-    """
-    old_labels = list(task.labels)
-    new_labels = sorted({r["label"] for r in new_train} - set(old_labels))
-    candidate = extend_head(copy.deepcopy(model), old_labels, new_labels, cfg.seed)
-    ctask = ClassificationTask(
-        tokenizer=task.tokenizer,
-        labels=[*old_labels, *new_labels],
-        max_seq_len=cfg.max_seq_len or task.max_seq_len,
-    )
-    rows = list(new_train)
-    n_replay = 0
-    objective: Any = ctask
-    if cfg.strategy == "replay":
-        replayed = build_replay_size(cfg.replay).sample(replay_buffer, cfg.seed)
-        rows += replayed
-        n_replay = len(replayed)
-    elif cfg.strategy == "ewc":
-        old = balanced_sample(replay_buffer, cfg.fisher_samples, cfg.seed)
-        if not old:
-            raise DataError("strategy ewc needs earlier data for the Fisher; the buffer is empty")
-        objective = EWCObjective.build(ctask, candidate, encode_rows(ctask, old), cfg.ewc_lambda)
-    elif cfg.strategy == "lwf":
-        teacher = copy.deepcopy(model).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        objective = LwFObjective(
-            ctask, teacher, len(old_labels), cfg.lwf_lambda, cfg.lwf_temperature
-        )
-    recipe = update_recipe(cfg, len(rows), len(ctask.labels), model_width(candidate))
-    schedule = Schedule(
-        epochs=recipe.settings["epochs"],
-        lr=recipe.settings["lr"],
-        batch_size=recipe.settings["batch_size"],
-        warmup_ratio=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay,
-        head_lr=recipe.settings["head_lr"],
-        seed=cfg.seed,
-    )
-    info = finetune(candidate, ctask, objective, encode_rows(ctask, rows), schedule)
-    info.update(
-        {
-            "strategy": cfg.strategy,
-            "n_train": len(rows),
-            "n_replay": n_replay,
-            "new_labels": new_labels,
-            "recipe": recipe.as_dict(),
-        }
-    )
-    return candidate, ctask, info
-
-
-_UPDATE_RECIPE = ("batch_size", "epochs", "lr", "head_lr")
-
-
-def update_recipe(cfg: UpdateConfig, n_rows: int, n_labels: int, width: int | None) -> Recipe:
-    """The update's batch size, epochs and learning rates: those set in ``cfg``, the rest from
-    the default recipe (``training/recipe.py``) for the rows it trains on (new + replayed) and
-    the labels it ends with, so a class-incremental update is not under-trained."""
-    values = cfg.model_dump()
-    given = {k: values[k] for k in _UPDATE_RECIPE}
-    shape = DataShape("classification", n_rows, n_labels, width)
-    recipe = decide_recipe(shape, given, {k for k, v in given.items() if v is not None})
-    recipe.settings = {k: recipe.settings[k] for k in _UPDATE_RECIPE}
-    recipe.reasons = {k: v for k, v in recipe.reasons.items() if k in _UPDATE_RECIPE}
-    return recipe
-
-
-def build_reference(
-    model: torch.nn.Module,
-    task: Any,
-    new_train: Sequence[Row],
-    replay_buffer: Sequence[Row],
-    cfg: UpdateConfig,
-) -> tuple[torch.nn.Module, ClassificationTask, dict[str, Any]]:
-    """The joint reference: plain fine-tuning from ``model`` on the whole buffer plus the new
-    training rows, with the candidate's schedule (what retraining on everything kept could do)."""
-    everything = cfg.replay.model_copy(update={"replay_size": len(replay_buffer)})
-    joint = cfg.model_copy(update={"strategy": "replay", "replay": everything})
-    reference, rtask, info = build_candidate(model, task, new_train, replay_buffer, joint)
-    info["strategy"] = "joint"
-    return reference, rtask, info
 
 
 def score_after(
