@@ -56,8 +56,8 @@ def main() -> None:
 
     from textloop.config import build_config
     from textloop.models.resolve import resolve_model
+    from textloop.tasks.generation import build_splits
     from textloop.tasks.generation.data import read_chatterbot
-    from textloop.tasks.generation.task import build_splits
     from textloop.training.run import train
 
     convs = read_chatterbot("builtin:chatterbot:english")

@@ -396,7 +396,7 @@ def test_cli_train_evaluate_predict(tiny_bert, ner_data, tmp_path, capsys):
 def test_vocabulary_that_cannot_represent_the_script_is_a_clear_error(tiny_bert, tmp_path):
     from transformers import AutoTokenizer
 
-    from textloop.tasks.ner.task import build_splits
+    from textloop.tasks.ner import build_splits
 
     rows = [{"text": "江泽民在北京会见了朋友。", "entities": [[0, 3, "PER"], [4, 6, "LOC"]]}] * 20
     f = tmp_path / "zh.jsonl"

@@ -1,6 +1,6 @@
 """Tasks: each module owns preprocessing, head, batching, loss, metrics and prediction.
 
-A task module exposes ``build_splits(cfg, tokenizer)`` and ``task_from_state(state, tokenizer)``
+A task package exposes ``build_splits(cfg, tokenizer)`` and ``task_from_state(state, tokenizer)``
 (see ``textloop.tasks.base``); this table maps a config's ``task`` to its module.
 """
 
@@ -13,12 +13,12 @@ if TYPE_CHECKING:
     from textloop.tasks.base import TaskModule
 
 TASK_MODULES: dict[str, str] = {
-    "classification": "textloop.tasks.classification.task",
-    "generation": "textloop.tasks.generation.task",
-    "mlm": "textloop.tasks.lm.task",
-    "clm": "textloop.tasks.lm.task",
-    "ner": "textloop.tasks.ner.task",
-    "qa": "textloop.tasks.qa.task",
+    "classification": "textloop.tasks.classification",
+    "generation": "textloop.tasks.generation",
+    "mlm": "textloop.tasks.lm",
+    "clm": "textloop.tasks.lm",
+    "ner": "textloop.tasks.ner",
+    "qa": "textloop.tasks.qa",
 }
 
 

@@ -176,6 +176,32 @@ class Task(Protocol):
         return ""
 
 
+def eval_batches(
+    task: Task,
+    model: torch.nn.Module,
+    data: Encoded,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor], torch.Tensor | None]]:
+    """Every example of ``data`` once, for inference, in batches of similar length.
+
+    Puts the model in eval mode, then yields ``(indices, inputs, targets)`` per batch: the
+    model inputs on the model's device and the batch's targets (None when unlabelled), also
+    on that device. ``progress(n)`` hears each batch's size once the caller has used it. The
+    caller holds ``torch.no_grad`` and puts rows back in input order with ``indices``.
+    """
+    from textloop.data.batching import sorted_batches
+
+    model.eval()
+    device = next(model.parameters()).device
+    for idx in sorted_batches(data.lengths, batch_size):
+        batch = {k: v.to(device) for k, v in task.collate(data, idx).items()}
+        targets = batch.pop("targets", None)
+        yield idx, batch, targets
+        if progress is not None:
+            progress(len(idx))
+
+
 class TaskModule(Protocol):
     """What ``textloop.tasks.task_module(name)`` returns: see this module's docstring."""
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,8 @@ import torch
 from textloop.artifacts.rundir import INCOMPLETE, is_run_dir
 from textloop.config import RunConfig, config_to_yaml, load_config, parse_duration
 from textloop.data.batching import bucketed_batches
-from textloop.errors import ConfigError, ModelError, TextloopError
-from textloop.models.resolve import resolve_model
-from textloop.tasks import task_module
-from textloop.tasks.base import Encoded, Splits, Task
+from textloop.errors import ConfigError, TextloopError
+from textloop.tasks.base import Encoded
 from textloop.training import distributed as dist
 from textloop.training.budget import TimeBudget
 from textloop.training.callbacks import JsonlLog, fire
@@ -39,24 +35,16 @@ from textloop.training.checkpoint import (
 from textloop.training.loop import (
     LoopState,
     restore_rng,
-    seed_everything,
-    steps_per_epoch,
     train_steps,
 )
-from textloop.training.optim import (
-    Horizon,
-    build_optimizer,
-    build_scheduler,
-    make_embeddings_sparse,
-)
-from textloop.training.precision import PrecisionChoice, choose_precision
-from textloop.training.recipe import RECIPE_FIELDS, DataShape, Recipe, decide, model_width
+from textloop.training.recipe import Recipe
 from textloop.training.rundir import (
     check_output,
     start_run_dir,
     truncate_log,
     write_run_artifacts,
 )
+from textloop.training.setup import RunSetup, setup_run
 
 log = logging.getLogger("textloop")
 
@@ -65,46 +53,6 @@ class TrainingInterrupted(TextloopError):
     """Ctrl-C during training; ``checkpoints/last`` holds the state to resume from."""
 
     exit_code = 130
-
-
-def _load_tokenizer(model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model_dir)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a tokenizer from {model_dir}: {exc}") from None
-
-
-def _set_threads(threads: int | None) -> int:
-    if threads:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
-
-
-@dataclass
-class _Setup:
-    """Everything a run needs, built and checked before its folder is touched."""
-
-    cfg: RunConfig
-    out: Path
-    task: Task
-    splits: Splits
-    tokenizer: Any
-    model: torch.nn.Module  # the model the artifacts are saved from
-    train_model: torch.nn.Module  # the same model, wrapped for DDP (or sharded by FSDP)
-    build_model: Callable[[torch.device], torch.nn.Module]
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    device: torch.device
-    precision: PrecisionChoice
-    threads: int
-    horizon: Horizon
-    epochs: int
-    recipe: Recipe
-    metric_for_best: str
-    higher_is_better: bool
-    fsdp: bool
 
 
 def train(
@@ -137,7 +85,7 @@ def train(
         raise ConfigError("no output directory: set output in the config or pass --output DIR")
     out = Path(cfg.output)
     resuming = check_output(out, cfg, resume)
-    s = _setup(cfg, out)  # data, model, optimizer: every input checked, nothing written
+    s = setup_run(cfg, out)  # data, model, optimizer: every input checked, nothing written
     dist.barrier()  # every process has checked the output dir before rank 0 changes it
     main = dist.is_main_process()  # under torchrun only rank 0 writes files
     state = _open_run_dir(s, resuming, main)
@@ -166,118 +114,7 @@ def train(
     return load_run(out)
 
 
-def _setup(cfg: RunConfig, out: Path) -> _Setup:
-    """Read and encode the data, build the model, optimizer and schedule; write nothing."""
-    t = cfg.train
-    module = task_module(cfg.task)
-    metric_for_best = t.metric_for_best or module.METRIC_NAMES[0]
-    if metric_for_best not in ("loss", *module.METRIC_NAMES):
-        raise ConfigError(
-            f"train.metric_for_best: {metric_for_best!r} is not a {cfg.task} metric; use one of: "
-            + ", ".join(("loss", *module.METRIC_NAMES))
-        )
-    model_dir = resolve_model(cfg.model)
-    tokenizer = _load_tokenizer(model_dir)
-    splits = module.build_splits(cfg, tokenizer)
-    task: Task = splits.task
-    if t.temperature_scaling and not task.can_scale_temperature:
-        raise ConfigError(f"train.temperature_scaling: the {cfg.task} task has no scores to scale")
-
-    threads = _set_threads(t.threads)
-    device = dist.init()  # under torchrun: join the process group; cuda:LOCAL_RANK on GPUs
-    precision = choose_precision(t.precision, device)
-    log.info("precision: %s (%s)", precision.name, precision.reason)
-    seed_everything(t.seed)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    fsdp = t.distributed == "fsdp" and dist.is_distributed()
-    lora = cfg.lora  # adapters: on by default where the task module says so (decoders)
-    use_lora = lora.enabled if lora.enabled is not None else module.LORA_DEFAULT
-
-    def build_model(on: torch.device) -> torch.nn.Module:
-        try:
-            model = task.build_model(model_dir).to(on)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load model from {model_dir}: {exc}") from None
-        if use_lora:
-            from textloop.models.lora import apply_lora
-
-            fresh_heads = [name for name in task.head_prefixes if hasattr(model, name)]
-            model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.targets, fresh_heads)
-        return model
-
-    # FSDP moves each layer to the device as it shards it: the full model never sits on one GPU
-    model = build_model(torch.device("cpu") if fsdp else device)
-    recipe = _decide_recipe(cfg, splits, model)
-    cfg = cfg.model_copy(update={"train": t.model_copy(update=recipe.settings)})
-    t = cfg.train
-    if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(  # type: ignore[operator]
-            gradient_checkpointing_kwargs={"use_reentrant": False}  # works with DDP
-        )
-    if t.embedding_update == "lazy" and not dist.is_distributed():  # DDP reduces dense grads
-        make_embeddings_sparse(model)
-    # DDP wraps `model`; FSDP shards it in place (train_model is model), before the optimizer
-    # is built on its sharded parameters
-    train_model = dist.wrap_model(model, device, t.distributed)
-    assert t.lr is not None and t.epochs is not None and t.batch_size is not None  # the recipe's
-    optimizer = build_optimizer(model, t.lr, t.weight_decay, t.head_lr, task.head_prefixes)
-    if t.max_steps is not None:
-        horizon, epochs = Horizon(t.max_steps, t.max_steps), sys.maxsize  # stops at max_steps
-    else:  # a stream (mlm / clm) counts its blocks in one tokenizing pass
-        n_batches = -(-len(splits.stream or splits.train) // t.batch_size)
-        horizon = Horizon(t.epochs * steps_per_epoch(n_batches, t.grad_accum_steps))
-        epochs = t.epochs
-    scheduler = build_scheduler(
-        optimizer, round(t.warmup_ratio * horizon.total_steps), horizon, t.scheduler
-    )
-    return _Setup(
-        cfg=cfg,
-        out=out,
-        task=task,
-        splits=splits,
-        tokenizer=tokenizer,
-        model=model,
-        train_model=train_model,
-        build_model=build_model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        device=device,
-        precision=precision,
-        threads=threads,
-        horizon=horizon,
-        epochs=epochs,
-        recipe=recipe,
-        metric_for_best=metric_for_best,
-        higher_is_better=metric_for_best != "loss"
-        and metric_for_best not in module.LOWER_IS_BETTER,
-        fsdp=fsdp,
-    )
-
-
-def _decide_recipe(cfg: RunConfig, splits: Splits, model: torch.nn.Module) -> Recipe:
-    """The recipe's values for the train keys the config left unset (see training/recipe.py)."""
-    t = cfg.train
-    labels = splits.summary.get("labels")
-    shape = DataShape(
-        task=cfg.task,
-        n_train=len(splits.stream) if splits.stream is not None else len(splits.train),
-        n_classes=len(labels) if cfg.task == "classification" and labels else None,
-        hidden_size=model_width(model),
-        grad_accum_steps=t.grad_accum_steps,
-        n_validation=len(splits.validation),
-    )
-    values = t.model_dump()
-    given = {k: values[k] for k in RECIPE_FIELDS}
-    recipe = decide(shape, given, {k for k, v in given.items() if v is not None})
-    for key, why in recipe.reasons.items():
-        log.info("recipe: train.%s = %s (%s)", key, recipe.settings[key], why)
-    return recipe
-
-
-def _open_run_dir(s: _Setup, resuming: bool, main: bool) -> LoopState:
+def _open_run_dir(s: RunSetup, resuming: bool, main: bool) -> LoopState:
     """Restore ``checkpoints/last`` (resume) or start a fresh run folder; the loop's state."""
     out = s.out
     if resuming:
@@ -296,7 +133,7 @@ def _open_run_dir(s: _Setup, resuming: bool, main: bool) -> LoopState:
 
 
 def _run_loop(
-    s: _Setup, state: LoopState, recorder: JsonlLog | None, callbacks: list[Any], main: bool
+    s: RunSetup, state: LoopState, recorder: JsonlLog | None, callbacks: list[Any], main: bool
 ) -> dict[str, Any] | None:
     """Consume ``train_steps``: log, checkpoint after each evaluation, stop early, or save and
     raise ``TrainingInterrupted`` on Ctrl-C. Returns what a time budget did (None without)."""
@@ -397,7 +234,7 @@ def _run_loop(
     return budget.report(state) if budget else None
 
 
-def _evaluate(s: _Setup, data: Encoded, callbacks: list[Any]) -> dict[str, Any]:
+def _evaluate(s: RunSetup, data: Encoded, callbacks: list[Any]) -> dict[str, Any]:
     def progress(n: int) -> None:
         fire(callbacks, "on_eval_progress", n, len(data))
 
@@ -405,7 +242,7 @@ def _evaluate(s: _Setup, data: Encoded, callbacks: list[Any]) -> dict[str, Any]:
 
 
 def _finish(
-    s: _Setup,
+    s: RunSetup,
     state: LoopState,
     train_seconds: float,
     examples: int,

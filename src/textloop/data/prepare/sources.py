@@ -25,12 +25,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from textloop.data.readers import _SUFFIX_FORMAT, CSV_FIELD_LIMIT, check_header
+from textloop.data.prepare.formats import (
+    FileFormatError,
+    rows_builtin,
+    rows_delimited,
+    rows_json,
+    rows_jsonl,
+    rows_parquet,
+    rows_txt,
+)
+from textloop.data.readers import _SUFFIX_FORMAT
 from textloop.errors import DataError
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd"}
 INPUT_FORMATS = ("txt", "jsonl", "json", "csv", "tsv", "parquet")
-_PARQUET_BATCH = 1024
 
 
 def detect_format(path: str) -> str | None:
@@ -179,124 +187,30 @@ def _pick(record: dict[str, Any], settings: dict[str, Any]) -> tuple[str, str | 
     return text, label
 
 
-def _rows_txt(stream: IO[str], mode: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    if mode == "file":
-        yield 1, {"text": stream.read().lstrip("\ufeff")}
-        return
-    for n, line in enumerate(stream, start=1):
-        line = line.rstrip("\r\n")
-        if n == 1:
-            line = line.lstrip("\ufeff")
-        if line.strip():  # a blank line separates documents; it is not one
-            yield n, {"text": line}
-
-
-def _rows_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    for n, line in enumerate(stream, start=1):
-        if n == 1:
-            line = line.lstrip("\ufeff")
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield n, f"invalid JSON ({exc.msg}, column {exc.colno})"
-            continue
-        yield (
-            n,
-            record
-            if isinstance(record, dict)
-            else f"expected a JSON object, got {type(record).__name__}",
-        )
-
-
-def _rows_json(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    # a .json file is one document, read whole: keep big data in jsonl
-    try:
-        data = json.loads(stream.read().lstrip("\ufeff"))
-    except json.JSONDecodeError as exc:
-        raise _FileError(exc.lineno, f"invalid JSON ({exc.msg})") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise _FileError(1, "expected a JSON list of records (objects)")
-    for n, record in enumerate(data, start=1):
-        yield n, record if isinstance(record, dict) else f"record {n} is not a JSON object"
-
-
-def _rows_delimited(
-    stream: IO[str], delimiter: str, path: str
-) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    # documents can exceed csv's 128 KiB default field limit
-    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-    reader = csv.DictReader(stream, delimiter=delimiter)
-    if reader.fieldnames is not None:
-        check_header(path, reader.fieldnames)
-    for row in reader:
-        if None in row:
-            yield (
-                reader.line_num,
-                f"more fields than the header has ({len(reader.fieldnames or [])})",
-            )
-        else:
-            yield reader.line_num, row
-
-
-def _rows_parquet(
-    path: str, settings: dict[str, Any]
-) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    wanted = [c for c in (settings["text_column"], settings["label_column"]) if c and c in names]
-    n = 0
-    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH):  # every column is kept
-        for record in batch.to_pylist():
-            n += 1
-            yield n, record if wanted else {k: record[k] for k in list(record)[:20]}
-
-
-class _FileError(Exception):
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-
-
-def _rows_builtin(source: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    from textloop.data.builtin import BUILTIN_DATASETS, parse_builtin, read_builtin
-
-    name, _ = parse_builtin(source)
-    facts = BUILTIN_DATASETS[name]
-    for n, row in enumerate(read_builtin(source).rows, start=1):
-        # the builtin's own column names, reachable under the default names too
-        yield n, {"text": row[facts["text_column"]], "label": row[facts["label_column"]], **row}
-
-
 def _records(path: str, settings: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any] | str]]:
     if path.startswith("builtin:"):
-        yield from _rows_builtin(path)
+        yield from rows_builtin(path)
         return
     fmt = settings["format"] if settings["format"] != "auto" else detect_format(path)
     if fmt == "parquet":
-        yield from _rows_parquet(path, settings)
+        yield from rows_parquet(path, settings)
         return
     with _open_binary(path) as binary:
         stream = io.TextIOWrapper(
             binary, encoding=settings["encoding"], errors="surrogateescape", newline=""
         )
         if fmt == "jsonl":
-            yield from _rows_jsonl(stream)
+            yield from rows_jsonl(stream)
         elif fmt == "json":
-            yield from _rows_json(stream)
+            yield from rows_json(stream)
         elif fmt in ("csv", "tsv"):
-            yield from _rows_delimited(stream, "," if fmt == "csv" else "\t", path)
+            yield from rows_delimited(stream, "," if fmt == "csv" else "\t", path)
         else:
-            yield from _rows_txt(stream, settings["txt_mode"])
+            yield from rows_txt(stream, settings["txt_mode"])
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError, EOFError, zlib.error, csv.Error, _FileError]
+    errors: list[type[BaseException]] = [OSError, EOFError, zlib.error, csv.Error, FileFormatError]
     try:
         import zstandard
 
@@ -382,8 +296,8 @@ def generate_records(
                 extra = None if builtin else other_fields(rec, settings)
                 yield record(file_id, row, text, label, extra=extra)
         except read_errors as exc:
-            line = exc.line if isinstance(exc, _FileError) else last + 1
-            what = exc if isinstance(exc, _FileError) else f"{type(exc).__name__}: {exc}"
+            line = exc.line if isinstance(exc, FileFormatError) else last + 1
+            what = exc if isinstance(exc, FileFormatError) else f"{type(exc).__name__}: {exc}"
             if not skip_files:
                 raise DataError(
                     f"{path}: unreadable from line {line} on ({what}) after {n_records} "

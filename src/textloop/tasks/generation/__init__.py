@@ -1,1 +1,24 @@
-"""The generation task: see task.py (the Task, build_splits, task_from_state)."""
+"""The generation task (decoders: prompts, chats): the task module ``textloop.tasks.task_module`` returns.
+
+``task.py`` holds the ``Task`` (GenerationTask) and ``task_from_state``; ``splits.py`` reads a config's
+data into splits (``build_splits``). The names below are the contract of
+``textloop.tasks.base.TaskModule``.
+"""
+
+from textloop.tasks.generation.splits import build_splits
+from textloop.tasks.generation.task import (
+    LORA_DEFAULT,
+    LOWER_IS_BETTER,
+    METRIC_NAMES,
+    GenerationTask,
+    task_from_state,
+)
+
+__all__ = [
+    "LORA_DEFAULT",
+    "LOWER_IS_BETTER",
+    "METRIC_NAMES",
+    "GenerationTask",
+    "build_splits",
+    "task_from_state",
+]

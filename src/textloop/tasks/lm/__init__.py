@@ -1,1 +1,24 @@
-"""The lm task: see task.py (the Task, build_splits, task_from_state)."""
+"""Continued pre-training (mlm / clm): the task module ``textloop.tasks.task_module`` returns.
+
+``task.py`` holds the ``Task`` (PretrainTask) and ``task_from_state``; ``splits.py`` reads a config's
+data into splits (``build_splits``). The names below are the contract of
+``textloop.tasks.base.TaskModule``.
+"""
+
+from textloop.tasks.lm.splits import build_splits
+from textloop.tasks.lm.task import (
+    LORA_DEFAULT,
+    LOWER_IS_BETTER,
+    METRIC_NAMES,
+    PretrainTask,
+    task_from_state,
+)
+
+__all__ = [
+    "LORA_DEFAULT",
+    "LOWER_IS_BETTER",
+    "METRIC_NAMES",
+    "PretrainTask",
+    "build_splits",
+    "task_from_state",
+]

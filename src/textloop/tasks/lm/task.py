@@ -28,16 +28,15 @@ from typing import Any, ClassVar, Literal, cast
 import torch
 import torch.nn.functional as F
 
-from textloop.config import RunConfig
-from textloop.errors import ConfigError, DataError
-from textloop.tasks.base import Encoded, Splits, Task
+from textloop.errors import DataError
+from textloop.tasks.base import Encoded, Task
+from textloop.tasks.lm.carried import mlm_head, save_carried, unloaded_tensors
 from textloop.tasks.lm.packing import (
     Block,
     DocumentSource,
     PackedStream,
     Tokenize,
     document_source,
-    held_out,
 )
 
 METRIC_NAMES = ("perplexity", "accuracy")  # the first picks the best checkpoint by default
@@ -274,104 +273,6 @@ class PretrainTask(Task):
         }
 
 
-def unloaded_tensors(
-    model: torch.nn.Module, model_dir: Path, names: Any
-) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors ``names`` that the LM architecture left out, keyed as the
-    adapted model will save them.
-
-    BertForMaskedLM has no pooler, so an MLM run would otherwise save a checkpoint without the
-    pooler weights, and a classifier fine-tuned from it would start from a random pooler where
-    the unadapted checkpoint gives it a trained one: the comparison would not be like for like.
-    Names of a base checkpoint (``pooler.dense.weight``) get the model's prefix (``bert.``).
-    """
-    from safetensors import safe_open
-
-    names = sorted(names)
-    if not names:
-        return {}
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:  # a .bin checkpoint: say what the adapted model will lack
-        log.warning(
-            "%s is not in safetensors format: the adapted model will not keep %s "
-            "(checkpoint tensors the %s model does not use)",
-            model_dir,
-            ", ".join(names),
-            type(model).__name__,
-        )
-        return {}
-    prefix = str(getattr(model, "base_model_prefix", "") or "")
-    saved = set(cast(Any, model).state_dict())
-    has_prefix = bool(prefix) and any(k.startswith(prefix + ".") for k in saved)
-    out: dict[str, torch.Tensor] = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for name in set(names) & set(f.keys()):
-                key = (
-                    f"{prefix}.{name}" if has_prefix and not name.startswith(prefix + ".") else name
-                )
-                if key not in saved:
-                    out[key] = f.get_tensor(name)
-    return out
-
-
-def save_carried(model_dir: Path, carried: dict[str, torch.Tensor]) -> None:
-    """Add ``carried`` tensors to a folder written by ``save_pretrained`` (single-file or
-    sharded safetensors), so nothing the input checkpoint held is lost."""
-    import json
-
-    from safetensors.torch import load_file, save_file
-
-    if not carried:
-        return
-    single = model_dir / "model.safetensors"
-    if single.is_file():
-        tensors = load_file(str(single))
-        tensors.update({k: v.contiguous() for k, v in carried.items()})
-        save_file(tensors, str(single), metadata={"format": "pt"})
-        return
-    index_path = model_dir / "model.safetensors.index.json"
-    index = json.loads(index_path.read_text())
-    extra = "model-carried.safetensors"
-    save_file(
-        {k: v.contiguous() for k, v in carried.items()},
-        str(model_dir / extra),
-        metadata={"format": "pt"},
-    )
-    index["weight_map"].update(dict.fromkeys(carried, extra))
-    index_path.write_text(json.dumps(index, indent=2))
-
-
-def mlm_head(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The LM head of a masked-LM model built as encoder + head (BERT's ``bert`` + ``cls``,
-    RoBERTa's ``roberta`` + ``lm_head``), looking through DDP/FSDP and peft wrappers; else None.
-
-    ``_forward`` feeds this head only the masked positions (a forward pre-hook, so wrappers
-    still see the whole forward and sync gradients): the vocabulary projection is about half of
-    a small encoder's forward FLOPs, and only 15% of positions need it.
-    """
-    from transformers import PreTrainedModel
-
-    inner: Any = model
-    for _ in range(4):  # DDP/FSDP keep the model in .module; peft behind get_base_model()
-        if isinstance(inner, PreTrainedModel) and not hasattr(inner, "get_base_model"):
-            break
-        inner = (
-            inner.get_base_model()
-            if hasattr(inner, "get_base_model")
-            else getattr(inner, "module", None)
-        )
-    if not isinstance(inner, PreTrainedModel):
-        return None
-    children = dict(inner.named_children())
-    encoder = children.pop(getattr(inner, "base_model_prefix", ""), None)
-    output = inner.get_output_embeddings()
-    if encoder is None or len(children) != 1 or output is None:
-        return None
-    (head,) = children.values()
-    return head if any(m is output for m in head.modules()) else None
-
-
 def held_out_blocks(source: DocumentSource, task: PretrainTask, max_blocks: int) -> Encoded:
     """The first ``max_blocks`` blocks (0: all) of a held-out source, in corpus order."""
     stream = PackedStream(
@@ -407,71 +308,3 @@ def task_from_state(state: dict[str, Any], tokenizer: Any) -> PretrainTask:
         seed=state.get("seed", 0),
         name=state.get("task", state["objective"]),
     )
-
-
-def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
-    """The training stream and held-out blocks for ``task: mlm`` / ``task: clm``.
-
-    ``data.train`` is the corpus: a prepared corpus (streamed shard by shard) or any readable
-    source. Held-out text is ``data.validation``, else the prepared corpus's validation split,
-    else ``data.val_fraction`` of the documents (chosen by a hash of their text).
-
-    Raises:
-        ConfigError: no corpus, or a masked-LM tokenizer without a mask token.
-        DataError: unreadable corpus, or too little held-out text for one block.
-    """
-    from textloop.data.prepare.corpus import with_prepared_splits
-
-    objective: Literal["mlm", "clm"] = "mlm" if cfg.task == "mlm" else "clm"
-    d = with_prepared_splits(cfg.data)
-    if not d.train:
-        raise ConfigError("no corpus: set data.train or pass --corpus DIR")
-    if objective == "mlm" and tokenizer.mask_token_id is None:
-        raise ConfigError(
-            f"task mlm: the tokenizer of {cfg.model} has no mask token; masked LM needs an "
-            "encoder (BERT-style) model — for a decoder use --objective clm"
-        )
-    p = cfg.pretrain
-    if p.extend_vocab:
-        from textloop.tasks.lm.domain_vocab import extend_tokenizer
-
-        train_docs = document_source(d.train, d.text_column)
-        tokenizer, added = extend_tokenizer(tokenizer, train_docs, p.extend_vocab, p.min_word_count)
-    task = PretrainTask(
-        tokenizer=tokenizer,
-        objective=objective,
-        block_size=cfg.train.max_seq_len,
-        mask_rate=p.mask_rate,
-        whole_word_mask=p.whole_word_mask,
-        document_mask=p.document_mask,
-        seed=cfg.train.seed,
-        name=objective,
-    )
-    train_docs = document_source(d.train, d.text_column)
-    if d.validation:
-        val_docs = document_source(d.validation, d.text_column)
-    else:  # carve the held-out documents from the corpus itself
-        val_docs = document_source(d.train, d.text_column)
-        val_docs.keep = lambda text: held_out(text, d.val_fraction)
-        train_docs.keep = lambda text: not held_out(text, d.val_fraction)
-    stream = PackedStream(
-        train_docs,
-        Tokenize(tokenizer, objective),
-        task.block_size,
-        cfg.train.seed,
-        task.collate_blocks,
-    )
-    validation = held_out_blocks(val_docs, task, p.eval_blocks)
-    summary = {
-        "train_source": train_docs.name,
-        "validation_source": val_docs.name
-        + ("" if d.validation else f" (held-out {d.val_fraction:.0%} of documents)"),
-        "objective": objective,
-        "block_size": task.block_size,
-        "n_validation_blocks": len(validation),
-        "added_tokens": added if p.extend_vocab else [],
-    }
-    return Splits(
-        task=task, train=Encoded([], []), validation=validation, test=None, summary=summary,
-        stream=stream,
-    )  # fmt: skip

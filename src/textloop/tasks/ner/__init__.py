@@ -1,1 +1,24 @@
-"""The ner task: see task.py (the Task, build_splits, task_from_state)."""
+"""Named-entity recognition: the task module ``textloop.tasks.task_module`` returns.
+
+``task.py`` holds the ``Task`` (NerTask) and ``task_from_state``; ``splits.py`` reads a config's
+data into splits (``build_splits``). The names below are the contract of
+``textloop.tasks.base.TaskModule``.
+"""
+
+from textloop.tasks.ner.splits import build_splits
+from textloop.tasks.ner.task import (
+    LORA_DEFAULT,
+    LOWER_IS_BETTER,
+    METRIC_NAMES,
+    NerTask,
+    task_from_state,
+)
+
+__all__ = [
+    "LORA_DEFAULT",
+    "LOWER_IS_BETTER",
+    "METRIC_NAMES",
+    "NerTask",
+    "build_splits",
+    "task_from_state",
+]

@@ -1,1 +1,24 @@
-"""The qa task: see task.py (the Task, build_splits, task_from_state)."""
+"""Extractive question answering: the task module ``textloop.tasks.task_module`` returns.
+
+``task.py`` holds the ``Task`` (QaTask) and ``task_from_state``; ``splits.py`` reads a config's
+data into splits (``build_splits``). The names below are the contract of
+``textloop.tasks.base.TaskModule``.
+"""
+
+from textloop.tasks.qa.splits import build_splits
+from textloop.tasks.qa.task import (
+    LORA_DEFAULT,
+    LOWER_IS_BETTER,
+    METRIC_NAMES,
+    QaTask,
+    task_from_state,
+)
+
+__all__ = [
+    "LORA_DEFAULT",
+    "LOWER_IS_BETTER",
+    "METRIC_NAMES",
+    "QaTask",
+    "build_splits",
+    "task_from_state",
+]

@@ -15,7 +15,6 @@ validation split (``qa.null_threshold`` fixes it instead).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from textloop.config import RunConfig
-from textloop.data.batching import sorted_batches
-from textloop.errors import ConfigError, DataError
-from textloop.tasks.base import Encoded, Splits, Task, pad_inputs
+from textloop.errors import DataError
+from textloop.tasks.base import Encoded, Task, eval_batches, pad_inputs
 from textloop.tasks.qa.data import QaExample, read_qa
 from textloop.tasks.qa.metrics import best_null_threshold, score_one, squad_scores
 from textloop.tasks.windows import SpecialTemplate, special_template
@@ -36,7 +33,7 @@ from textloop.tasks.windows import SpecialTemplate, special_template
 METRIC_NAMES = ("f1", "exact_match")  # the first is the default
 LOWER_IS_BETTER: tuple[str, ...] = ()
 LORA_DEFAULT = False  # encoders train in full unless lora.enabled is true
-_TUNE = "tune_null_threshold"
+TUNE_NULL_THRESHOLD = "tune_null_threshold"
 
 
 def context_windows(n_tokens: int, room: int, stride: int) -> list[int]:
@@ -180,14 +177,11 @@ class QaTask(Task):
         self, model: torch.nn.Module, data: Encoded, batch_size: int
     ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
         """Start and end logits of every feature (unpadded), and the mean loss when labelled."""
-        model.eval()
         starts: list[np.ndarray] = [np.empty(0)] * len(data)
         ends: list[np.ndarray] = [np.empty(0)] * len(data)
         loss_sum = 0.0
-        for idx in sorted_batches(data.lengths, batch_size):
-            batch = self.collate(data, idx)
-            targets = batch.pop("targets", None)
-            s, e = self._logits(model, batch)
+        for idx, inputs, targets in eval_batches(self, model, data, batch_size):
+            s, e = self._logits(model, inputs)
             if targets is not None:
                 loss_sum += (
                     float(
@@ -198,7 +192,7 @@ class QaTask(Task):
                 )
             for row, i in enumerate(idx):
                 n = len(data.input_ids[i])
-                starts[i], ends[i] = s[row, :n].numpy(), e[row, :n].numpy()
+                starts[i], ends[i] = s[row, :n].cpu().numpy(), e[row, :n].cpu().numpy()
         return starts, ends, loss_sum / max(1, len(data))
 
     def candidates(
@@ -282,7 +276,7 @@ class QaTask(Task):
         cands = self.candidates(data, starts, ends)
         golds = [[t for t, _ in ex.answers] for ex in examples]
         tuned = None
-        if self.allow_no_answer and self.tune_threshold and data.extra.get(_TUNE):
+        if self.allow_no_answer and self.tune_threshold and data.extra.get(TUNE_NULL_THRESHOLD):
             diffs = [null - (sp[0]["logit"] if sp else -1e9) for sp, null in cands]
             span_f1 = [
                 score_one(sp[0]["answer"] if sp else "", g)[1] for (sp, _), g in zip(cands, golds)
@@ -356,85 +350,3 @@ def task_from_state(state: dict[str, Any], tokenizer: Any) -> QaTask:
         null_threshold=float(state["null_threshold"]),
         tune_threshold=False,
     )
-
-
-def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
-    """Read, check and window the QA data named by ``cfg.data``.
-
-    Raises:
-        ConfigError: no training data.
-        DataError: a bad file or example (named), e.g. an answer that does not match its
-            context at ``answer_start``.
-    """
-    d, q = cfg.data, cfg.qa
-    if not d.train:
-        raise ConfigError("no training data: set data.train or pass --train FILE")
-    if not getattr(tokenizer, "is_fast", False):
-        raise DataError(
-            "QA needs a fast tokenizer (character offsets per token); this model has none"
-        )
-    columns = d.model_dump()
-    train_ex, dropped = read_qa(d.train, columns, d.drop_invalid_rows)
-    if d.validation:
-        val_ex, val_dropped = read_qa(d.validation, columns, d.drop_invalid_rows)
-        val_source = d.validation
-    else:
-        # split by context, so no paragraph has questions on both sides
-        contexts = sorted({ex.context for ex in train_ex})
-        random.Random(cfg.train.seed).shuffle(contexts)
-        held = set(contexts[: max(1, round(d.val_fraction * len(contexts)))])
-        val_ex = [ex for ex in train_ex if ex.context in held]
-        train_ex = [ex for ex in train_ex if ex.context not in held]
-        val_dropped, val_source = [], f"{d.train} (held-out {d.val_fraction:.0%} of contexts)"
-    test_ex, test_dropped = read_qa(d.test, columns, d.drop_invalid_rows) if d.test else (None, [])
-    n_unanswerable = sum(not ex.answerable for ex in train_ex)
-    allow = q.allow_no_answer if q.allow_no_answer is not None else n_unanswerable > 0
-    if n_unanswerable and not allow:
-        raise DataError(
-            f"{d.train}: {n_unanswerable} questions have no answer but qa.allow_no_answer is false"
-        )
-    template = special_template(tokenizer, pair=True)
-    room = cfg.train.max_seq_len - q.max_query_len - template.n_special
-    stride = q.doc_stride if q.doc_stride is not None else max(q.max_answer_len - 1, room // 2)
-    task = QaTask(
-        tokenizer=tokenizer,
-        max_seq_len=cfg.train.max_seq_len,
-        doc_stride=stride,
-        max_query_len=q.max_query_len,
-        max_answer_len=q.max_answer_len,
-        n_best=q.n_best,
-        allow_no_answer=allow,
-        null_threshold=q.null_threshold if q.null_threshold is not None else 0.0,
-        tune_threshold=q.null_threshold is None,
-    )
-    train = task.encode(train_ex, training=True)
-    validation = task.encode(val_ex)
-    validation.extra[_TUNE] = [True]
-    test = task.encode(test_ex) if test_ex is not None else None
-    splits = {"train": train, "validation": validation, "test": test}
-    summary = {
-        "train_source": d.train,
-        "validation_source": val_source,
-        "test_source": d.test,
-        "n_train": len(train_ex),
-        "n_validation": len(val_ex),
-        "n_test": len(test_ex) if test_ex is not None else 0,
-        "features": {k: len(v) if v is not None else 0 for k, v in splits.items()},
-        "unanswerable": {
-            k: sum(not ex.answerable for ex in v.extra["examples"]) if v is not None else 0
-            for k, v in splits.items()
-        },
-        "allow_no_answer": allow,
-        "doc_stride": stride,
-        "answers_longer_than_a_window": len(train.extra["answer_lost"]),
-        "dropped_rows": {
-            k: {"answer does not match context": len(v)}
-            for k, v in (("train", dropped), ("validation", val_dropped), ("test", test_dropped))
-            if v
-        },
-        "truncated": {
-            "max_seq_len": cfg.train.max_seq_len,
-            **{f"{k} (questions cut)": v.n_truncated for k, v in splits.items() if v is not None},
-        },
-    }
-    return Splits(task=task, train=train, validation=validation, test=test, summary=summary)
