@@ -18,7 +18,7 @@ from textloop.tasks.generation.data import (
     read_chatterbot,
     render,
 )
-from textloop.tasks.generation.decoding import DecodingOptions, generate, stream
+from textloop.tasks.generation.decoding import DecodingOptions, generate, stream, stream_steps
 from textloop.tasks.generation.metrics import text_metrics
 from textloop.tasks.generation.pack import collate_rows, pack_examples
 
@@ -244,6 +244,22 @@ def test_stop_strings_end_the_answer(tok_model: tuple[Any, Any]) -> None:
     pieces = list(stream(model, tok, prompt[0], opts))
     assert "".join(pieces) == full[: full.find(stop)]
     assert "".join(stream(model, tok, prompt[0], sampled)) == full
+
+
+def test_stream_steps_count_tokens_and_end_as_generate_does(tok_model: tuple[Any, Any]) -> None:
+    tok, model = tok_model
+    prompt = _prompts(tok, [PROMPTS[1]])
+    sampled = DecodingOptions(max_new_tokens=16, temperature=1.0, seed=3)
+    full = tok.decode(generate(model, tok, prompt, sampled)[0].token_ids, skip_special_tokens=True)
+    cut = DecodingOptions(**{**vars(sampled), "stop": (full[4:7],)})
+    for opts in (sampled, cut, DecodingOptions(max_new_tokens=16)):  # length, stop string, greedy
+        whole = generate(model, tok, prompt, opts)[0]
+        steps = list(stream_steps(model, tok, prompt[0], opts))
+        assert [s.finish_reason for s in steps[:-1]] == [None] * (len(steps) - 1)
+        assert steps[-1].finish_reason == whole.finish_reason
+        assert steps[-1].tokens == len(whole.token_ids)  # what usage reports, whole or streamed
+        assert [s.tokens for s in steps[:-1]] == list(range(1, len(steps)))  # one per token
+        assert "".join(s.text for s in steps).strip() == whole.text
 
 
 # ---- metrics ------------------------------------------------------------------------------------------

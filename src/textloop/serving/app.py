@@ -16,8 +16,12 @@ Endpoints (OpenAPI at ``/docs`` and ``/openapi.json``):
 - ``POST /v1/feedback``: ``{"label": ..., "text": ..., "prediction_id": ...}``, a labelled
   example for retraining (API key; only with a feedback store, which also logs every
   prediction and adds its ``prediction_id`` to the response).
+- OpenAI's API (``serving/openai_routes.py``): ``POST /v1/chat/completions``,
+  ``POST /v1/completions`` (generation models), ``POST /v1/embeddings`` (encoders),
+  ``GET /v1/models``; the API key as a Bearer token when the server has one.
 
-Every error is JSON: ``{"error": {"code": "...", "message": "...", "details": [...]}}``.
+Every error is JSON: ``{"error": {"code": "...", "message": "...", "details": [...]}}``, and
+in OpenAI's shape on its routes (``serving/handlers.py``).
 
 Example:
     >>> from textloop.serving.app import serve
@@ -28,21 +32,20 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textloop.artifacts.feedback import FeedbackStore
 from textloop.errors import TextloopError
 from textloop.serving.batcher import MicroBatcher, QueueFullError
+from textloop.serving.embeddings import embed_batch
 from textloop.serving.feedback_route import add_feedback_route
+from textloop.serving.handlers import add_error_handlers
 from textloop.serving.http import (
     ERROR_RESPONSES,
     ApiError,
@@ -53,13 +56,14 @@ from textloop.serving.http import (
     PredictResponse,
     check_texts,
     error_response,
-    not_utf8_message,
-    validation_message,
+    key_matches,
 )
 from textloop.serving.metrics import ServerMetrics
+from textloop.serving.openai_routes import add_openai_routes
 from textloop.serving.sources import LoadedModel, ModelSource, ServeOptions
 
 log = logging.getLogger(__name__)
+EMBED = "embed"  # the batcher option that asks for embeddings instead of predictions
 
 
 # ---- state ---------------------------------------------------------------------------------
@@ -80,6 +84,7 @@ class ServerState:
             options.max_queue,
             on_batch=self.metrics.record_batch,
         )
+        self.active_streams = 0  # answers being streamed (serving/generation.py)
         self.ready = False
         self.shutting_down = False
         # set by make_server: uvicorn's exit flag, so long work stops as soon as SIGTERM arrives
@@ -104,10 +109,12 @@ class ServerState:
         self.metrics.record_swap(model.version)
 
     def _predict_batch(
-        self, inputs: list[str], pairs: list[str] | None, options: dict[str, Any]
+        self, inputs: list[Any], pairs: list[str] | None, options: dict[str, Any]
     ) -> list[tuple[LoadedModel, Any]]:
         model = self.current  # taken once, so a swap mid-batch cannot mix two models
         assert model is not None
+        if options.get("op") == EMBED:  # /v1/embeddings: never batched with predictions
+            return [(model, v) for v in embed_batch(model, inputs)]
         preds = model.run.predict(inputs, pairs=pairs, **options)
         return [(model, p) for p in preds]
 
@@ -186,40 +193,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=opts.max_body_bytes)
     app.add_middleware(Instrument, metrics=state.metrics)  # added last: outermost, sees 413s
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, details = validation_message(
-            list(exc.errors()), request.url.path, request.headers.get("content-type")
-        )
-        return error_response(422, "invalid_request", message, details)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400 and str(exc.detail).startswith("There was an error parsing"):
-            # FastAPI's answer to a body it cannot decode (not UTF-8): a malformed request
-            return error_response(
-                422,
-                "invalid_request",
-                not_utf8_message(request.url.path, request.headers.get("content-type")),
-            )
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return error_response(
-            exc.status_code,
-            codes.get(exc.status_code, "http_error"),
-            f"{exc.detail}: {request.method} {request.url.path}",
-            headers=getattr(exc, "headers", None),
-        )
-
-    @app.exception_handler(Exception)
-    async def crashed(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s", request.url.path)
-        return error_response(
-            500, "internal_error", "the server failed on this request; see its log"
-        )
+    add_error_handlers(app)  # JSON errors; OpenAI's shape on the OpenAI routes
 
     def require_api_key(request: Request) -> None:
         """Guard for write endpoints: the key must match, compared in constant time."""
@@ -230,9 +204,7 @@ def create_app(
                 "this server has no API key, so write endpoints are off; "
                 "start it with --api-key-file",
             )
-        auth = request.headers.get("authorization", "")
-        given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key")
-        if not given or not hmac.compare_digest(given.encode(), opts.api_key.encode()):
+        if not key_matches(request.headers, opts.api_key):
             raise ApiError(
                 401,
                 "unauthorized",
@@ -297,7 +269,7 @@ def create_app(
     async def metrics() -> PlainTextResponse:
         """Prometheus text format: requests, latency, batch sizes, errors, swaps."""
         return PlainTextResponse(
-            state.metrics.render(state.batcher.queued_inputs),
+            state.metrics.render(state.batcher.queued_inputs, state.active_streams),
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
@@ -319,6 +291,7 @@ def create_app(
     from textloop.serving.explain_route import add_explain_route
 
     add_explain_route(app, state, require_api_key)  # POST /v1/explain (attributions)
+    add_openai_routes(app, state, store, EMBED)  # chat, completions, embeddings, models
     return app
 
 

@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
-# predict(inputs, pairs, options) -> one result per input, in order
-PredictFn = Callable[[list[str], list[str] | None, dict[str, Any]], list[Any]]
+# predict(inputs, pairs, options) -> one result per input, in order; inputs are texts, or
+# prompts and chats (message lists) for a generation model
+PredictFn = Callable[[list[Any], list[str] | None, dict[str, Any]], list[Any]]
 T = TypeVar("T")
 
 
@@ -30,7 +31,7 @@ class QueueFullError(Exception):
 
 @dataclass
 class _Pending:
-    inputs: list[str]
+    inputs: list[Any]
     pairs: list[str] | None
     key: Hashable
     options: dict[str, Any]
@@ -94,7 +95,7 @@ class MicroBatcher:
 
     async def submit(
         self,
-        inputs: Sequence[str],
+        inputs: Sequence[Any],
         pairs: Sequence[str] | None = None,
         options: dict[str, Any] | None = None,
     ) -> list[Any]:

@@ -6,23 +6,28 @@ seed) and ``"stream": true``.
 
 Response without streaming: ``{"model": {...}, "output": {"text", "tokens", "finish_reason"}}``.
 With streaming (``text/event-stream``): one ``data: {"text": "<piece>"}`` event per piece of text
-as tokens are generated, then ``event: done`` with ``data: {"text": "<whole answer>"}``.
+as tokens are generated, then ``event: done`` with ``data: {"text": "<whole answer>"}`` (and its
+``tokens`` and ``finish_reason``).
+
+Generation runs as ``serving/generation.py`` says, on the path the OpenAI routes share: whole
+answers micro-batched on the worker, streams a token per worker job, stopped when their client
+leaves. A prompt longer than the model's ``max_seq_len`` keeps its last tokens here (the OpenAI
+routes refuse it instead).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from textloop.serving.generation import TokenStream, answer_whole, is_generation
 from textloop.serving.http import ERROR_RESPONSES, ApiError
-
-_DONE = object()
 
 
 class ChatMessage(BaseModel):
@@ -64,10 +69,11 @@ def add_generate_route(app: FastAPI, state: Any) -> None:
     async def generate(req: GenerateRequest) -> Any:
         """Answer a prompt or chat with a generation model; ``stream`` sends pieces as SSE."""
         model = state.serving_model()
-        task = model.run.task
-        if getattr(task, "name", None) != "generation":
+        if not is_generation(model):
             raise ApiError(
-                400, "wrong_task", f"the served model is a {task.name} model; use /v1/predict"
+                400,
+                "wrong_task",
+                f"the served model is a {model.run.task.name} model; use /v1/predict",
             )
         if (req.prompt is None) == (req.messages is None):
             raise ApiError(422, "invalid_request", "give exactly one of 'prompt' or 'messages'")
@@ -77,20 +83,25 @@ def add_generate_route(app: FastAPI, state: Any) -> None:
         if req.messages is not None and req.messages[-1].role != "user":
             raise ApiError(422, "invalid_request", "the last message must be from the user")
         options = req.decoding()
-        served = {"name": model.name, "version": model.version}
+        if "stop" in options:
+            options["stop"] = tuple(options["stop"])  # batch keys compare options
         if not req.stream:
-            out = await asyncio.to_thread(model.run.predict, [item], **options)
-            return JSONResponse({"model": served, "output": out[0]})
-        pieces = task.stream(model.run.model, item, **options)
+            [(by, out)] = await answer_whole(state, [item], options)
+            return JSONResponse({"model": {"name": by.name, "version": by.version}, "output": out})
+        stream = TokenStream(state, model, item, options)
+        await stream.start()
+        served = {"name": model.name, "version": model.version}
 
         async def events() -> AsyncIterator[str]:
             text: list[str] = []
-            while True:  # each token is computed on a worker thread; the event loop stays free
-                piece = await asyncio.to_thread(next, pieces, _DONE)
-                if piece is _DONE:
-                    break
-                text.append(str(piece))
-                yield _sse({"text": piece})
-            yield _sse({"text": "".join(text).strip(), "model": served}, event="done")
+            async with aclosing(stream.steps()) as steps:  # closed with this generator
+                async for step in steps:
+                    if step.text:
+                        text.append(step.text)
+                        yield _sse({"text": step.text})
+                    if step.finish_reason is not None:
+                        done = {"text": "".join(text).strip(), "model": served}
+                        done.update(tokens=step.tokens, finish_reason=step.finish_reason)
+                        yield _sse(done, event="done")
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -6,6 +6,7 @@ Pure ASGI middleware (not ``BaseHTTPMiddleware``), so the per-request cost stays
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from typing import Any
 
@@ -28,7 +29,13 @@ KNOWN_PATHS = {
     "/v1/feedback",
     "/v1/explain",
     "/v1/generate",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
 }
+# routes that speak OpenAI's API: their errors take OpenAI's shape (``openai_error_response``)
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
 
 
 # ---- schema --------------------------------------------------------------------------------
@@ -69,13 +76,27 @@ class ErrorResponse(BaseModel):
 
 
 class ApiError(Exception):
-    """An error answered as JSON with an HTTP status."""
+    """An error answered as JSON with an HTTP status (``param``: the request field at fault)."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+        self.param = param
+
+
+def key_matches(headers: Any, key: str) -> bool:
+    """Whether the request carries ``key`` as ``Authorization: Bearer KEY`` (what OpenAI
+    clients send) or ``X-API-Key: KEY``; compared in constant time."""
+    auth = headers.get("authorization", "")
+    given = auth[7:] if auth.lower().startswith("bearer ") else headers.get("x-api-key")
+    return bool(given) and hmac.compare_digest(given.encode(), key.encode())
 
 
 def error_response(
@@ -89,6 +110,46 @@ def error_response(
     if details:
         body["details"] = details
     return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def is_openai_path(path: str) -> bool:
+    """Whether ``path`` is one of the OpenAI-compatible routes (``/v1/models/{id}`` too)."""
+    return path in OPENAI_PATHS or path.startswith("/v1/models/")
+
+
+def openai_error_response(
+    status: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An error in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``.
+
+    OpenAI answers a request it cannot take with 400, so the 413 and 422 of the native routes
+    become 400 here (except a body over the size limit, refused before it is read: 413); the
+    ``type`` is ``invalid_request_error`` for 4xx and ``server_error`` for 5xx, as OpenAI's.
+    """
+    if status in (413, 422) and code != "body_too_large":
+        status = 400
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    body = {"message": message, "type": kind, "param": param, "code": code}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def error_for_path(
+    path: str,
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
+) -> JSONResponse:
+    """The error in the shape ``path``'s clients read: OpenAI's on its routes, else textloop's."""
+    if is_openai_path(path):
+        return openai_error_response(status, code, message, param, headers)
+    return error_response(status, code, message, details, headers)
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -122,8 +183,9 @@ class BodyLimit:
         self.app, self.max_bytes = app, max_bytes
         self.drain_bytes, self.drain_timeout_s = drain_bytes, drain_timeout_s
 
-    def _too_big(self, close: bool) -> JSONResponse:
-        return error_response(
+    def _too_big(self, close: bool, path: str) -> JSONResponse:
+        return error_for_path(
+            path,
             413,
             "body_too_large",
             f"the request body is larger than the server's limit of {self.max_bytes} bytes; "
@@ -160,7 +222,7 @@ class BodyLimit:
             drained = (
                 not waits and int(declared) <= self.drain_bytes and await self._drain(receive, 0)
             )
-            await self._too_big(close=not drained)(scope, receive, send)
+            await self._too_big(not drained, scope["path"])(scope, receive, send)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -172,7 +234,7 @@ class BodyLimit:
             more = message.get("more_body", False)
             if size > self.max_bytes:
                 drained = not more or await self._drain(receive, size)
-                await self._too_big(close=not drained)(scope, receive, send)
+                await self._too_big(not drained, scope["path"])(scope, receive, send)
                 return
             chunks.append(chunk)
         body, sent = b"".join(chunks), False
@@ -220,6 +282,9 @@ ROUTE_EXAMPLES = {
     "/v1/explain": '{"inputs": ["a text", ...], "steps": 50}',
     "/v1/feedback": '{"label": "a label", "text": "a text"}',
     "/v1/generate": '{"prompt": "a question"}',
+    "/v1/chat/completions": '{"model": "NAME", "messages": [{"role": "user", "content": "hi"}]}',
+    "/v1/completions": '{"model": "NAME", "prompt": "a question"}',
+    "/v1/embeddings": '{"model": "NAME", "input": ["a text", ...]}',
 }
 
 

@@ -53,6 +53,7 @@ class ServerMetrics:
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.batch_seconds = Histogram(LATENCY_BUCKETS_S)
         self.inputs_total = 0
+        self.generated_tokens_total = 0
         self.swaps_total = 0
         self.model_version = 0
 
@@ -71,12 +72,16 @@ class ServerMetrics:
             self.batch_seconds.observe(seconds)
             self.inputs_total += size
 
+    def record_tokens(self, n: int) -> None:
+        with self._lock:
+            self.generated_tokens_total += n
+
     def record_swap(self, version: int) -> None:
         with self._lock:
             self.swaps_total += 1
             self.model_version = version
 
-    def render(self, queued_inputs: int) -> str:
+    def render(self, queued_inputs: int, active_streams: int = 0) -> str:
         """The exposition text for ``GET /metrics``."""
         with self._lock:
             lines = [
@@ -110,6 +115,12 @@ class ServerMetrics:
                 "# HELP textloop_queued_inputs Texts waiting for the worker.",
                 "# TYPE textloop_queued_inputs gauge",
                 f"textloop_queued_inputs {queued_inputs}",
+                "# HELP textloop_generated_tokens_total Tokens generated (whole and streamed).",
+                "# TYPE textloop_generated_tokens_total counter",
+                f"textloop_generated_tokens_total {self.generated_tokens_total}",
+                "# HELP textloop_active_streams Answers being streamed to a client now.",
+                "# TYPE textloop_active_streams gauge",
+                f"textloop_active_streams {active_streams}",
                 "# HELP textloop_model_swaps_total Hot swaps to a new model version.",
                 "# TYPE textloop_model_swaps_total counter",
                 f"textloop_model_swaps_total {self.swaps_total}",

@@ -209,13 +209,27 @@ def generate(
     return [results[i] for i in range(len(prompts))]
 
 
-def stream(
-    model: torch.nn.Module, tokenizer: Any, prompt: Sequence[int], opts: DecodingOptions
-) -> Iterator[str]:
-    """Yield the text of one continuation piece by piece, as tokens are generated.
+@dataclass
+class StreamStep:
+    """One generated token's share of a streamed answer, or the closing step.
 
-    Text that could be the start of a stop string, or half a multi-byte character, is held back
-    until it is decided; the pieces join to ``generate``'s text (before stripping).
+    ``text`` is the text this token decided (often empty: a special token, half a character,
+    or text held back because it might start a stop string). After the last token comes one
+    closing step with the ``finish_reason`` and whatever text was still held back.
+    """
+
+    text: str
+    tokens: int  # tokens generated so far, the end token not counted (as in ``Generated``)
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+def stream_steps(
+    model: torch.nn.Module, tokenizer: Any, prompt: Sequence[int], opts: DecodingOptions
+) -> Iterator[StreamStep]:
+    """Continue one prompt a token at a time: a ``StreamStep`` per token, then a closing one.
+
+    One step per token (not per piece of text) lets a server stop between any two tokens and
+    count them; the steps' texts join to ``generate``'s text (before stripping).
     """
     model.eval()
     stops = eos_ids(model, tokenizer)
@@ -223,13 +237,16 @@ def stream(
     tokens: list[int] = []
     sent = 0
     text = ""
+    reason: Literal["stop", "length"] = "length"
     for nxt in _token_steps(model, [prompt], pad_id(tokenizer), opts, finished):
         tok = int(nxt[0])
         if tok in stops:
+            reason = "stop"
             break
         tokens.append(tok)
         text, hit = _cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), opts.stop)
         if hit:
+            reason = "stop"
             break
         safe = len(text)
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence
@@ -239,8 +256,21 @@ def stream(
                 if text[:safe].endswith(s[:k]):
                     safe -= k
                     break
+        piece = ""
         if safe > sent:
-            yield text[sent:safe]
-            sent = safe
-    if len(text) > sent:
-        yield text[sent:]
+            piece, sent = text[sent:safe], safe
+        yield StreamStep(piece, len(tokens))
+    yield StreamStep(text[sent:], len(tokens), reason)  # what was held back, and why it ended
+
+
+def stream(
+    model: torch.nn.Module, tokenizer: Any, prompt: Sequence[int], opts: DecodingOptions
+) -> Iterator[str]:
+    """Yield the text of one continuation piece by piece, as tokens are generated.
+
+    Text that could be the start of a stop string, or half a multi-byte character, is held back
+    until it is decided; the pieces join to ``generate``'s text (before stripping).
+    """
+    for step in stream_steps(model, tokenizer, prompt, opts):
+        if step.text:
+            yield step.text

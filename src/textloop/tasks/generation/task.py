@@ -30,7 +30,15 @@ from textloop.tasks.generation.data import (
     read_conversations,
     render,
 )
-from textloop.tasks.generation.decoding import DecodingOptions, Generated, generate, pad_id, stream
+from textloop.tasks.generation.decoding import (
+    DecodingOptions,
+    Generated,
+    StreamStep,
+    generate,
+    pad_id,
+    stream,
+    stream_steps,
+)
 from textloop.tasks.generation.metrics import perplexity, text_metrics
 from textloop.tasks.generation.pack import collate_rows
 
@@ -189,10 +197,11 @@ class GenerationTask(Task):
             fields["stop"] = tuple(overrides["stop"])
         return DecodingOptions(**fields)
 
-    def prompt_ids(self, item: str | Sequence[dict[str, str]]) -> list[int]:
+    def prompt_ids(self, item: str | Sequence[dict[str, str]], truncate: bool = True) -> list[int]:
         """Token ids asking for the next answer: a text (templated as a pair prompt) or a chat.
 
-        A prompt longer than ``max_seq_len`` (the training length) keeps its last tokens.
+        A prompt longer than ``max_seq_len`` (the training length) keeps its last tokens, unless
+        ``truncate`` is False (a server that refuses over-long prompts counts them whole).
         """
         if isinstance(item, str):
             messages = pair_conversation(
@@ -206,6 +215,8 @@ class GenerationTask(Task):
             raise DataError("a chat to answer must end with a user message")
         text = render(self.tokenizer, messages, add_generation_prompt=True)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not truncate:
+            return list(ids)
         return list(ids[-self.max_seq_len :])  # the oldest context goes first, as in training
 
     def predict(
@@ -237,6 +248,14 @@ class GenerationTask(Task):
         """The answer to one prompt or chat, yielded piece by piece as it is generated."""
         opts = self._options(decoding)
         return stream(model, self.tokenizer, self.prompt_ids(item), opts)
+
+    def stream_steps(
+        self, model: torch.nn.Module, item: str | Sequence[dict[str, str]], **decoding: Any
+    ) -> Iterator[StreamStep]:
+        """The answer to one prompt or chat, one step per generated token, then a closing step
+        with the finish reason (what a server streams, counts and can stop at any token)."""
+        opts = self._options(decoding)
+        return stream_steps(model, self.tokenizer, self.prompt_ids(item), opts)
 
     def report_section(self, metrics: dict[str, Any]) -> str:
         """Markdown for report.md: generation metrics and the prompt / reference / output table."""
