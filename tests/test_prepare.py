@@ -778,6 +778,32 @@ def test_short_shingles_and_pair_overlaps_equal_their_definitions():
         assert m == min(len(both[i]), len(both[j]))
 
 
+def test_a_long_text_repeating_a_phrase_is_compared_like_a_short_one():
+    """Issue 16: a review repeating one phrase has 200+ characters (words) but a few distinct
+    5-grams, so two replaced characters change most of its 5-gram set; only the short rule
+    (<= 12 differing words and pairs) sees the copy."""
+    from textloop.data.prepare.config import DedupConfig
+    from textloop.data.prepare.dedup import candidate_pairs, verify_pairs
+    from textloop.data.prepare.fingerprint import build_representations, lsh_band_keys
+
+    review = "垃圾，很多土，脏啊" * 30  # 210 CJK characters, 7 distinct 5-grams
+    chars = list(review)
+    chars[40], chars[121] = "勒", "少"  # two of its 多 replaced
+    other = "很好，质量不错，物流快" * 25  # another repeated review: kept
+    prose = _doc(random.Random(6), 300)  # 296 distinct 5-word shingles: long representation only
+    texts = [review, other, prose, "".join(chars)]
+    reps = build_representations(DedupConfig())
+    keys = lsh_band_keys([dedup_tokens(t) for t in texts], reps, 128, 1)
+    assert keys[:, : reps[0].bands].all(axis=1).tolist() == [True, True, False, True]
+    assert keys[:, reps[1].first_band :].all()
+    found = []
+    for rep in reps:
+        columns = (keys[:, j] for j in range(rep.first_band, rep.first_band + rep.bands))
+        pairs = candidate_pairs(columns, np.ones(len(texts), dtype=bool))
+        found += verify_pairs(pairs, lambda ids: [texts[i] for i in ids], rep)[0].tolist()
+    assert found == [[0, 3]]  # by the short representation; the long one's Jaccard is 0.41
+
+
 def test_dedup_representations_must_cover_every_length():
     with pytest.raises(ConfigError, match="long_min_words"):
         load_prepare_config(None, ["dedup.short_max_words=50", "dedup.long_min_words=80"])

@@ -107,9 +107,10 @@ class DedupConfig(StrictModel):
     short_max_words: int = Field(
         128,
         ge=0,
-        description="Documents of at most this many words (a CJK character is a word) are "
-        "also compared by their single words and word pairs (the short-text representation); "
-        "0 turns it off.",
+        description="Documents of at most this many words (a CJK character is a word), or "
+        "longer ones with at most this many distinct shingle_size-word shingles (a text that "
+        "repeats a phrase), are also compared by their single words and word pairs (the "
+        "short-text representation); 0 turns it off.",
     )
     long_min_words: int = Field(
         64,

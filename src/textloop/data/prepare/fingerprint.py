@@ -16,6 +16,12 @@ shingles two edited words in a 30-word text drop the Jaccard similarity to about
   as before. Between 64 and 128 words a document is in both, so a copy with a sentence
   added or removed always shares one representation with its original.
 
+A longer document whose long shingle *set* is no bigger than ``short_max_words`` (a review
+that repeats one phrase twenty times: 500 characters, a few dozen distinct 5-grams) is in the
+short representation too: its set is as small as a short text's, so two edits change a large
+share of it and only the short rule catches them (issue 16: all 7 misses at 200+ Chinese
+characters were such texts).
+
 MinHash signatures come from ``datasketch``'s affine32 scheme (fixed seed, so every process and
 machine agrees); each representation's signature is cut into ``b`` bands of ``r`` values and
 each band is hashed to one 64-bit key. Two documents sharing a band key are *candidates*;
@@ -171,11 +177,16 @@ class Representation:
     bands: int
     rows: int
     first_band: int
+    # past max_words, still the documents with at most this many distinct long shingles (0: none)
+    max_long_shingles: int = 0
 
-    def covers(self, n_words: np.ndarray) -> np.ndarray:
-        """Which documents (by word count) this representation shingles."""
-        upper = n_words <= self.max_words if self.max_words is not None else True
-        return (n_words >= self.min_words) & upper
+    def covers(self, n_words: np.ndarray, n_long_shingles: np.ndarray) -> np.ndarray:
+        """Which documents this representation shingles, by word count and, past
+        ``max_words``, by the size of their long-representation shingle set."""
+        covered = n_words >= self.min_words
+        if self.max_words is not None:
+            covered &= (n_words <= self.max_words) | (n_long_shingles <= self.max_long_shingles)
+        return covered
 
     def is_near(self, inter: np.ndarray, union: np.ndarray, smaller: np.ndarray) -> np.ndarray:
         """The near-duplicate rule on exact shingle counts of pairs (``smaller``: the size of
@@ -199,6 +210,12 @@ def build_representations(cfg: DedupConfig) -> list[Representation]:
     representation's banding finds pairs down to that (10 words: the shortest length whose
     recall target the benchmark checks). Its bands are as few as that allows: at such a low
     threshold each extra band mostly adds chance candidates.
+
+    The short representation also covers longer documents with at most ``short_max_words``
+    distinct long shingles (texts that repeat themselves). Two edits add at most
+    2 * ``shingle_size`` of them, and from about 90 distinct 5-word shingles on the long rule
+    catches two edits (Jaccard >= (S - 10) / (S + 10) >= 0.8), so the two overlap as they do
+    by word count.
     """
     reps: list[Representation] = []
     d = cfg.max_differing_shingles
@@ -211,7 +228,16 @@ def build_representations(cfg: DedupConfig) -> list[Representation]:
         bands = min(bands, cfg.num_perm // rows)
         reps.append(
             Representation(
-                "short", (1, 2), 0, cfg.short_max_words, cfg.threshold, d, bands, rows, 0
+                "short",
+                (1, 2),
+                0,
+                cfg.short_max_words,
+                cfg.threshold,
+                d,
+                bands,
+                rows,
+                0,
+                max_long_shingles=cfg.short_max_words,
             )
         )
     # the long representation always exists (the config checks that the two meet)
@@ -231,6 +257,30 @@ def build_representations(cfg: DedupConfig) -> list[Representation]:
         )
     )
     return reps
+
+
+def lsh_band_keys(
+    docs: list[list[str]], reps: list[Representation], num_perm: int, seed: int
+) -> np.ndarray:
+    """Band keys of tokenised documents in every representation: a ``(n_docs, bands)`` uint64
+    array, 0 where a representation does not cover a document.
+
+    The long representation (the last) is shingled first: the size of a document's long
+    shingle set decides whether the short one covers it past ``max_words``.
+    """
+    keys = np.zeros((len(docs), sum(r.bands for r in reps)), dtype=np.uint64)
+    n_words = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
+    n_long = n_words.copy()  # a document the long representation skips: at most one per word
+    for rep in reversed(reps):
+        covered = np.flatnonzero(rep.covers(n_words, n_long))
+        if len(covered) == 0:
+            continue
+        shingles = shingle_hash_sets([docs[i] for i in covered], rep.sizes)
+        if rep.max_words is None:  # the long representation
+            n_long[covered] = [len(s) for s in shingles]
+        columns = slice(rep.first_band, rep.first_band + rep.bands)
+        keys[covered, columns] = band_keys(shingles, num_perm, seed, rep.bands, rep.rows)
+    return keys
 
 
 @lru_cache(maxsize=8)

@@ -23,11 +23,10 @@ from textloop.data.prepare.clean import CHANGE_STAGES, DROP_STAGES, Cleaner, bui
 from textloop.data.prepare.config import PrepareConfig
 from textloop.data.prepare.fingerprint import (
     Representation,
-    band_keys,
     build_representations,
     content_digest,
     dedup_tokens,
-    shingle_hash_sets,
+    lsh_band_keys,
 )
 from textloop.data.prepare.sources import check_fields, expand_inputs, generate_records, shard_files
 from textloop.errors import DataError, TextloopError
@@ -147,16 +146,7 @@ def _clean_batch(
     }
     if bands:
         keys = np.zeros((n, bands), dtype=np.uint64)  # 0: not covered, never a candidate
-        lengths = np.array([len(t) for t in shingled_tokens], dtype=np.int64)
-        for rep in reps:
-            covered = np.flatnonzero(rep.covers(lengths))
-            if len(covered) == 0:
-                continue
-            shingles = shingle_hash_sets([shingled_tokens[i] for i in covered], rep.sizes)
-            columns = slice(rep.first_band, rep.first_band + rep.bands)
-            keys[np.asarray(shingled)[covered], columns] = band_keys(
-                shingles, num_perm, seed, rep.bands, rep.rows
-            )
+        keys[shingled] = lsh_band_keys(shingled_tokens, reps, num_perm, seed)
         out.update({f"_b{j}": keys[:, j] for j in range(bands)})
     return out
 
