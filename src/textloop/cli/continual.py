@@ -62,6 +62,12 @@ def add_parser(sub: Any) -> list[str]:
     u.add_argument("--no-promote", action="store_true", help="leave an accepted model in staging")
     u.add_argument("--dry-run", action="store_true", help="show what would happen; write nothing")
     u.add_argument("--actor", help="who (for the audit log; default: the OS user)")
+    u.add_argument(
+        "--track",
+        choices=["none", "mlflow", "tensorboard"],
+        help="log the update's settings, training loss, scores, report and model to MLflow, or "
+        "TensorBoard event files",
+    )
     u.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     u.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -142,6 +148,7 @@ def _update(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "text_column": args.text_column,
         "label_column": args.label_column,
+        "track": args.track,
     }
     extra = {k: v for k, v in flags.items() if v is not None}
     if args.no_promote:

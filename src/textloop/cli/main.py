@@ -39,6 +39,7 @@ _TRAIN_FLAGS = {
     "target_column": "data.target_column",
     "messages_column": "data.messages_column",
     "distributed": "train.distributed",
+    "track": "track",
 }
 _TRAIN_SWITCHES = {
     "overwrite": "overwrite",
@@ -104,6 +105,11 @@ def _add_train(sub: Any) -> None:
         "--resume",
         action="store_true",
         help="continue the unfinished run in --output with its saved config",
+    )
+    p.add_argument(
+        "--track",
+        choices=["none", "mlflow", "tensorboard"],
+        help="log params, metrics, report and model to MLflow, or TensorBoard event files",
     )
     p.add_argument(
         "--drop-invalid-rows",

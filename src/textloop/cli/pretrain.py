@@ -34,6 +34,7 @@ _FLAGS = {
     "seed": "train.seed",
     "extend_vocab": "pretrain.extend_vocab",
     "distributed": "train.distributed",
+    "track": "track",
 }
 _SWITCHES = {
     "overwrite": "overwrite",
@@ -86,6 +87,11 @@ def add_parser(sub: Any) -> list[str]:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --output")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --output")
+    p.add_argument(
+        "--track",
+        choices=["none", "mlflow", "tensorboard"],
+        help="log params, metrics, report and model to MLflow, or TensorBoard event files",
+    )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key"
     )

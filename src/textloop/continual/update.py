@@ -58,8 +58,10 @@ from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
 from textloop.runs import load_registered
 from textloop.tasks.classification.task import ClassificationTask
+from textloop.training.callbacks import fire
 from textloop.training.recipe import DataShape, Recipe, model_width
 from textloop.training.recipe import decide as decide_recipe
+from textloop.training.tracking import build_trackers
 
 Row = dict[str, str]
 
@@ -95,8 +97,10 @@ def build_candidate(
     new_train: Sequence[Row],
     replay_buffer: Sequence[Row],
     cfg: UpdateConfig,
+    callbacks: Sequence[Any] = (),
 ) -> tuple[torch.nn.Module, ClassificationTask, dict[str, Any]]:
-    """Train a candidate from ``model`` (left untouched) on a new batch with ``cfg.strategy``.
+    """Train a candidate from ``model`` (left untouched) on a new batch with ``cfg.strategy``;
+    ``callbacks`` (trackers) see its training steps.
 
     Returns:
         The trained copy, its task (old labels first, new labels appended), and training facts.
@@ -138,7 +142,7 @@ def build_candidate(
         head_lr=recipe.settings["head_lr"],
         seed=cfg.seed,
     )
-    info = finetune(candidate, ctask, objective, encode_rows(ctask, rows), schedule)
+    info = finetune(candidate, ctask, objective, encode_rows(ctask, rows), schedule, callbacks)
     info.update(
         {
             "strategy": cfg.strategy,
@@ -275,6 +279,8 @@ def update(
         ConfigError: a task that updates do not support.
     """
     cfg = config or UpdateConfig()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    trackers = build_trackers(cfg.track, continual_dir(registry, name) / "tensorboard" / stamp)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     reg = Registry(registry)
@@ -362,9 +368,16 @@ def update(
     if dry_run:
         return UpdateResult(dry_run=True, plan=plan, before=before)
 
-    candidate, ctask, train_info = build_candidate(
-        run.model, run.task, new_train, frozen.replay, cfg
-    )
+    params = {**cfg.model_dump(mode="json"), "plan": plan}
+    fire(trackers, "on_train_start", {"config": params, "name": f"update {name}"})
+    try:
+        candidate, ctask, train_info = build_candidate(
+            run.model, run.task, new_train, frozen.replay, cfg, trackers
+        )
+    except BaseException:
+        for tracker in trackers:  # the tracked run is closed as failed, not left running
+            tracker.end("FAILED")
+        raise
     after = score_after(candidate, ctask, old_labels, frozen.regression, new_holdout)
     reference: dict[str, Any] | None = None
     if cfg.reference == "joint":
@@ -428,6 +441,10 @@ def update(
     )
     report.update({"version": new.version, "stage": stage})
     report_dir = write_update_report(work / "updates", f"v{new.version}", report)
+    for tracker in trackers:  # scores, the update's report and the candidate model
+        tracker.finish(
+            metrics, [report_dir / "report.md", report_dir / "report.json"], new.path / "model"
+        )
     return UpdateResult(
         False, plan, before, after, decision, new.version, stage, report_dir, report
     )
