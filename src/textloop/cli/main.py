@@ -281,6 +281,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "textloop.cli.pretrain",
     "textloop.cli.generate",
     "textloop.cli.trust",
+    "textloop.cli.tune",
 )
 
 
