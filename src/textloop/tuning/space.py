@@ -65,8 +65,11 @@ class Param:
         """The ``--space`` text that gives this parameter."""
         if self.choices:
             return f"{self.name}=" + ",".join(str(c) for c in self.choices)
-        low, high = (int(self.low), int(self.high)) if self.kind == "int" else (self.low, self.high)
-        return f"{self.name}={low:g}:{high:g}" + (":log" if self.log else "")
+        if self.kind == "int":
+            low, high = str(int(self.low)), str(int(self.high))
+        else:  # the shortest text that reads back as the same float
+            low, high = repr(self.low), repr(self.high)
+        return f"{self.name}={low}:{high}" + (":log" if self.log else "")
 
     def describe(self) -> str:
         """In words, for the report: ``log-uniform 1e-05 .. 0.0003``."""
@@ -194,8 +197,9 @@ def default_space(settings: dict[str, Any]) -> list[Param]:
     """The space around the default recipe's ``settings`` (lr, batch_size, epochs)."""
     lr, batch, epochs = float(settings["lr"]), int(settings["batch_size"]), int(settings["epochs"])
     low_epochs = max(1, math.ceil(epochs / 2))
+    low_lr, high_lr = _round(lr / 3), _round(min(lr * 3, 1.0))  # 3.33e-05, not 3.3333...e-05
     return [
-        Param("lr", "train.lr", "float", lr / 3, min(lr * 3, 1.0), log=True),
+        Param("lr", "train.lr", "float", low_lr, high_lr, log=True),
         Param(
             "batch_size",
             "train.batch_size",
@@ -204,6 +208,10 @@ def default_space(settings: dict[str, Any]) -> list[Param]:
         ),
         Param("epochs", "train.epochs", "int", low_epochs, max(low_epochs + 1, 2 * epochs)),
     ]
+
+
+def _round(x: float, digits: int = 3) -> float:
+    return float(f"{x:.{digits}g}")
 
 
 def with_values(tree: dict[str, Any], space: Sequence[Param], values: dict[str, Any]) -> dict:
