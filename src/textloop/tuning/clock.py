@@ -142,6 +142,46 @@ class Worker:
         return covered_seconds(intervals)
 
 
+def continue_stale(study: Any, storage: Any, me: str) -> None:
+    """Record each trial a dead worker left running as interrupted, and queue its values as a
+    new trial that continues its run (only one worker succeeds in marking it)."""
+    from optuna.trial import TrialState
+
+    now, known = time.time(), workers(study.user_attrs)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = known.get(t.user_attrs.get("worker", ""))
+        if owner is not None and (owner.id == me or not owner.is_dead(now)):
+            continue
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        if owner is None and now - started < STALE_SECONDS:  # just asked: owner not recorded yet
+            continue
+        study_id = storage.get_study_id_from_name(study.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        why = f"its worker {owner.id if owner else '?'} stopped during the trial (killed?)"
+        try:  # attributes first: a finished trial takes none
+            storage.set_trial_user_attr(trial_id, "interrupted", True)
+            storage.set_trial_user_attr(trial_id, "error", why)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except Exception:  # another worker marked it first
+            continue
+        study.enqueue_trial(t.params, user_attrs={"continues": t.number})
+        log.info(
+            "trial %d was left running by a dead worker: it continues as a new trial", t.number
+        )
+
+
+def others_running(study: Any, me: str) -> bool:
+    """Whether a live worker other than ``me`` is running a trial (then it writes last)."""
+    from optuna.trial import TrialState
+
+    now, known = time.time(), workers(study.user_attrs)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = known.get(t.user_attrs.get("worker", ""))
+        if owner is not None and owner.id != me and not owner.is_dead(now):
+            return True
+    return False
+
+
 def minimum_trial_seconds(plan: RunPlan, batch_size: int) -> float:
     """The least time one trial needs on this machine (see the module docstring)."""
     per_example = plan.eval_seconds / max(plan.n_validation, 1)

@@ -38,8 +38,10 @@ from textloop.training.plan import plan_run
 from textloop.tuning import report
 from textloop.tuning.clock import (
     Worker,
+    continue_stale,
     estimate_trial_seconds,
     minimum_trial_seconds,
+    others_running,
     overhead_seconds,
     workers,
 )
@@ -134,10 +136,10 @@ def tune(
     study, store = _open_study(url, name, settings)
     track = (given_tree or {}).get("track")  # tracking is this worker's choice
     with Worker(study) as worker:
-        _continue_stale(study, store, worker.id)
+        continue_stale(study, store, worker.id)
         _work(study, settings, out, worker, keep_models, track)
         spent = worker.spent_seconds()
-        others = _others_running(study, worker.id)
+        others = others_running(study, worker.id)
     return report.write_outputs(study, settings, out, url, spent, last_worker=not others)
 
 
@@ -314,45 +316,6 @@ def _enqueue_default(study: Any, settings: StudySettings) -> None:
     values = report.default_values(settings)
     if all(p.contains(values[p.name]) for p in parse_space(settings.space)):
         study.enqueue_trial(values, user_attrs={"default_recipe": True})
-
-
-def _continue_stale(study: Any, storage: Any, me: str) -> None:
-    """Record each trial a dead worker left running as interrupted, and queue its values as a
-    new trial that continues its run (only one worker succeeds in marking it)."""
-    from optuna.trial import TrialState
-
-    now, known = time.time(), workers(study.user_attrs)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = known.get(t.user_attrs.get("worker", ""))
-        if owner is not None and (owner.id == me or not owner.is_dead(now)):
-            continue
-        started = t.datetime_start.timestamp() if t.datetime_start else now
-        if owner is None and now - started < 120:  # just asked: its owner is not recorded yet
-            continue
-        study_id = storage.get_study_id_from_name(study.study_name)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        why = f"its worker {owner.id if owner else '?'} stopped during the trial (killed?)"
-        try:  # attributes first: a finished trial takes none
-            storage.set_trial_user_attr(trial_id, "interrupted", True)
-            storage.set_trial_user_attr(trial_id, "error", why)
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        except Exception:  # another worker marked it first
-            continue
-        study.enqueue_trial(t.params, user_attrs={"continues": t.number})
-        log.info(
-            "trial %d was left running by a dead worker: it continues as a new trial", t.number
-        )
-
-
-def _others_running(study: Any, me: str) -> bool:
-    from optuna.trial import TrialState
-
-    now, known = time.time(), workers(study.user_attrs)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = known.get(t.user_attrs.get("worker", ""))
-        if owner is not None and owner.id != me and not owner.is_dead(now):
-            return True
-    return False
 
 
 def _work(
