@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -270,8 +271,12 @@ def test_dry_run_changes_nothing(prod, tmp_path):
 def test_update_accepts_class_incremental_replay_and_promotes(prod, tmp_path):
     root = fresh_registry(prod, tmp_path)
     new = write_csv(tmp_path / "new.csv", toy_rows(40, seed=5) + neutral_rows(60, 5))
-    result = update(root, "reviews", str(new), load_update_config(None, UPDATE_SETTINGS))
+    settings = [*UPDATE_SETTINGS, "track=tensorboard"]  # tracked like a training run
+    result = update(root, "reviews", str(new), load_update_config(None, settings))
     assert result.decision is not None and result.decision.accepted, result.decision
+    if importlib.util.find_spec("tensorboardX"):
+        events = list((root / "continual" / "reviews" / "tensorboard").glob("*/events.*"))
+        assert len(events) == 1 and b"train/loss" in events[0].read_bytes()
     assert result.version == 2 and result.stage == "production"
     assert result.after["new"]["accuracy"] > result.before["new"]["accuracy"]
     reg = Registry(root)

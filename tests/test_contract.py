@@ -132,6 +132,7 @@ LAYERS = {
     "cli": 6,
     "serving": 5,
     "continual": 5,
+    "tuning": 5,  # hyper-parameter search over the training driver
     "training": 4,
     "evaluation": 4,
     "runs": 4,  # a finished run loaded back: task + model + config

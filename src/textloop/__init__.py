@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import os
+from typing import Any
 
 # Busy-waiting OpenMP threads make 2 threads slower than 1 on a shared host (measured 2.3x);
 # this only takes effect if set before torch loads, so it happens on import.
@@ -38,6 +39,13 @@ def train(config: RunConfig | str | os.PathLike[str], **kwargs: object) -> Run:
     return _train(config, **kwargs)  # type: ignore[arg-type]
 
 
+def tune(config: str | os.PathLike[str] | None = None, **kwargs: object) -> Any:
+    """Search hyper-parameters on a time budget; see ``textloop.tuning.study.tune``."""
+    from textloop.tuning.study import tune as _tune
+
+    return _tune(config, **kwargs)  # type: ignore[arg-type]
+
+
 def load_run(path: str | os.PathLike[str]) -> Run:
     """Load a finished run directory; see ``textloop.runs.load_run``."""
     from textloop.runs import load_run as _load_run
@@ -60,4 +68,5 @@ __all__ = [
     "load_config",
     "load_run",
     "train",
+    "tune",
 ]

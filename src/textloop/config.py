@@ -264,6 +264,12 @@ class RunConfig(StrictModel):
     )
     output: str | None = Field(None, description="Run directory to create.")
     overwrite: bool = Field(False, description="Replace an existing, different run in output.")
+    track: Literal["none", "mlflow", "tensorboard"] = Field(
+        "none",
+        description="Experiment tracking: mlflow logs params, per-step metrics, final metrics, "
+        "the report and the model to MLflow (MLFLOW_TRACKING_URI, default ./mlflow.db); "
+        "tensorboard writes event files to <output>/tensorboard. Never fails the run.",
+    )
     data: DataConfig = Field(default_factory=lambda: DataConfig())
     train: TrainConfig = Field(default_factory=lambda: TrainConfig())
     lora: LoraConfig = Field(default_factory=lambda: LoraConfig())

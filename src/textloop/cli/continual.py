@@ -24,6 +24,7 @@ UPDATE_FLAGS: tuple[str | Flag, ...] = (
     "label_column",
     "drop_invalid_rows",
     "gate.promote",
+    "track",
 )
 
 _REGISTRY_HELP = "registry directory (default $TEXTLOOP_REGISTRY or ./registry)"

@@ -44,6 +44,7 @@ TRAIN_FLAGS: tuple[str | Flag, ...] = (
     "train.distributed",
     "output",
     "overwrite",
+    "track",
 )
 
 
@@ -207,6 +208,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "textloop.cli.pretrain",
     "textloop.cli.generate",
     "textloop.cli.trust",
+    "textloop.cli.tune",
 )
 
 

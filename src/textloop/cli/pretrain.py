@@ -42,6 +42,7 @@ PRETRAIN_FLAGS: tuple[str | Flag, ...] = (
     "train.distributed",
     "output",
     "overwrite",
+    "track",
 )
 
 

@@ -42,8 +42,10 @@ def build_candidate(
     new_train: Sequence[Row],
     replay_buffer: Sequence[Row],
     cfg: UpdateConfig,
+    callbacks: Sequence[Any] = (),
 ) -> tuple[torch.nn.Module, ClassificationTask, dict[str, Any]]:
-    """Train a candidate from ``model`` (left untouched) on a new batch with ``cfg.strategy``.
+    """Train a candidate from ``model`` (left untouched) on a new batch with ``cfg.strategy``;
+    ``callbacks`` (trackers) see its training steps.
 
     Returns:
         The trained copy, its task (old labels first, new labels appended), and training facts.
@@ -77,7 +79,7 @@ def build_candidate(
         )
     recipe = update_recipe(cfg, len(rows), len(ctask.labels), model_width(candidate))
     schedule = cfg.model_copy(update=recipe.settings)  # the recipe fills the unset keys
-    info = finetune(candidate, ctask, objective, encode_rows(ctask, rows), schedule)
+    info = finetune(candidate, ctask, objective, encode_rows(ctask, rows), schedule, callbacks)
     info.update(
         {
             "strategy": cfg.strategy,

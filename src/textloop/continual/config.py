@@ -185,6 +185,13 @@ class UpdateConfig(ScheduleConfig):
         2.0, gt=0.0, description="lwf: softmax temperature of the distillation."
     )
     threads: int | None = Field(None, ge=1, le=512, description="Intra-op threads.")
+    track: Literal["none", "mlflow", "tensorboard"] = Field(
+        "none",
+        description="Experiment tracking of the update: mlflow logs its settings, training "
+        "loss, before/after scores, report and candidate model (MLFLOW_TRACKING_URI respected); "
+        "tensorboard writes event files under <registry>/continual/<name>/tensorboard. Never "
+        "fails the update.",
+    )
     replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig())
     gate: GateConfig = Field(default_factory=lambda: GateConfig())
 

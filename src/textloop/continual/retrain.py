@@ -22,6 +22,7 @@ from textloop.continual.replay import Row
 from textloop.data.batching import bucketed_batches
 from textloop.fileio import atomic_dir, write_text_atomic
 from textloop.tasks.base import Encoded
+from textloop.training.callbacks import fire
 from textloop.training.loop import LoopState, seed_everything, steps_per_epoch, train_steps
 from textloop.training.optim import build_optimizer, build_scheduler
 
@@ -194,12 +195,18 @@ def encode_rows(task: Any, rows: Sequence[Row]) -> Encoded:
 
 
 def finetune(
-    model: torch.nn.Module, task: Any, objective: Any, train: Encoded, schedule: ScheduleConfig
+    model: torch.nn.Module,
+    task: Any,
+    objective: Any,
+    train: Encoded,
+    schedule: ScheduleConfig,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Train ``model`` in place on ``train`` with ``objective.training_loss``; the last weights.
 
     There is no best-checkpoint pick on a validation split: every labelled example of an
-    update goes either into training or to the gate, which judges the result.
+    update goes either into training or to the gate, which judges the result. ``callbacks``
+    (trackers) see each step's ``on_step_end``.
     """
     if schedule.epochs is None or schedule.lr is None or schedule.batch_size is None:
         raise ValueError("finetune needs a resolved schedule: epochs, lr and batch_size set")
@@ -243,6 +250,8 @@ def finetune(
     ):
         if info.kind == "step" and info.loss is not None:
             losses.append(info.loss)
+        if info.kind == "step":
+            fire(list(callbacks), "on_step_end", info)
     model.eval()
     seconds = time.perf_counter() - started
     return {

@@ -59,7 +59,9 @@ from textloop.data.split import stratified_split
 from textloop.errors import ConfigError, DataError
 from textloop.runs import load_registered
 from textloop.tasks.classification.task import ClassificationTask
+from textloop.training.callbacks import fire
 from textloop.training.recipe import model_width
+from textloop.training.tracking import build_trackers
 
 
 @dataclass
@@ -169,6 +171,8 @@ def update(
         ConfigError: a task that updates do not support.
     """
     cfg = config or UpdateConfig()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    trackers = build_trackers(cfg.track, continual_dir(registry, name) / "tensorboard" / stamp)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     reg = Registry(registry)
@@ -256,9 +260,16 @@ def update(
     if dry_run:
         return UpdateResult(dry_run=True, plan=plan, before=before)
 
-    candidate, ctask, train_info = build_candidate(
-        run.model, run.task, new_train, frozen.replay, cfg
-    )
+    params = {**cfg.model_dump(mode="json"), "plan": plan}
+    fire(trackers, "on_train_start", {"config": params, "name": f"update {name}"})
+    try:
+        candidate, ctask, train_info = build_candidate(
+            run.model, run.task, new_train, frozen.replay, cfg, trackers
+        )
+    except BaseException:
+        for tracker in trackers:  # the tracked run is closed as failed, not left running
+            tracker.end("FAILED")
+        raise
     after = score_after(candidate, ctask, old_labels, frozen.regression, new_holdout)
     reference: dict[str, Any] | None = None
     if cfg.reference == "joint":
@@ -322,6 +333,10 @@ def update(
     )
     report.update({"version": new.version, "stage": stage})
     report_dir = write_update_report(work / "updates", f"v{new.version}", report)
+    for tracker in trackers:  # scores, the update's report and the candidate model
+        tracker.finish(
+            metrics, [report_dir / "report.md", report_dir / "report.json"], new.path / "model"
+        )
     return UpdateResult(
         False, plan, before, after, decision, new.version, stage, report_dir, report
     )

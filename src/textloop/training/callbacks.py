@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,20 @@ def fire(callbacks: list[Any], event: str, *args: Any) -> None:
         fn = getattr(cb, event, None)
         if fn is not None:
             fn(*args)
+
+
+@dataclass
+class RunControl:
+    """How a callback ends a run early and cleanly: after ``stop(reason)`` the driver leaves the
+    loop at the next step or evaluation, then finishes as usual (best checkpoint restored, final
+    metrics, artifacts; ``metrics.json`` says ``train.stopped``). A tuning study stops a pruned
+    trial this way. Only the main process's callbacks run, so use it in single-process runs."""
+
+    reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
 
 
 class ProgressBar:

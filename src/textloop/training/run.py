@@ -24,7 +24,7 @@ from textloop.errors import ConfigError, TextloopError
 from textloop.tasks.base import Encoded
 from textloop.training import distributed as dist
 from textloop.training.budget import TimeBudget
-from textloop.training.callbacks import JsonlLog, fire
+from textloop.training.callbacks import JsonlLog, RunControl, fire
 from textloop.training.checkpoint import (
     copy_weights,
     load_checkpoint,
@@ -45,6 +45,7 @@ from textloop.training.rundir import (
     write_run_artifacts,
 )
 from textloop.training.setup import RunSetup, setup_run
+from textloop.training.tracking import build_trackers
 
 log = logging.getLogger("textloop")
 
@@ -60,13 +61,19 @@ def train(
     *,
     resume: bool = False,
     callbacks: Sequence[Any] = (),
+    control: RunControl | None = None,
+    test_metrics: bool = True,
 ) -> Any:
     """Fine-tune a model as ``config`` says and write a run directory.
 
     Args:
         config: a ``RunConfig`` or the path of a YAML run file.
         resume: continue the unfinished run in ``config.output`` from ``checkpoints/last``.
-        callbacks: objects with any of the events in ``textloop.training.callbacks.EVENTS``.
+        callbacks: objects with any of the events in ``textloop.training.callbacks.EVENTS``
+            (the trackers ``config.track`` names are added to them).
+        control: lets a callback end the run early and cleanly (``RunControl.stop``).
+        test_metrics: score the test split at the end (a tuning trial does not: its test score
+            must not be seen while choosing).
 
     Returns:
         The finished run (``textloop.Run``): ``run.metrics``, ``run.predict([...])``.
@@ -84,28 +91,41 @@ def train(
     if not cfg.output:
         raise ConfigError("no output directory: set output in the config or pass --output DIR")
     out = Path(cfg.output)
+    trackers = build_trackers(cfg.track)  # a missing tracking library fails here, up front
     resuming = check_output(out, cfg, resume)
     s = setup_run(cfg, out)  # data, model, optimizer: every input checked, nothing written
     dist.barrier()  # every process has checked the output dir before rank 0 changes it
     main = dist.is_main_process()  # under torchrun only rank 0 writes files
     state = _open_run_dir(s, resuming, main)
-    user_callbacks = list(callbacks) if main else []
+    user_callbacks = [*callbacks, *trackers] if main else []
     recorder = JsonlLog(out / "log.jsonl") if main else None
+    control = control or RunControl()
     fire(
         user_callbacks,
         "on_train_start",
         {
             "total_steps": s.horizon.total_steps,
             "start_step": state.step,
+            "start_examples": state.examples_seen,
             "summary": s.splits.summary,
+            "config": s.cfg.model_dump(mode="json"),
+            "output": str(out),
         },
     )
     started, examples_at_start = time.perf_counter(), state.examples_seen
-    budget = _run_loop(s, state, recorder, user_callbacks, main)
-    train_seconds = time.perf_counter() - started
-    dist.barrier()  # rank 0 has written the last checkpoint
-    examples = state.examples_seen - examples_at_start
-    final = _finish(s, state, train_seconds, examples, main, budget)
+    try:
+        budget = _run_loop(s, state, recorder, user_callbacks, main, control)
+        train_seconds = time.perf_counter() - started
+        dist.barrier()  # rank 0 has written the last checkpoint
+        examples = state.examples_seen - examples_at_start
+        final = _finish(
+            s, state, train_seconds, examples, main, budget, test_metrics, control.reason
+        )
+    except BaseException as exc:  # a tracked run that did not finish is closed as such
+        interrupted = isinstance(exc, (KeyboardInterrupt, TrainingInterrupted))
+        for tracker in trackers:
+            tracker.end("KILLED" if interrupted else "FAILED")
+        raise
     fire(user_callbacks, "on_train_end", final)
     dist.barrier()  # the run dir is complete before any process reads it
 
@@ -133,10 +153,16 @@ def _open_run_dir(s: RunSetup, resuming: bool, main: bool) -> LoopState:
 
 
 def _run_loop(
-    s: RunSetup, state: LoopState, recorder: JsonlLog | None, callbacks: list[Any], main: bool
+    s: RunSetup,
+    state: LoopState,
+    recorder: JsonlLog | None,
+    callbacks: list[Any],
+    main: bool,
+    control: RunControl,
 ) -> dict[str, Any] | None:
-    """Consume ``train_steps``: log, checkpoint after each evaluation, stop early, or save and
-    raise ``TrainingInterrupted`` on Ctrl-C. Returns what a time budget did (None without)."""
+    """Consume ``train_steps``: log, checkpoint after each evaluation, stop early or when a
+    callback asks, or save and raise ``TrainingInterrupted`` on Ctrl-C. Returns what a time
+    budget did (None without)."""
     t, task, splits, device = s.cfg.train, s.task, s.splits, s.device
     ckpt = s.out / "checkpoints"
     recorders = [recorder] if recorder else []
@@ -191,6 +217,9 @@ def _run_loop(
                 fire([*recorders, *callbacks], "on_step_end", info)
                 if budget:
                     budget.after_step(state)
+                if control.reason:
+                    log.info("stopping at step %d: %s", state.step, control.reason)
+                    break
                 continue
             fire(recorders, "on_eval_end", info)  # logged before the checkpoint it belongs to
             snap = snapshot(s.model, s.optimizer)  # every rank: FSDP gathers the shards to rank 0
@@ -202,6 +231,9 @@ def _run_loop(
             fire(callbacks, "on_eval_end", info)
             if budget:
                 budget.after_eval()
+            if control.reason:
+                log.info("stopping at step %d: %s", state.step, control.reason)
+                break
             # the recipe's patience waits for half the planned steps (a metric flat at chance
             # early is no plateau); a patience the user set applies from the first evaluation
             patient = "early_stopping_patience" in s.recipe.reasons
@@ -248,6 +280,8 @@ def _finish(
     examples: int,
     main: bool,
     budget: dict[str, Any] | None = None,
+    test_metrics: bool = True,
+    stopped: str | None = None,
 ) -> dict[str, Any]:
     """Restore the best weights, compute the final metrics and write the run's artifacts."""
     t, model = s.cfg.train, s.model
@@ -258,7 +292,7 @@ def _finish(
     if t.temperature_scaling:  # calibrates scores on validation data; the arg-max is unchanged
         temperature = s.task.fit_temperature(model, s.splits.validation, t.eval_batch_size)
     final = {"validation": _evaluate(s, s.splits.validation, [])}
-    if s.splits.test is not None:
+    if s.splits.test is not None and test_metrics:
         final["test"] = _evaluate(s, s.splits.test, [])
     final["train"] = {
         "steps": state.step,
@@ -272,6 +306,7 @@ def _finish(
         "temperature": temperature,
         "recipe": s.recipe.as_dict(),
         "time_budget": budget,
+        "stopped": stopped,  # why a callback ended the run early (RunControl), if one did
     }
     final["data"] = s.splits.summary
     if dist.world_size() > 1:

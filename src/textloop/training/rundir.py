@@ -121,8 +121,9 @@ def write_run_artifacts(
 
 
 # keys a resumed run may change: where and how it runs, not what it trains (a checkpoint is the
-# same file under one process, DDP or FSDP; a moved run folder is the same run)
-_FREE_ON_RESUME = ("output", "overwrite", "train.distributed")
+# same file under one process, DDP or FSDP; a moved run folder is the same run; tracking only
+# watches)
+_FREE_ON_RESUME = ("output", "overwrite", "train.distributed", "track")
 
 
 def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

@@ -1,0 +1,1 @@
+"""Hyper-parameter search on a time budget (Optuna), through the training driver: ``tune``."""
