@@ -42,23 +42,23 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from textloop.artifacts.feedback import FeedbackStore
 from textloop.errors import TextloopError
-from textloop.serving.batcher import MicroBatcher, QueueFullError
+from textloop.serving.batcher import MicroBatcher
 from textloop.serving.embeddings import embed_batch
 from textloop.serving.feedback_route import add_feedback_route
 from textloop.serving.handlers import add_error_handlers
 from textloop.serving.http import (
     ERROR_RESPONSES,
     ApiError,
-    BodyLimit,
     ErrorResponse,
-    Instrument,
     PredictRequest,
     PredictResponse,
+    batched,
     check_texts,
     error_response,
     key_matches,
 )
 from textloop.serving.metrics import ServerMetrics
+from textloop.serving.middleware import BodyLimit, Instrument
 from textloop.serving.openai_routes import add_openai_routes
 from textloop.serving.sources import LoadedModel, ModelSource, ServeOptions
 
@@ -218,18 +218,14 @@ def create_app(
         model = state.serving_model()
         texts = check_texts(req, model, opts)
         try:
-            results = await asyncio.wait_for(
-                state.batcher.submit(texts, req.pairs, {"top_k": req.top_k}),
+            results = await batched(
+                state.batcher,
+                texts,
+                req.pairs,
+                {"top_k": req.top_k},
                 opts.request_timeout_s,
+                answer="prediction",
             )
-        except QueueFullError:
-            raise ApiError(
-                503, "busy", "too many texts are waiting; retry later", {"Retry-After": "1"}
-            ) from None
-        except asyncio.TimeoutError:
-            raise ApiError(
-                503, "timeout", f"no prediction within {opts.request_timeout_s:g} s; retry later"
-            ) from None
         except TextloopError as exc:
             raise ApiError(422, "invalid_input", str(exc)) from None
         served = results[0][0]

@@ -18,8 +18,7 @@ from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 from textloop.errors import TextloopError
-from textloop.serving.batcher import QueueFullError
-from textloop.serving.http import ApiError
+from textloop.serving.http import ApiError, batched
 from textloop.serving.sources import LoadedModel
 
 GENERATION_TASK = "generation"
@@ -66,11 +65,7 @@ async def answer_whole(state: Any, items: list[Any], options: dict[str, Any]) ->
             refuses an item or option.
     """
     try:
-        results: list[Any] = await state.batcher.submit(items, None, options)
-    except QueueFullError:
-        raise ApiError(
-            503, "busy", "too many requests are waiting; retry later", {"Retry-After": "1"}
-        ) from None
+        results = await batched(state.batcher, items, None, options, None, waiting="requests")
     except TextloopError as exc:
         raise ApiError(422, "invalid_input", str(exc)) from None
     state.metrics.record_tokens(sum(out["tokens"] for _, out in results))

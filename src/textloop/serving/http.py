@@ -1,21 +1,16 @@
-"""The HTTP surface of the server: request/response schema, JSON errors, limits, metrics hooks.
-
-Pure ASGI middleware (not ``BaseHTTPMiddleware``), so the per-request cost stays small.
-"""
+"""The HTTP surface of the server: request/response schema, JSON errors, text limits and the
+micro-batcher's 503s (the middleware is in ``serving/middleware.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import time
 from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from textloop.data.visible import has_visible_text
-from textloop.serving.metrics import ServerMetrics
 from textloop.serving.sources import LoadedModel, ServeOptions
 
 _UNION_TAGS = {"list[str]", "str", "int"}
@@ -73,6 +68,35 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+async def batched(
+    batcher: Any,
+    items: list[Any],
+    pairs: list[str] | None,
+    options: dict[str, Any],
+    timeout_s: float | None,
+    waiting: str = "texts",
+    answer: str = "answer",
+) -> list[Any]:
+    """Submit to the micro-batcher and wait; a full queue or a timeout is a 503 to retry.
+
+    Raises:
+        ApiError: 503 ``busy`` (too many ``waiting`` queued) or ``timeout`` (no ``answer``
+            within ``timeout_s``; None waits as long as it takes).
+        TextloopError: the task refused an item; the route says how that answers.
+    """
+    from textloop.serving.batcher import QueueFullError
+
+    try:
+        call = batcher.submit(items, pairs, options)
+        return list(await (asyncio.wait_for(call, timeout_s) if timeout_s else call))
+    except QueueFullError:
+        raise ApiError(
+            503, "busy", f"too many {waiting} are waiting; retry later", {"Retry-After": "1"}
+        ) from None
+    except asyncio.TimeoutError:
+        raise ApiError(503, "timeout", f"no {answer} within {timeout_s:g} s; retry later") from None
 
 
 class ApiError(Exception):
@@ -160,120 +184,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         503: "Busy, shutting down or timed out.",
     }.items()
 }
-
-
-# ---- middleware ----------------------------------------------------------------------------
-class BodyLimit:
-    """Read the whole body before the app sees it, answering 413 when it is too large.
-
-    The 413 goes out only after the rest of the body has been read and thrown away (up to
-    ``drain_bytes`` and ``drain_timeout_s``): a server that answers and closes while the client
-    is still sending makes the kernel reset the connection, and the client (Python's urllib, for
-    one) then sees a reset instead of the 413. A body beyond the drain bound, or one the client
-    holds back for ``Expect: 100-continue``, is answered at once and the connection closed.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_bytes: int,
-        drain_bytes: int = 32 * 1024 * 1024,
-        drain_timeout_s: float = 10.0,
-    ) -> None:
-        self.app, self.max_bytes = app, max_bytes
-        self.drain_bytes, self.drain_timeout_s = drain_bytes, drain_timeout_s
-
-    def _too_big(self, close: bool, path: str) -> JSONResponse:
-        return error_for_path(
-            path,
-            413,
-            "body_too_large",
-            f"the request body is larger than the server's limit of {self.max_bytes} bytes; "
-            "send fewer or shorter texts per request",
-            headers={"connection": "close"} if close else None,
-        )
-
-    async def _drain(self, receive: Receive, size: int) -> bool:
-        """Read and drop the rest of the body; whether it ended within the bounds."""
-        deadline = time.monotonic() + self.drain_timeout_s
-        while size <= self.drain_bytes:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                message = await asyncio.wait_for(receive(), left)
-            except asyncio.TimeoutError:
-                return False
-            if message["type"] == "http.disconnect":
-                return False
-            size += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return True
-        return False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            waits = headers.get(b"expect", b"").lower() == b"100-continue"
-            drained = (
-                not waits and int(declared) <= self.drain_bytes and await self._drain(receive, 0)
-            )
-            await self._too_big(not drained, scope["path"])(scope, receive, send)
-            return
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            more = message.get("more_body", False)
-            if size > self.max_bytes:
-                drained = not more or await self._drain(receive, size)
-                await self._too_big(not drained, scope["path"])(scope, receive, send)
-                return
-            chunks.append(chunk)
-        body, sent = b"".join(chunks), False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-class Instrument:
-    """Count requests and time them, by path and status (unknown paths share one label)."""
-
-    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started, status = time.perf_counter(), 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
-            self.metrics.record_request(path, status, time.perf_counter() - started)
-            if status >= 400:
-                self.metrics.record_error(str(status))
 
 
 # what each JSON route takes, for the messages of malformed requests

@@ -33,10 +33,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from textloop.artifacts.feedback import FeedbackStore
 from textloop.errors import TextloopError
-from textloop.serving.batcher import QueueFullError
 from textloop.serving.embeddings import why_no_embeddings
 from textloop.serving.generation import TokenStream, answer_whole, is_generation, prompt_tokens
-from textloop.serving.http import ApiError, key_matches
+from textloop.serving.http import ApiError, batched, key_matches
 from textloop.serving.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -308,17 +307,14 @@ def add_openai_routes(app: FastAPI, state: Any, store: FeedbackStore | None, emb
                 param="dimensions",
             )
         try:
-            results = await asyncio.wait_for(
-                state.batcher.submit(texts, None, {"op": embed_op}), opts.request_timeout_s
+            results = await batched(
+                state.batcher,
+                texts,
+                None,
+                {"op": embed_op},
+                opts.request_timeout_s,
+                answer="embeddings",
             )
-        except QueueFullError:
-            raise ApiError(
-                503, "busy", "too many texts are waiting; retry later", {"Retry-After": "1"}
-            ) from None
-        except asyncio.TimeoutError:
-            raise ApiError(
-                503, "timeout", f"no embeddings within {opts.request_timeout_s:g} s; retry later"
-            ) from None
         except TextloopError as exc:
             raise ApiError(400, "wrong_task", str(exc), param="model") from None
         by, limit = results[0][0], results[0][0].run.task.max_seq_len
