@@ -104,11 +104,20 @@ def sample_texts(n: int, chars: int) -> list[str]:
     return [str(r[col])[:chars] for r in table.rows[:n]]
 
 
-def in_process_p50(run_dir: Path, texts: list[str], n: int) -> dict[str, float]:
-    """Batch-1 ``Run.predict`` median wall latency and CPU time (all threads), no HTTP."""
+def in_process_p50(run_dir: Path, texts: list[str], n: int, bf16: bool = False) -> dict[str, float]:
+    """Batch-1 ``Run.predict`` median wall latency and CPU time (all threads), no HTTP;
+    ``bf16`` autocasts the forward as ``serve --precision bf16`` does."""
+    import contextlib
+
+    import torch
+
     import textloop
 
-    run = textloop.load_run(run_dir)
+    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        return _p50(textloop.load_run(run_dir), texts, n)
+
+
+def _p50(run: Any, texts: list[str], n: int) -> dict[str, float]:
     for t in texts[:10]:
         run.predict([t])
     times, cpu = [], []
@@ -250,10 +259,15 @@ def running_server(model_dir: Path, *args: str) -> Iterator[tuple[subprocess.Pop
 
 
 def serve_phase(
-    model_dir: Path, batch: int, texts: list[str], levels: list[int], seconds: float
+    model_dir: Path,
+    batch: int,
+    texts: list[str],
+    levels: list[int],
+    seconds: float,
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """Start the server, drive it at each concurrency level, stop it."""
-    batching = ("--max-batch-size", str(batch), "--max-wait-ms", "2")
+    batching = ("--max-batch-size", str(batch), "--max-wait-ms", "2", "--precision", precision)
     with running_server(model_dir, *batching) as (server, port):
         rows = []
         for clients in levels:
@@ -419,19 +433,26 @@ def classify(
     )
     result["in_process_batch1_p50_ms"] = {
         "torch_fp32": in_process_p50(run_dir, texts, 200),
+        "torch_bf16": in_process_p50(run_dir, texts, 200, bf16=True),
         "onnx_int8": in_process_p50(int8_dir, texts, 200),
     }
     result["pipeline_loop"] = pipeline_loop(run_dir, texts, args.seconds)
     result["http"] = []
-    for backend, model_dir in (("torch-fp32", run_dir), ("onnx-int8", int8_dir)):
+    backends = (
+        ("torch-fp32", run_dir, "fp32"),
+        ("torch-bf16", run_dir, "bf16"),  # autocast; worth it only with AMX (see "Which CPU?")
+        ("onnx-int8", int8_dir, "fp32"),
+    )
+    for backend, model_dir, precision in backends:
         for batching, batch in (("on", 32), ("off", 1)):
-            for row in serve_phase(model_dir, batch, texts, levels, args.seconds):
+            rows = serve_phase(model_dir, batch, texts, levels, args.seconds, precision)
+            for row in rows:
                 result["http"].append({"backend": backend, "batching": batching, **row})
     top = max(levels)
     by = {(r["backend"], r["batching"], r["clients"]): r for r in result["http"]}
     result["batched_vs_unbatched_rps_at_max_clients"] = {
         b: round(by[(b, "on", top)]["rps"] / max(by[(b, "off", top)]["rps"], 1e-9), 2)
-        for b in ("torch-fp32", "onnx-int8")
+        for b, _, _ in backends
     }
 
 
@@ -456,12 +477,16 @@ def main() -> None:
     phases = set(args.phases.split(","))
     if phases - {"classify", "chat", "embeddings"}:
         ap.error(f"--phases: unknown {sorted(phases - {'classify', 'chat', 'embeddings'})}")
+    from textloop.training.precision import read_cpu_info
+
     load_start = os.getloadavg()
     result: dict[str, Any] = {
         "machine": {
             "cores": len(os.sched_getaffinity(0)),
+            "cpu": read_cpu_info().model,
+            "cpu_flags": list(read_cpu_info().flags),  # amx_bf16 decides what bf16 is worth
             "loadavg_at_start": load_start,
-            "note": "shared host: other processes were running; client and server share the cores",
+            "note": "client and server share the cores",
         },
     }
     if phases & {"classify", "embeddings"}:

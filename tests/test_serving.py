@@ -738,3 +738,22 @@ def test_body_over_limit_always_gets_its_413(served):
             assert head.startswith(b"http/1.1 413") and b"connection: close" in head
         ok = httpx.post(f"{url}/v1/predict", json={"inputs": TEXTS[:1]}, timeout=10)
         assert ok.status_code == 200
+
+
+def test_bf16_serving_answers_like_fp32(served):
+    """``--precision bf16`` autocasts the PyTorch forward on the worker thread; weights stay
+    fp32, so the scores move only in bf16's third significant digit."""
+    answers = {}
+    for precision in ("fp32", "bf16"):
+        opts = ServeOptions(max_wait_ms=1, precision=precision)
+        with TestClient(create_app(RunDirSource(served["st"]), opts)) as c:
+            assert c.get("/v1/model").json()["precision"] == precision
+            r = c.post("/v1/predict", json={"inputs": TEXTS, "top_k": 2})
+            assert r.status_code == 200
+            answers[precision] = r.json()["predictions"]
+    for a, b in zip(answers["fp32"], answers["bf16"]):
+        # bf16 keeps 8 bits of mantissa (relative error 2^-9 per rounding); through the tiny
+        # model's 2 layers a probability moves by well under 0.05
+        got = {x["label"]: x["score"] for x in b["top_k"]}
+        for x in a["top_k"]:
+            assert abs(got[x["label"]] - x["score"]) < 0.05

@@ -94,6 +94,13 @@ def add_parser(sub: Any) -> list[str]:
     s.add_argument("--api-key-file", help="file holding the key write endpoints require")
     s.add_argument("--max-batch-size", type=int, default=32, help="texts per batch; 1 = off")
     s.add_argument("--max-wait-ms", type=float, default=2.0, help="wait to fill a batch")
+    s.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="PyTorch predictions and embeddings: fp32 (default), bf16 autocast, or auto (bf16 "
+        "where the CPU has AMX); ONNX exports ignore it",
+    )
     s.add_argument("--max-texts", type=int, default=64, help="texts per request")
     s.add_argument("--max-chars", type=int, default=20_000, help="characters per text")
     s.add_argument("--max-body-bytes", type=int, default=1_048_576, help="request body size")
@@ -274,6 +281,7 @@ def _serve(args: argparse.Namespace) -> int:
         explain_max_token_steps=args.explain_max_token_steps,
         explain_timeout_s=args.explain_timeout_s,
         explain_auth=args.explain_auth,
+        precision=args.precision,
     )
     from textloop.artifacts.feedback import FeedbackStore
 

@@ -32,11 +32,13 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
@@ -61,6 +63,7 @@ from textloop.serving.metrics import ServerMetrics
 from textloop.serving.middleware import BodyLimit, Instrument
 from textloop.serving.openai_routes import add_openai_routes
 from textloop.serving.sources import LoadedModel, ModelSource, ServeOptions
+from textloop.training.precision import choose_precision
 
 log = logging.getLogger(__name__)
 EMBED = "embed"  # the batcher option that asks for embeddings instead of predictions
@@ -85,6 +88,10 @@ class ServerState:
             on_batch=self.metrics.record_batch,
         )
         self.active_streams = 0  # answers being streamed (serving/generation.py)
+        chosen = choose_precision(options.precision, torch.device("cpu"))
+        log.info("precision: %s (%s)", chosen.name, chosen.reason)
+        self.precision = chosen.name
+        self.autocast = chosen.dtype  # None: fp32
         self.ready = False
         self.shutting_down = False
         # set by make_server: uvicorn's exit flag, so long work stops as soon as SIGTERM arrives
@@ -113,10 +120,16 @@ class ServerState:
     ) -> list[tuple[LoadedModel, Any]]:
         model = self.current  # taken once, so a swap mid-batch cannot mix two models
         assert model is not None
-        if options.get("op") == EMBED:  # /v1/embeddings: never batched with predictions
-            return [(model, v) for v in embed_batch(model, inputs)]
-        preds = model.run.predict(inputs, pairs=pairs, **options)
+        with self._precision(model):  # on the worker thread: autocast is per thread
+            if options.get("op") == EMBED:  # /v1/embeddings: never batched with predictions
+                return [(model, v) for v in embed_batch(model, inputs)]
+            preds = model.run.predict(inputs, pairs=pairs, **options)
         return [(model, p) for p in preds]
+
+    def _precision(self, model: LoadedModel) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast is None or not isinstance(model.run.model, torch.nn.Module):
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=self.autocast)
 
     async def check_for_new_version(self) -> None:
         """Load and switch to the source's wanted version if it differs from the live one."""
@@ -245,7 +258,7 @@ def create_app(
         """Name, version, task, labels and metrics of the model being served."""
         if state.current is None:
             raise ApiError(503, "not_ready", "no model is loaded yet")
-        return JSONResponse(state.current.info())
+        return JSONResponse({**state.current.info(), "precision": state.precision})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

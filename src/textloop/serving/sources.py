@@ -41,6 +41,9 @@ class ServeOptions:
         explain_timeout_s: an explain request running longer is stopped (503 ``timeout``).
         explain_auth: whether ``/v1/explain`` needs the API key: ``auto`` (when the server has
             one), ``key`` (always; 403 without one) or ``open`` (never).
+        precision: the PyTorch forward of predictions and embeddings: ``fp32``, ``bf16``
+            autocast (weights stay fp32; scores move in the third digit), or ``auto`` (bf16
+            where the CPU has AMX, as training decides). ONNX exports ignore it.
     """
 
     max_batch_size: int = 32
@@ -57,6 +60,7 @@ class ServeOptions:
     explain_max_token_steps: int = 200_000
     explain_timeout_s: float = 60.0
     explain_auth: Literal["auto", "key", "open"] = "auto"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
 
 @dataclass
