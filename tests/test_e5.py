@@ -258,3 +258,30 @@ def test_real_embeddings_match_the_reference(real: tuple[Path, Reference, Path])
     # the reference quantises activations to int8 per 32-value block before every matmul;
     # fp32 activations differ from it by ~1e-4 of cosine on this model
     assert cosine.min() >= 0.999
+
+
+def test_mlm_on_the_converted_model_gets_a_fresh_tied_head_and_xlmr_positions(
+    tiny_e5: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from textloop.tasks.lm import PretrainTask
+    from textloop.tasks.lm.packing import Block
+
+    monkeypatch.setenv("TEXTLOOP_CACHE", str(tmp_path / "cache"))
+    folder = convert_e5(tiny_e5, "tiny-e5")
+    task = PretrainTask(AutoTokenizer.from_pretrained(folder), "mlm", 12)
+    caplog.set_level(logging.INFO, logger="textloop")
+    model = task.build_model(folder).eval()
+    assert any("no MLM head: lm_head starts from random" in r.getMessage() for r in caplog.records)
+    assert model.lm_head.decoder.weight is model.get_input_embeddings().weight
+    assert task.head_prefixes == ("cls", "lm_head")  # the fresh head trains in full under LoRA
+    # one packed document: its per-document positions must be XLM-R's (from 2), so the forward
+    # equals the model's own numbering of an unpacked sequence
+    block = Block([0, *range(4, 14), 2], [0], [-1, *range(10), -1], 0)
+    batch = task.collate_blocks([block])
+    with torch.no_grad():
+        packed = task._forward(model, batch)
+        plain = model(input_ids=batch["input_ids"]).logits
+    torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)  # fp32, another mask path
