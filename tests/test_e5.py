@@ -285,3 +285,30 @@ def test_mlm_on_the_converted_model_gets_a_fresh_tied_head_and_xlmr_positions(
         packed = task._forward(model, batch)
         plain = model(input_ids=batch["input_ids"]).logits
     torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-4)  # fp32, another mask path
+
+
+def test_character_ner_words_drop_the_bare_metaspace_piece(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from textloop.models.unigram_tokenizer import save_xlmr_tokenizer
+    from textloop.tasks.ner.data import Sentence
+    from textloop.tasks.ner.task import NerTask
+
+    tok = build_unigram_tokenizer(TINY_PIECES, TINY_SCORES, TINY_NORMALISATION, unk_id=3)
+    save_xlmr_tokenizer(tok, tmp_path, model_max_length=64)
+    task = NerTask(AutoTokenizer.from_pretrained(tmp_path), ["O", "B-LOC", "I-LOC"], 32)
+    piece = {p: i for i, p in enumerate(TINY_PIECES)}
+    # characters written together, then a word after a space, then an unknown character
+    text = "中文 hello z中"
+    words = ["中", "文", "hello", "z", "中"]
+    offsets = [(0, 1), (1, 2), (3, 8), (9, 10), (10, 11)]
+    sentence = Sentence(words, ["B-LOC", "I-LOC", "O", "O", "O"], "s", text, offsets)
+    (pieces,) = task.word_pieces([sentence])
+    # each word alone would be "▁" + piece; only words preceded by a space (or first) keep it
+    assert pieces == [
+        [piece["▁"], piece["中"]], [piece["文"]], [piece["▁hello"]], [piece["▁"], 3], [piece["中"]]
+    ]  # fmt: skip
+    data, stats = task.encode([sentence])
+    assert stats["unknown_words"] == 1  # the unknown "z", behind its "▁"
+    labelled = [t for t in data.targets[0] if t != -100]
+    assert labelled == [1, 2, 0, 0, 0]  # one label per word, on its first kept piece
