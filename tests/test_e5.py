@@ -312,3 +312,7 @@ def test_character_ner_words_drop_the_bare_metaspace_piece(tmp_path: Path) -> No
     assert stats["unknown_words"] == 1  # the unknown "z", behind its "▁"
     labelled = [t for t in data.targets[0] if t != -100]
     assert labelled == [1, 2, 0, 0, 0]  # one label per word, on its first kept piece
+    # a CoNLL file gives words only: CJK characters and punctuation are joined without spaces
+    conll = Sentence(["中", "文", "，", "hello", "中"], ["O"] * 5, "s")
+    assert conll.text == "中文， hello 中"
+    assert task.word_pieces([conll])[0][1] == [piece["文"]]
