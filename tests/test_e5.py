@@ -316,3 +316,18 @@ def test_character_ner_words_drop_the_bare_metaspace_piece(tmp_path: Path) -> No
     conll = Sentence(["中", "文", "，", "hello", "中"], ["O"] * 5, "s")
     assert conll.text == "中文， hello 中"
     assert task.word_pieces([conll])[0][1] == [piece["文"]]
+
+
+def test_explanations_of_unspaced_chinese_are_per_piece() -> None:
+    from textloop.evaluation.attribution import aggregate_words
+
+    # e5's tokens of "质量很好 good 物流": one whitespace word per run, a bare ▁ before 物流
+    text = "质量很好 good 物流"
+    offsets = [(0, 0), (0, 1), (0, 2), (2, 4), (4, 9), (9, 10), (10, 12), (0, 0)]
+    word_ids = [None, 0, 0, 0, 1, 2, 2, None]
+    scores = [9.0, 0.5, 1.0, 2.0, 4.0, 0.25, 8.0, 9.0]
+    words = aggregate_words(text, offsets, word_ids, scores)
+    assert [(w["word"], w["attribution"], w["n_tokens"]) for w in words] == [
+        ("质量", 1.5, 2), ("很好", 2.0, 1), ("good", 4.0, 1), ("物流", 8.25, 2)
+    ]  # fmt: skip
+    assert [text[w["start"] : w["end"]] for w in words] == ["质量", "很好", "good", "物流"]
