@@ -25,6 +25,16 @@ int textloop_tokenize(e5_model *m, const char *text, int *out, int max_out) {
 }
 """
 
+# a tiny unigram vocabulary: XLM-R's special ids, then pieces with log-probability scores
+TINY_PIECES = ["<s>", "<pad>", "</s>", "<unk>", "▁", "▁passage", ":", "▁hello", "▁world",
+               "he", "llo", "l", "o", "w", "r", "d", "h", "e", "a", "p", "s", "g", "A", "B",
+               "▁A", "中", "文", "▁中文", "!", "ab", "abab", "<mask>"]  # fmt: skip
+TINY_SCORES = [0.0] * 4 + [-3.0, -6.0, -4.0, -7.0, -7.0, -5.0, -5.5, -6.0, -6.0, -6.0, -6.0,
+               -6.0, -6.0, -6.0, -6.0, -6.0, -6.0, -6.0, -5.0, -5.0, -5.5, -6.0, -6.0, -6.5,
+               -4.0, -7.0, -15.0, 0.0]  # fmt: skip
+TINY_NORMALISATION = {0xFF21: "A", 0xFF22: "B", 0x09: " ", 0x0A: " ", 0x01: "", 0x2581: " ",
+                      0xFB01: "fi", 0x3000: " "}  # fmt: skip
+
 # written for this test: scripts, width forms, accents (precomposed and combining), emoji (with
 # skin tones, ZWJ sequences, flags), whitespace runs and controls, mixed Chinese/English
 HANDWRITTEN = [
