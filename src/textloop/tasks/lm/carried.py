@@ -108,3 +108,13 @@ def mlm_head(model: torch.nn.Module) -> torch.nn.Module | None:
         return None
     (head,) = children.values()
     return head if any(m is output for m in head.modules()) else None
+
+
+def first_position_id(model: torch.nn.Module) -> int:
+    """The position id of a sequence's first token: ``padding_idx + 1`` for RoBERTa-style
+    embeddings (RoBERTa, XLM-R, CamemBERT number real tokens from there; lower ids are padding),
+    0 for BERT and decoders. Packed documents restart their positions at this id."""
+    for module in model.modules():
+        if hasattr(module, "create_position_ids_from_input_ids") and hasattr(module, "padding_idx"):
+            return int(cast(int, module.padding_idx)) + 1
+    return 0

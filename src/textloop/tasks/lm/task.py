@@ -30,7 +30,12 @@ import torch.nn.functional as F
 
 from textloop.errors import DataError
 from textloop.tasks.base import Encoded, Task
-from textloop.tasks.lm.carried import mlm_head, save_carried, unloaded_tensors
+from textloop.tasks.lm.carried import (
+    first_position_id,
+    mlm_head,
+    save_carried,
+    unloaded_tensors,
+)
 from textloop.tasks.lm.packing import (
     Block,
     DocumentSource,
@@ -68,9 +73,10 @@ class PretrainTask(Task):
     head_prefixes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        # an encoder's MLM head may be fresh (MiniLM ships none): it trains in full under LoRA
+        # an encoder's MLM head may be fresh (MiniLM and e5 ship none): it trains in full under
+        # LoRA; BERT calls it "cls", RoBERTa / XLM-R "lm_head" (only the model's own is used)
         if self.objective == "mlm" and not self.head_prefixes:
-            self.head_prefixes = ("cls",)
+            self.head_prefixes = ("cls", "lm_head")
 
     # ---- model ---------------------------------------------------------------------------
     def build_model(self, model_dir: Path) -> torch.nn.Module:
@@ -81,12 +87,22 @@ class PretrainTask(Task):
         loaded = auto.from_pretrained(model_dir, output_loading_info=True)
         model, info = cast(tuple[Any, dict[str, Any]], loaded)
         self.carried = unloaded_tensors(model, model_dir, info["unexpected_keys"])
+        fresh = sorted({k.split(".")[0] for k in info["missing_keys"]} & set(self.head_prefixes))
+        tied = bool(getattr(model.config, "tie_word_embeddings", True))
+        if fresh:  # e.g. embedded:minilm and embedded:e5-small ship a bare encoder
+            log.info(
+                "%s has no %s head: %s starts from random weights%s",
+                model_dir,
+                self.objective.upper(),
+                ", ".join(fresh),
+                ", its decoder tied to the input embeddings" if tied else "",
+            )
         n_rows = int(cast(torch.nn.Embedding, model.get_input_embeddings()).num_embeddings)
         if len(self.tokenizer) > n_rows:
             from textloop.tasks.lm.domain_vocab import init_new_embeddings
 
             init_new_embeddings(model, self.tokenizer)
-        if getattr(model.config, "tie_word_embeddings", True):
+        if tied:
             model.tie_weights()  # a head the checkpoint lacked shares the embedding matrix
         return model
 
@@ -166,7 +182,8 @@ class PretrainTask(Task):
             if self.objective == "clm":
                 allowed &= torch.ones_like(allowed[0]).tril().bool()
             kwargs["attention_mask"] = allowed[:, None]  # (B, 1, T, T)
-            kwargs["position_ids"] = batch["position_ids"]
+            # RoBERTa-style models count positions from padding_idx + 1 (XLM-R: 2), not 0
+            kwargs["position_ids"] = batch["position_ids"] + first_position_id(model)
         else:
             kwargs["attention_mask"] = batch["attention_mask"]
         if keep is None:

@@ -58,13 +58,23 @@ class Sentence:
             self.text, self.offsets = join_words(self.words)
 
 
+# characters, CJK punctuation and full-width forms: written with no space between them
+_CJK_CHAR = re.compile(rf"[{_CJK}\u3000-\u303f\uff00-\uffef]")
+
+
 def join_words(words: list[str]) -> tuple[str, list[tuple[int, int]]]:
-    """Words joined by single spaces, with each word's character span."""
+    """Words joined by single spaces, except between two CJK characters or punctuation marks
+    (written together, as in character-level Chinese CoNLL files), with each word's span."""
+    parts: list[str] = []
     offsets, pos = [], 0
-    for w in words:
+    for i, w in enumerate(words):
+        if i and not (_CJK_CHAR.fullmatch(words[i - 1]) and _CJK_CHAR.fullmatch(w)):
+            parts.append(" ")
+            pos += 1
         offsets.append((pos, pos + len(w)))
-        pos += len(w) + 1
-    return " ".join(words), offsets
+        parts.append(w)
+        pos += len(w)
+    return "".join(parts), offsets
 
 
 def split_words(

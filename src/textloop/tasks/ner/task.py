@@ -57,6 +57,7 @@ class NerTask(Task):
         self.template = special_template(self.tokenizer, pair=False)
         self._index = {tag: i for i, tag in enumerate(self.labels)}
         self._start, self._trans = iob2_constraints(self.labels)
+        self._markers: dict[int, bool] = {}
 
     @property
     def capacity(self) -> int:
@@ -64,8 +65,19 @@ class NerTask(Task):
         return self.max_seq_len - self.template.n_special
 
     # ---- preprocessing -------------------------------------------------------------------
+    def _is_marker(self, piece: int) -> bool:
+        """A piece that is only a word-boundary marker (SentencePiece's bare ``▁``)."""
+        if piece not in self._markers:
+            self._markers[piece] = self.tokenizer.decode([piece]).strip() == ""
+        return self._markers[piece]
+
     def word_pieces(self, sentences: Sequence[Sentence]) -> list[list[list[int]]]:
-        """For each sentence, the piece ids of each word (empty for a word the tokenizer drops)."""
+        """For each sentence, the piece ids of each word (empty for a word the tokenizer drops).
+
+        A metaspace tokenizer (XLM-R, e5) starts every word with ``▁``, often as a bare piece
+        before the word's characters. A word written against the previous one in the text (the
+        characters of Chinese character-level NER) loses that bare piece: it stood for a space
+        the text does not have, and the word's label belongs on its first real piece."""
         if not sentences:
             return []
         enc = self.tokenizer(
@@ -82,6 +94,12 @@ class NerTask(Task):
             for tok, w in zip(enc["input_ids"][i], enc.word_ids(i)):
                 if w is not None:
                     pieces[w].append(tok)
+            assert s.offsets is not None  # set by Sentence itself
+            for w, p in enumerate(pieces):
+                start = s.offsets[w][0]
+                attached = w > 0 and start > 0 and not s.text[start - 1].isspace()
+                if attached and len(p) > 1 and self._is_marker(p[0]):
+                    del p[0]
             out.append(pieces)
         return out
 
@@ -96,7 +114,7 @@ class NerTask(Task):
         for si, (s, pieces) in enumerate(zip(sentences, self.word_pieces(sentences))):
             lengths = [min(len(p), cap) for p in pieces]
             stats["words"] += len(s.words)
-            stats["unknown_words"] += sum(1 for p in pieces if p and p[0] == unk)
+            stats["unknown_words"] += sum(1 for p in pieces if unk in p)
             stats["words_without_pieces"] += sum(1 for n in lengths if n == 0)
             stats["words_cut"] += sum(1 for p in pieces if len(p) > cap)
             windows = word_windows(lengths, cap, self.window_overlap)
