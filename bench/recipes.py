@@ -132,7 +132,8 @@ def _write(rows: Rows, path: Path) -> str:
 
 
 def _conll_sentences(path: Path, limit: int | None, seed: int) -> list[tuple[list[str], list[str]]]:
-    from textloop.tasks.ner.data import read_ner, to_iob2
+    from textloop.tasks.ner.data import read_ner
+    from textloop.tasks.ner.schemes import to_iob2
 
     read = read_ner(str(path), {"tag_column": -1})
     to_iob2(read, "auto", str(path))  # CoNLL-2003 ships IOB1; both sides learn and score IOB2

@@ -14,15 +14,9 @@ from safetensors.torch import load_file
 
 from textloop.config import load_config
 from textloop.errors import DataError
-from textloop.tasks.ner.data import (
-    Sentence,
-    read_ner,
-    sentence_from_entities,
-    split_words,
-    tags_to_spans,
-    to_iob2,
-)
+from textloop.tasks.ner.data import Sentence, read_ner, sentence_from_entities, split_words
 from textloop.tasks.ner.metrics import entity_metrics, error_kinds, iob2_constraints, viterbi
+from textloop.tasks.ner.schemes import tags_to_spans, to_iob2
 from textloop.tasks.ner.task import NerTask
 from textloop.tasks.windows import window_owners, word_windows
 from textloop.training.run import TrainingInterrupted, train

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from textloop.tasks.ner.data import Sentence, tags_to_spans
+from textloop.tasks.ner.data import Sentence
+from textloop.tasks.ner.schemes import tags_to_spans
 
 NEG = -1e9  # log-score of a forbidden tag transition
 ERROR_KINDS = ("wrong_type", "wrong_boundary", "wrong_boundary_and_type", "missed", "spurious")

@@ -9,13 +9,8 @@ from typing import Any
 from textloop.config import RunConfig
 from textloop.errors import ConfigError, DataError
 from textloop.tasks.base import Splits
-from textloop.tasks.ner.data import (
-    Sentence,
-    read_ner,
-    sentence_split,
-    split_tag,
-    to_iob2,
-)
+from textloop.tasks.ner.data import Sentence, read_ner, sentence_split
+from textloop.tasks.ner.schemes import split_tag, to_iob2
 from textloop.tasks.ner.task import NerTask
 
 

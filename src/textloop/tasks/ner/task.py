@@ -23,15 +23,9 @@ import torch.nn.functional as F
 
 from textloop.errors import DataError
 from textloop.tasks.base import Encoded, Task, eval_batches, pad_inputs
-from textloop.tasks.ner.data import (
-    Sentence,
-    read_ner,
-    split_tag,
-    split_words,
-    tags_to_spans,
-    to_iob2,
-)
+from textloop.tasks.ner.data import Sentence, read_ner, split_words
 from textloop.tasks.ner.metrics import NEG, entity_metrics, error_kinds, iob2_constraints, viterbi
+from textloop.tasks.ner.schemes import split_tag, tags_to_spans, to_iob2
 from textloop.tasks.windows import SpecialTemplate, special_template, window_owners, word_windows
 
 METRIC_NAMES = ("f1", "precision", "recall", "macro_f1", "token_accuracy")  # first = default
