@@ -61,7 +61,9 @@ def test_learns_toy_task_and_writes_run_dir(tiny_bert, toy_data, tmp_path):
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     train_losses = [r["loss"] for r in log if r["kind"] == "train"]
     assert train_losses[-1] < train_losses[0] * 0.5  # the loss really falls
-    preds = run.predict(["the food was excellent", "the staff were awful"], top_k=2)
+    # phrased like the training rows ("were" is not in the toy vocabulary: a sentence with it
+    # is out of distribution, and a fresh clone once read it as positive)
+    preds = run.predict(["the food excellent was", "the staff awful was"], top_k=2)
     assert [p["label"] for p in preds] == ["pos", "neg"]
     assert (
         len(preds[0]["top_k"]) == 2
