@@ -14,11 +14,15 @@ from textloop.errors import ConfigError, DataError
 from textloop.tasks.qa.data import QaExample, read_qa
 from textloop.tasks.qa.metrics import (
     best_null_threshold,
+    cmrc_exact_match,
+    cmrc_f1,
+    cmrc_segments,
     exact_match,
     normalize_answer,
     score_one,
     squad_scores,
     token_f1,
+    uses_cjk,
 )
 from textloop.tasks.qa.task import QaTask, answer_tokens, context_windows
 from textloop.training.run import train
@@ -224,3 +228,29 @@ def test_qa_trains_evaluates_and_predicts(qa_bert, tmp_path, capsys):
 def test_shipped_qa_config_is_valid():
     cfg = load_config(REPO / "configs/qa/squad-format_full.yaml")
     assert cfg.task == "qa" and (REPO / cfg.data.train).is_file()  # type: ignore[operator]
+
+
+def test_cmrc_definition_scores_characters_and_the_longest_common_run():
+    # CMRC2018 / DRCD: every CJK character is a token, punctuation is dropped, and the overlap is
+    # the longest common contiguous run of tokens, not the bag overlap SQuAD uses
+    assert cmrc_segments("於1949年，Taipei 101大樓") == [
+        "於",
+        "1949",
+        "年",
+        "taipei",
+        "101",
+        "大",
+        "樓",
+    ]
+    assert cmrc_exact_match("臺北市。", "臺北市") == 1.0
+    assert cmrc_f1("臺北市", "臺北") == pytest.approx(0.8)  # run 2: p 2/3, r 1
+    assert cmrc_f1("北臺", "臺北") == pytest.approx(0.5)  # a bag would score 1; the run is 1
+    # whitespace tokens would make the whole sentence one token and score 0
+    assert token_f1("位於臺北市", "臺北市") == 0.0
+    assert cmrc_f1("位於臺北市", "臺北市") == pytest.approx(0.75)
+    s = squad_scores(["臺北市", ""], [["臺北"], ["一九四九年"]], "cmrc")
+    assert s["definition"] == "cmrc"
+    assert s["f1"] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="unknown QA metric"):
+        squad_scores(["a"], [["a"]], "bleu")
+    assert uses_cjk(["臺北", "Taipei 101 大樓"]) and not uses_cjk(["Paris", "Eiffel 塔"])

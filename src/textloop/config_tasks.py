@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from textloop.config_io import StrictModel
@@ -51,6 +53,13 @@ class QaConfig(StrictModel):
         None,
         description="Whether a question may have no answer (SQuAD 2.0); default: true when the "
         "training data has unanswerable questions.",
+    )
+    metric: Literal["auto", "squad", "cmrc"] = Field(
+        "auto",
+        description="How answers are scored: squad (official SQuAD: F1 over whitespace tokens "
+        "after removing punctuation and articles) or cmrc (official CMRC2018 / DRCD: every CJK "
+        "character a token, F1 over the longest common run); auto: cmrc when CJK characters "
+        "make up 30%+ of the training answers.",
     )
 
 

@@ -1,15 +1,27 @@
-"""Extractive QA scoring, as the official SQuAD v1.1 / v2.0 evaluation scripts define it.
+"""Extractive QA scoring, as the official evaluation scripts define it, under two definitions.
 
-An answer is normalised by lower-casing, removing punctuation, removing the articles a / an / the,
-and collapsing whitespace. Exact match and token F1 are taken as the maximum over the gold
-answers; a question without gold answers (SQuAD 2.0) has the single gold answer "", so only an
-empty prediction scores 1. Scores here are fractions (0-1); the official script prints x100.
+``squad`` (SQuAD v1.1 / v2.0): an answer is normalised by lower-casing, removing punctuation,
+removing the articles a / an / the, and collapsing whitespace; F1 is over the bags of the
+whitespace tokens left.
+
+``cmrc`` (CMRC2018, and DRCD, which is scored with the same script): text without spaces has no
+whitespace tokens worth the name, so an answer is cut into mixed segments: every CJK character is
+a token, and each run of other letters and digits (an English word, a number) is one token;
+punctuation (ASCII, CJK and full-width) and whitespace are dropped. Exact match compares the
+lower-cased answers with punctuation and whitespace removed; F1 takes the longest common
+*contiguous* run of tokens as the overlap (precision = its length / predicted tokens, recall =
+its length / gold tokens), as the official script does.
+
+Under both, exact match and F1 are the maximum over the gold answers; a question without gold
+answers (SQuAD 2.0) has the single gold answer "", so only an empty prediction scores 1. Scores
+here are fractions (0-1); the official scripts print x100.
 """
 
 from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +30,11 @@ import numpy as np
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = frozenset(string.punctuation)
+DEFINITIONS = ("squad", "cmrc")
+# CJK ideographs (unified, extension A, compatibility), kana and hangul: one token per character
+_CJK = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0002fa1f]"
+)
 
 
 def normalize_answer(text: str) -> str:
@@ -46,37 +63,121 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def gold_texts(answers: Sequence[str]) -> list[str]:
+def _is_punct(ch: str) -> bool:
+    return ch in _PUNCT or unicodedata.category(ch).startswith("P")
+
+
+def cmrc_segments(text: str) -> list[str]:
+    """Mixed segmentation: each CJK character a token, each run of other non-punctuation,
+    non-space characters one token; lower-cased, punctuation and whitespace dropped.
+
+    Example:
+        >>> cmrc_segments("於1949年，Taipei 101大樓")
+        ['於', '1949', '年', 'taipei', '101', '大', '樓']
+    """
+    tokens: list[str] = []
+    run: list[str] = []
+    for ch in text.lower():
+        if _CJK.match(ch) or ch.isspace() or _is_punct(ch):
+            if run:
+                tokens.append("".join(run))
+                run = []
+            if _CJK.match(ch):
+                tokens.append(ch)
+        else:
+            run.append(ch)
+    if run:
+        tokens.append("".join(run))
+    return tokens
+
+
+def cmrc_exact_match(prediction: str, gold: str) -> float:
+    """1.0 when the lower-cased strings agree once punctuation and whitespace are removed."""
+
+    def strip(text: str) -> str:
+        return "".join(ch for ch in text.lower() if not (ch.isspace() or _is_punct(ch)))
+
+    return float(strip(prediction) == strip(gold))
+
+
+def _longest_common_run(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest contiguous run of tokens that ``a`` and ``b`` share."""
+    best, prev = 0, [0] * (len(b) + 1)
+    for x in a:
+        cur = [0] * (len(b) + 1)
+        for j, y in enumerate(b, start=1):
+            if x == y:
+                cur[j] = prev[j - 1] + 1
+                best = max(best, cur[j])
+        prev = cur
+    return best
+
+
+def cmrc_f1(prediction: str, gold: str) -> float:
+    """CMRC2018 / DRCD F1 over mixed segments, the overlap being their longest common run."""
+    pred, ref = cmrc_segments(prediction), cmrc_segments(gold)
+    if not pred or not ref:
+        return float(pred == ref)
+    same = _longest_common_run(pred, ref)
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def gold_texts(answers: Sequence[str], definition: str = "squad") -> list[str]:
     """The gold answers that survive normalisation, or [""] for an unanswerable question."""
-    kept = [a for a in answers if normalize_answer(a)]
+    if definition == "cmrc":
+        kept = [a for a in answers if cmrc_segments(a)]
+    else:
+        kept = [a for a in answers if normalize_answer(a)]
     return kept or [""]
 
 
-def score_one(prediction: str, answers: Sequence[str]) -> tuple[float, float]:
-    """(exact match, F1) of one prediction, maximised over the gold answers."""
-    golds = gold_texts(answers)
-    return (
-        max(exact_match(prediction, g) for g in golds),
-        max(token_f1(prediction, g) for g in golds),
-    )
+def score_one(
+    prediction: str, answers: Sequence[str], definition: str = "squad"
+) -> tuple[float, float]:
+    """(exact match, F1) of one prediction under ``definition``, maximised over the golds."""
+    golds = gold_texts(answers, definition)
+    em, f1 = (cmrc_exact_match, cmrc_f1) if definition == "cmrc" else (exact_match, token_f1)
+    return max(em(prediction, g) for g in golds), max(f1(prediction, g) for g in golds)
 
 
-def squad_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """Mean EM and F1; with unanswerable questions also has-answer / no-answer breakdowns.
+def uses_cjk(texts: Sequence[str], share: float = 0.3) -> bool:
+    """Whether CJK characters make up at least ``share`` of the non-space characters."""
+    total = cjk = 0
+    for text in texts:
+        for ch in text:
+            if not ch.isspace():
+                total += 1
+                cjk += bool(_CJK.match(ch))
+    return total > 0 and cjk / total >= share
+
+
+def squad_scores(
+    predictions: Sequence[str], answers: Sequence[Sequence[str]], definition: str = "squad"
+) -> dict[str, Any]:
+    """Mean EM and F1 under ``definition`` (``squad`` or ``cmrc``); with unanswerable questions
+    also has-answer / no-answer breakdowns.
 
     Example:
         >>> squad_scores(["the Eiffel Tower"], [["Eiffel Tower", "tower"]])["exact_match"]
         1.0
+        >>> round(squad_scores(["臺北市"], [["臺北"]], "cmrc")["f1"], 3)
+        0.8
     """
-    per = [score_one(p, a) for p, a in zip(predictions, answers)]
+    if definition not in DEFINITIONS:
+        raise ValueError(f"unknown QA metric definition {definition!r}; use one of {DEFINITIONS}")
+    per = [score_one(p, a, definition) for p, a in zip(predictions, answers)]
     em = np.array([x[0] for x in per])
     f1 = np.array([x[1] for x in per])
     out: dict[str, Any] = {
+        "definition": definition,
         "n": len(per),
         "exact_match": float(em.mean()) if per else 0.0,
         "f1": float(f1.mean()) if per else 0.0,
     }
-    no_ans = np.array([gold_texts(a) == [""] for a in answers], dtype=bool)
+    no_ans = np.array([gold_texts(a, definition) == [""] for a in answers], dtype=bool)
     if no_ans.any():
         has = ~no_ans
         out.update(

@@ -10,6 +10,7 @@ from textloop.config import RunConfig
 from textloop.errors import ConfigError, DataError
 from textloop.tasks.base import Splits
 from textloop.tasks.qa.data import read_qa
+from textloop.tasks.qa.metrics import uses_cjk
 from textloop.tasks.qa.task import (
     TUNE_NULL_THRESHOLD,
     QaTask,
@@ -65,6 +66,7 @@ def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
         allow_no_answer=allow,
         null_threshold=q.null_threshold if q.null_threshold is not None else 0.0,
         tune_threshold=q.null_threshold is None,
+        metric=q.metric if q.metric != "auto" else _auto_metric(train_ex),
     )
     train = task.encode(train_ex, training=True)
     validation = task.encode(val_ex)
@@ -84,6 +86,7 @@ def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
             for k, v in splits.items()
         },
         "allow_no_answer": allow,
+        "metric": task.metric,
         "doc_stride": stride,
         "answers_longer_than_a_window": len(train.extra["answer_lost"]),
         "dropped_rows": {
@@ -97,3 +100,9 @@ def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
         },
     }
     return Splits(task=task, train=train, validation=validation, test=test, summary=summary)
+
+
+def _auto_metric(examples: list[Any]) -> str:
+    """cmrc (character-level) when the training answers are mostly CJK text, else squad."""
+    answers = [text for ex in examples for text, _ in ex.answers]
+    return "cmrc" if uses_cjk(answers) else "squad"

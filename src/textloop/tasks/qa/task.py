@@ -64,6 +64,7 @@ class QaTask(Task):
     allow_no_answer: bool = False
     null_threshold: float = 0.0
     tune_threshold: bool = True
+    metric: str = "squad"  # "squad" or "cmrc" (textloop.tasks.qa.metrics)
     name: str = "qa"
     metric_names: tuple[str, ...] = METRIC_NAMES
     head_prefixes: tuple[str, ...] = ("qa_outputs",)
@@ -279,12 +280,13 @@ class QaTask(Task):
         if self.allow_no_answer and self.tune_threshold and data.extra.get(TUNE_NULL_THRESHOLD):
             diffs = [null - (sp[0]["logit"] if sp else -1e9) for sp, null in cands]
             span_f1 = [
-                score_one(sp[0]["answer"] if sp else "", g)[1] for (sp, _), g in zip(cands, golds)
+                score_one(sp[0]["answer"] if sp else "", g, self.metric)[1]
+                for (sp, _), g in zip(cands, golds)
             ]
-            null_f1 = [score_one("", g)[1] for g in golds]
+            null_f1 = [score_one("", g, self.metric)[1] for g in golds]
             self.null_threshold, tuned = best_null_threshold(diffs, span_f1, null_f1)
         preds = [self.choose(sp, null)["answer"] for sp, null in cands]
-        metrics = squad_scores(preds, golds)
+        metrics = squad_scores(preds, golds, self.metric)
         metrics["loss"] = loss
         if self.allow_no_answer:
             metrics["null_threshold"] = self.null_threshold
@@ -334,6 +336,7 @@ class QaTask(Task):
             "n_best": self.n_best,
             "allow_no_answer": self.allow_no_answer,
             "null_threshold": self.null_threshold,
+            "metric": self.metric,
         }
 
 
@@ -349,4 +352,5 @@ def task_from_state(state: dict[str, Any], tokenizer: Any) -> QaTask:
         allow_no_answer=bool(state["allow_no_answer"]),
         null_threshold=float(state["null_threshold"]),
         tune_threshold=False,
+        metric=str(state.get("metric", "squad")),  # runs saved before the cmrc definition
     )
