@@ -4,8 +4,9 @@ Exact duplicates share the 128-bit digest of the normalised text. Near-duplicate
 MinHash LSH, per representation (``fingerprint.Representation``: short texts by words and word
 pairs, long ones by 5-word shingles): documents sharing any of its band keys are candidate
 pairs, every candidate pair's shingle overlap is computed exactly and judged by the
-representation's rule, and the verified pairs of both are joined into clusters (connected
-components). In every cluster the first record in input order is kept.
+representation's rule, and the verified pairs of both are grouped by ``clusters``: in input
+order, a record is removed when it is near an earlier record that is kept (so every removed
+record is near the one kept in its stead; no chaining through removed records).
 
 Memory is a few arrays of 8 bytes per record (digests, one band column at a time, the sort order)
 plus the candidate pairs, never the texts: 1 million documents take about 50 MB.
@@ -182,25 +183,35 @@ def verify_pairs(
 
 
 def clusters(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of verified pairs.
+    """Near-duplicate groups of verified pairs, led by kept records (no chaining).
+
+    Records are visited in input order; a record is removed when it is near an earlier record
+    that is kept, and its representative is the first such record; otherwise it is kept. So
+    every removed record is itself near the record that stands for it. Connected components
+    would chain: in a cluster A~B, B~C, C is removed for A though C and A may differ in many
+    words (short queries of one template: "weather in paris" ~ "weather in rome" ~ "rain in
+    rome"); here C is kept when B is removed.
 
     Returns:
-        (members, representative): every record in some pair and the first record (lowest index)
-        of its cluster; a record is a near-duplicate when it is not its own representative.
+        (members, representative): every record in some pair and the kept record standing for
+        it; a record is a near-duplicate when it is not its own representative.
     """
     if len(pairs) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    nodes, local = np.unique(pairs, return_inverse=True)
-    local = local.reshape(pairs.shape)
-    graph = coo_matrix(
-        (np.ones(len(local), dtype=np.int8), (local[:, 0], local[:, 1])),
-        shape=(len(nodes), len(nodes)),
-    )
-    _, comp = connected_components(graph, directed=False)
-    rep = np.full(comp.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(rep, comp, nodes)  # nodes are sorted, so this is the first record
-    return nodes, rep[comp]
+    lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+    keep = lo != hi
+    lo, hi = lo[keep], hi[keep]
+    nodes = np.unique(np.concatenate([lo, hi]))
+    order = np.lexsort((lo, hi))  # by the later record, then its earlier neighbours ascending
+    lo, hi = lo[order], hi[order]
+    local_lo = np.searchsorted(nodes, lo)
+    starts = np.searchsorted(hi, nodes, side="left")
+    ends = np.searchsorted(hi, nodes, side="right")
+    rep = np.arange(len(nodes), dtype=np.int64)
+    for v in range(len(nodes)):  # nodes in input order; earlier ones are decided
+        for u in local_lo[starts[v] : ends[v]]:
+            if rep[u] == u:  # the first kept earlier neighbour
+                rep[v] = u
+                break
+    return nodes, nodes[rep]
