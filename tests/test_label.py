@@ -33,7 +33,10 @@ from textloop.serving.label_studio import (  # noqa: E402
 from .conftest import REPO, toy_rows  # noqa: E402
 
 KEY = "label-key-for-tests-0123456789"
-XSS = 'the food <script>document.title="pwned"</script><img src=x id=injected> was great'
+XSS = (
+    'the food <script>document.title="pwned"</script>'
+    "<img src=x id=injected onerror=\"document.title='pwned'\"> was great"
+)
 
 
 def write_queue(path: Path, texts: list[str], with_predictions: bool = True) -> Path:
@@ -267,3 +270,25 @@ def test_exported_labels_train_a_model_and_feed_update(label_run, tiny_bert, toy
     code = main(["update", "--registry", str(reg.root), "--name", "reviews",
                  "--new-data", str(labelled), "--dry-run", "--json"])  # fmt: skip
     assert code == 0
+
+
+def test_a_store_from_before_labels_had_users_is_migrated_in_place(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    with sqlite3.connect(db) as con:  # the feedback table as earlier versions wrote it
+        con.execute(
+            "CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "
+            "model TEXT NOT NULL, prediction_id TEXT, text TEXT NOT NULL, text_hash TEXT NOT NULL, "
+            "label TEXT NOT NULL, predicted_label TEXT)"
+        )
+        con.execute("INSERT INTO feedback VALUES (1, 0, 'm', NULL, 'old text', 'h', 'pos', NULL)")
+    store = FeedbackStore(db)
+    fid = store.add_feedback("m", "neg", "new text", user="ana")
+    assert [(r["text"], r["user"]) for r in store.feedback("m")] == [
+        ("old text", None),
+        ("new text", "ana"),
+    ]
+    assert store.delete_feedback("m", fid) and not store.delete_feedback("m", fid)
+    assert not store.delete_feedback("other", 1)  # only the named model's rows
+    assert len(store.feedback("m")) == 1

@@ -47,6 +47,13 @@ def test_keyboard_labelling_undo_and_escaped_text_in_chromium(label_run: Path, t
         driver.find_element(By.ID, "key").send_keys(KEY)
         driver.find_element(By.CSS_SELECTOR, "#login button").click()
         progress_is("0 of 4 labelled")
+        # record every element ever put into the text box: only highlight spans may appear
+        driver.execute_script(
+            "window.added = [];"
+            "new MutationObserver((ms) => ms.forEach((m) => m.addedNodes.forEach((n) => {"
+            "  if (n.nodeType === 1 && n.tagName !== 'SPAN') window.added.push(n.tagName); }))"
+            ").observe(document.getElementById('text'), {childList: true, subtree: true});"
+        )
         assert driver.find_element(By.ID, "text").text == TEXTS[0]
         shown = driver.find_element(By.ID, "labels").text
         assert "neg" in shown and "pos" in shown and "1" in shown and "p" in shown  # the keys
@@ -68,10 +75,11 @@ def test_keyboard_labelling_undo_and_escaped_text_in_chromium(label_run: Path, t
         # word highlights replace it with shaded pieces
         for _ in range(2):
             text = driver.find_element(By.ID, "text")
-            assert "<script>" in text.text and "<img src=x id=injected>" in text.text
+            assert "<script>" in text.text and "<img src=x id=injected" in text.text
             assert not driver.find_elements(By.CSS_SELECTOR, "#text script, #text img")
             assert not driver.find_elements(By.ID, "injected")
             assert driver.title == "textloop · labelling"  # the script never ran
             wait.until(lambda d: d.find_element(By.ID, "legend").text.startswith("green"))
         assert driver.find_elements(By.CSS_SELECTOR, "#text span")  # highlighted words
+        assert driver.execute_script("return window.added") == []  # never, not even briefly
         assert not [e for e in driver.get_log("browser") if "Content Security" in e["message"]]

@@ -3,7 +3,8 @@
 Two tables: ``predictions`` (one row per served prediction: id, time, model name and version,
 a sha256 of the text, the predicted label and its confidence, and the text itself only when the
 server is told to keep it) and ``feedback`` (a labelled text, tied to a prediction id when the
-client sends one). Feedback is an acknowledged write: ``add_feedback`` returns only after the
+client sends one, with who gave it when the labelling page or an import knows). Feedback is an
+acknowledged write: ``add_feedback`` (and ``delete_feedback``, an undo) returns only after the
 transaction is committed with ``synchronous=FULL``, so a crash of the process (or the machine)
 right after it returns loses nothing. Prediction logs are written in batches by a background
 thread with ``synchronous=NORMAL`` (WAL: safe against a process crash, the last batch may be
