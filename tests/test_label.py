@@ -189,7 +189,7 @@ def test_highlight_segments_cover_the_text_with_signed_shades():
 
 def test_queue_reading_takes_any_text_file_and_says_what_is_wrong(tmp_path):
     txt = tmp_path / "texts.txt"
-    txt.write_text("first text\nsecond text\n")
+    txt.write_text("first text\n\n  \nsecond text\n")  # blank lines are not texts
     assert [i.text for i in read_queue(str(txt))] == ["first text", "second text"]
     bad = tmp_path / "bad.csv"
     bad.write_text("review\nnice\n")

@@ -8,6 +8,7 @@ them from the run when they are shown.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,8 @@ from textloop.artifacts.feedback import text_hash
 from textloop.data.readers import read_table
 from textloop.data.visible import has_visible_text
 from textloop.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,9 +63,10 @@ def read_queue(source: str, text_column: str = "text") -> list[QueueItem]:
         source: a file, directory or glob the readers take (``textloop select``'s JSONL).
         text_column: the column holding the text.
 
+    Rows without visible text (blank lines) are left out, with a warning.
+
     Raises:
-        DataError: no such column, a row without visible text, malformed predictions, or
-            an empty queue.
+        DataError: no such column, malformed predictions, or no text at all.
     """
     table = read_table(source)
     if len(table) and text_column not in table.columns:
@@ -70,11 +74,12 @@ def read_queue(source: str, text_column: str = "text") -> list[QueueItem]:
             f"{source}: no column {text_column!r} to label; columns are: "
             f"{', '.join(map(str, table.columns))} — set --text-column"
         )
-    items = []
+    items, empty = [], []
     for row, where in zip(table.rows, table.locations):
         text = row.get(text_column)
         if not isinstance(text, str) or not has_visible_text(text):
-            raise DataError(f"{where}: {text_column!r} holds no text to label ({text!r:.60})")
+            empty.append(where)  # a blank line of a text file, an empty cell: nothing to label
+            continue
         rid = row.get("id")
         items.append(
             QueueItem(
@@ -85,6 +90,8 @@ def read_queue(source: str, text_column: str = "text") -> list[QueueItem]:
                 reason=str(row["reason"]) if row.get("reason") is not None else None,
             )
         )
+    if empty:
+        log.warning("%d rows without text left out of the queue (first: %s)", len(empty), empty[0])
     if not items:
-        raise DataError(f"{source}: the queue is empty; nothing to label")
+        raise DataError(f"{source}: the queue holds no text to label")
     return items

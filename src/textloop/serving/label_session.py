@@ -170,15 +170,22 @@ class LabelSession:
         }
 
     def highlights(self, index: int) -> dict[str, Any]:
-        """Word attributions toward the suggested label of item ``index``, as text pieces."""
+        """Word attributions toward the top suggestion for item ``index``, as text pieces.
+
+        Made only for the current item (a page labelling quickly must not queue explanations
+        of texts it has left, ahead of the next text's suggestions).
+        """
         self._check_index(index)
         if self.explain_steps <= 0:
             return {"segments": None, "note": "word highlights are off (--explain-steps 0)"}
-        if index not in self._explained:
-            text = self.items[index].text
+        if index in self._explained:
+            return self._explained[index]
+        text = self.items[index].text
+        with self.model_lock:
+            if index != self.current():  # the labeller moved on while this request waited
+                return {"segments": None, "note": "highlights are made for the current text"}
             try:
-                with self.model_lock:
-                    words = explain(self.run, [text], steps=self.explain_steps)[0]["words"]
+                words = explain(self.run, [text], steps=self.explain_steps)[0]["words"]
                 self._explained[index] = {"segments": highlight_segments(text, words)}
             except TextloopError as exc:  # an exported (ONNX) run has no gradients
                 self._explained[index] = {"segments": None, "note": str(exc)}

@@ -132,7 +132,9 @@ async function act(path, body, describe) {
     render(answer.state);
     setStatus(describe(answer), false);
   } catch (err) {
-    if (err.message !== "unauthorized") setStatus(err.message, true);
+    if (err.message === "unauthorized") return;
+    setStatus(err.message, true);
+    try { render(await api("GET", "/api/state")); } catch (e) { /* keep the message shown */ }
   } finally {
     busy = false;
     document.body.dataset.busy = "";
@@ -168,7 +170,7 @@ async function load() {
 function onKey(event) {
   const target = event.target;
   if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA")) return;
-  if (event.ctrlKey || event.metaKey || event.altKey || !state) return;
+  if (event.ctrlKey || event.metaKey || event.altKey || event.repeat || !state) return;
   if (event.key === "Backspace") { event.preventDefault(); undo(); return; }
   if (event.key === " ") { event.preventDefault(); skip(); return; }
   if (event.key === "/") { event.preventDefault(); $("new-label-text").focus(); return; }
