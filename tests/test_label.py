@@ -222,6 +222,7 @@ def test_label_studio_round_trip_and_training_files(tmp_path):
     assert first["predictions"][0]["score"] == 0.6 and first["meta"]["labelled_by"] == "bo"
     assert "annotations" not in tasks[2] and tasks[2]["predictions"]  # unlabelled, predicted
     assert tasks[5]["data"]["text"] == "a text from the served traffic"
+    assert "predictions" not in tasks[5]  # no suggestion was kept for it
 
     # what Label Studio gives back: a cancelled annotation and a two-choice one are left out
     tasks[2]["annotations"] = [{"result": [], "was_cancelled": True}]

@@ -83,13 +83,13 @@ def label_studio_tasks(
                 predictions = [{"label": row["predicted_label"], "score": None}]
         if predictions:
             top = predictions[0]
-            out["predictions"] = [
-                {
-                    "model_version": model,
-                    "score": top["score"],
-                    "result": [_choice(top["label"], top["score"])],
-                }
-            ]
+            pred: dict[str, Any] = {
+                "model_version": model,
+                "result": [_choice(top["label"], top["score"])],
+            }
+            if top["score"] is not None:  # a suggestion kept without its score has none
+                pred["score"] = top["score"]
+            out["predictions"] = [pred]
             out["meta"] = {**out.get("meta", {}), "top_k": predictions}
         return out
 
