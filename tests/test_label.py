@@ -293,3 +293,23 @@ def test_a_store_from_before_labels_had_users_is_migrated_in_place(tmp_path):
     assert store.delete_feedback("m", fid) and not store.delete_feedback("m", fid)
     assert not store.delete_feedback("other", 1)  # only the named model's rows
     assert len(store.feedback("m")) == 1
+
+
+def test_texts_from_the_traffic_log_stay_tied_to_their_prediction(label_run, tmp_path):
+    store = FeedbackStore(tmp_path / "registry", keep_text=True)
+    texts = ["the food was lovely", "the view was poor"]
+    served = [{"label": "neutral", "score": 0.7}] * 2  # a label the run cannot suggest
+    ids = store.log_predictions("reviews", 1, texts, served, wait=True)
+    queue = tmp_path / "queue.jsonl"
+    queue.write_text(
+        json.dumps({"id": "a", "text": texts[0], "prediction_id": ids[0]})
+        + "\n"
+        + json.dumps({"id": "b", "text": texts[1], "prediction_id": "not-in-this-store"})
+        + "\n"
+    )
+    session = LabelSession(read_queue(str(queue)), load_run(label_run), store, "reviews", "ana")
+    session.label(0, "pos")
+    session.label(1, "neg")  # an id this store never logged: the label is kept without it
+    rows = store.feedback("reviews")
+    assert (rows[0]["prediction_id"], rows[0]["predicted_label"]) == (ids[0], "neutral")
+    assert rows[1]["prediction_id"] is None and rows[1]["predicted_label"] in ("pos", "neg")

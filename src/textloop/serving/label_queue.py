@@ -1,7 +1,8 @@
 """The texts a labelling session walks through, read from a queue file.
 
 A queue is what ``textloop select`` writes (JSONL rows with ``id``, ``text`` and optionally
-``predictions``: ``[{"label", "score"}, ...]``, ``score`` and ``reason``), or any file the readers
+``predictions``: ``[{"label", "score"}, ...]``, ``score``, ``reason`` and, for texts taken from
+the traffic log, ``prediction_id``), or any file the readers
 take (CSV, JSONL, JSON, Parquet, plain text) with a text column. Rows without predictions get
 them from the run when they are shown.
 """
@@ -29,6 +30,7 @@ class QueueItem:
     predictions: list[dict[str, Any]] | None = None  # best first: {"label", "score"}
     score: float | None = None  # the selection score (uncertainty, margin, ...)
     reason: str | None = None  # why it was chosen
+    prediction_id: str | None = None  # the served prediction it came from (--from-traffic)
     hash: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
@@ -88,6 +90,7 @@ def read_queue(source: str, text_column: str = "text") -> list[QueueItem]:
                 predictions=_predictions(row.get("predictions"), where),
                 score=_number(row.get("score")),
                 reason=str(row["reason"]) if row.get("reason") is not None else None,
+                prediction_id=str(pid) if (pid := row.get("prediction_id")) else None,
             )
         )
     if empty:

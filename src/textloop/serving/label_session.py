@@ -210,10 +210,13 @@ class LabelSession:
             if item.hash in self.labelled:
                 raise SessionConflict(f"item {index} is already labelled; undo it first")
             suggested = self.suggestions(index)
+            served = item.prediction_id and self.store.get_prediction(item.prediction_id)
             fid = self.store.add_feedback(
                 self.model,
                 clean,
                 item.text,
+                # a text from this store's traffic log stays tied to the prediction it got
+                prediction_id=item.prediction_id if served and served.model == self.model else None,
                 user=self.user,
                 predicted_label=suggested[0]["label"] if suggested else None,
             )
