@@ -251,7 +251,9 @@ def test_label_studio_round_trip_and_training_files(tmp_path):
         assert next(csv.DictReader(f)) == {"text": QUEUE_TEXTS[0], "label": "pos"}
 
 
-def test_exported_labels_train_a_model_and_feed_update(label_run, tiny_bert, toy_data, tmp_path):
+def test_exported_labels_train_a_model_and_feed_update(
+    label_run, tiny_bert, toy_data, tmp_path, capsys
+):
     store = FeedbackStore(tmp_path / "labels.sqlite")
     for row in toy_rows(160, seed=11):  # labels given on the page, as the store keeps them
         store.add_feedback("reviews", row["label"], row["text"], user="ana")
@@ -263,6 +265,7 @@ def test_exported_labels_train_a_model_and_feed_update(label_run, tiny_bert, toy
     args += ["--validation", str(toy_data["validation"]), "--epochs", "1"]
     args += ["--batch-size", "16", "--max-seq-len", "32", "--output", str(out), "--quiet"]
     assert main(args) == 0  # the labels are the training set: every text, both classes
+    capsys.readouterr()
     assert load_run(out).task.labels == ["neg", "pos"]
     assert json.loads((out / "metrics.json").read_text())["train"]["steps"] == 160 // 16
     reg = Registry(tmp_path / "registry")
@@ -271,6 +274,8 @@ def test_exported_labels_train_a_model_and_feed_update(label_run, tiny_bert, toy
     code = main(["update", "--registry", str(reg.root), "--name", "reviews",
                  "--new-data", str(labelled), "--dry-run", "--json"])  # fmt: skip
     assert code == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert plan["n_new"] == 160 and plan["new_labels"] == []  # every label read, none unknown
 
 
 def test_a_store_from_before_labels_had_users_is_migrated_in_place(tmp_path):

@@ -102,7 +102,11 @@ class FeedbackStore:
             db.executescript(_SCHEMA)
             columns = {r["name"] for r in db.execute("PRAGMA table_info(feedback)")}
             if "user" not in columns:  # a store from before labels recorded who gave them
-                db.execute("ALTER TABLE feedback ADD COLUMN user TEXT")
+                try:
+                    db.execute("ALTER TABLE feedback ADD COLUMN user TEXT")
+                except sqlite3.OperationalError as exc:  # another process added it just now
+                    if "duplicate column" not in str(exc):
+                        raise
         self._queue: queue.Queue[tuple[Any, ...] | None] | None = None
         self._writer: threading.Thread | None = None
 

@@ -166,7 +166,7 @@ def create_label_app(session: LabelSession, api_key: str) -> FastAPI:
 
     @app.get("/api/highlights/{index}", dependencies=auth)
     async def highlights(index: int) -> JSONResponse:
-        """Word attributions toward the suggested label, as shaded text pieces."""
+        """Word attributions toward the run's predicted label, as shaded text pieces."""
         try:
             return JSONResponse(await asyncio.to_thread(session.highlights, index))
         except TextloopError as exc:

@@ -170,7 +170,7 @@ class LabelSession:
         }
 
     def highlights(self, index: int) -> dict[str, Any]:
-        """Word attributions toward the top suggestion for item ``index``, as text pieces.
+        """Word attributions toward the run's predicted label for item ``index``, as text pieces.
 
         Made only for the current item (a page labelling quickly must not queue explanations
         of texts it has left, ahead of the next text's suggestions).

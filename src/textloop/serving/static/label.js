@@ -71,7 +71,7 @@ function renderHighlights(index, result) {
     return el("span", seg.text, (seg.level > 0 ? "pos" : "neg") + level);
   });
   $("text").replaceChildren(...pieces);
-  $("legend").textContent = "green: words for the top suggestion, red: against it";
+  $("legend").textContent = "green: words for the model's label, red: against it";
 }
 
 function render(next) {
@@ -126,6 +126,8 @@ function render(next) {
 async function act(path, body, describe) {
   if (busy) return;
   busy = true;
+  // a clicked button keeps the focus, and Space would then both skip and press it again
+  if (document.activeElement instanceof HTMLElement) document.activeElement.blur();
   document.body.dataset.busy = "1";
   try {
     const answer = await api("POST", path, body);
