@@ -127,3 +127,17 @@ def toy_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "validation": write_csv(d / "val.csv", toy_rows(60, seed=2)),
         "test": write_csv(d / "test.csv", toy_rows(60, seed=3)),
     }
+
+
+@pytest.fixture(scope="session")
+def label_run(
+    tiny_bert: Path, toy_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A tiny pos/neg run that suggests labels."""
+    from textloop.training.run import train
+
+    from .test_training import toy_config
+
+    out = tmp_path_factory.mktemp("label") / "reviews"
+    train(toy_config(tiny_bert, toy_data, out, **{"train.epochs": 2}))  # suggests; need not be good
+    return out

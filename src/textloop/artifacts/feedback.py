@@ -3,7 +3,8 @@
 Two tables: ``predictions`` (one row per served prediction: id, time, model name and version,
 a sha256 of the text, the predicted label and its confidence, and the text itself only when the
 server is told to keep it) and ``feedback`` (a labelled text, tied to a prediction id when the
-client sends one). Feedback is an acknowledged write: ``add_feedback`` returns only after the
+client sends one, with who gave it when the labelling page or an import knows). Feedback is an
+acknowledged write: ``add_feedback`` (and ``delete_feedback``, an undo) returns only after the
 transaction is committed with ``synchronous=FULL``, so a crash of the process (or the machine)
 right after it returns loses nothing. Prediction logs are written in batches by a background
 thread with ``synchronous=NORMAL`` (WAL: safe against a process crash, the last batch may be
@@ -18,14 +19,12 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import queue
 import sqlite3
 import threading
 import time
-import unicodedata
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from textloop.artifacts.label_check import MAX_LABEL_CHARS, check_label, text_hash
 from textloop.data.visible import has_visible_text
 from textloop.errors import DataError
 from textloop.fileio import atomic_file, make_parent_dirs
@@ -40,47 +40,7 @@ from textloop.fileio import atomic_file, make_parent_dirs
 log = logging.getLogger(__name__)
 
 STORE_FILE = "feedback.sqlite"
-MAX_LABEL_CHARS = 100
-# a label becomes a class name in the next update, a column in reports and HTML: no control,
-# format, private-use, unassigned or line-breaking characters, no markup brackets
-_BAD_LABEL_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-_BAD_LABEL_CHARS = frozenset("<>")
-
-
-def check_label(label: str) -> str:
-    """A feedback label, stripped, or ``DataError`` saying what is wrong with it.
-
-    Labels the model does not know are allowed (class-incremental updates learn them), so
-    only the form is checked: 1 to ``MAX_LABEL_CHARS`` characters, visible text, no control or
-    zero-width characters, no line breaks, no ``<`` or ``>``.
-
-    Example:
-        >>> check_label(" refund_request ")
-        'refund_request'
-    """
-    clean = str(label).strip()
-    if not clean:
-        raise DataError("feedback: 'label' is empty; send the correct label for the text")
-    if len(clean) > MAX_LABEL_CHARS:
-        raise DataError(
-            f"feedback: 'label' has {len(clean)} characters; the limit is {MAX_LABEL_CHARS} "
-            "(a label is a class name, not a text)"
-        )
-    bad = sorted(
-        {
-            f"U+{ord(ch):04X}"
-            for ch in clean
-            if ch in _BAD_LABEL_CHARS or unicodedata.category(ch) in _BAD_LABEL_CATEGORIES
-        }
-    )
-    if bad:
-        raise DataError(
-            f"feedback: 'label' holds characters a class name cannot have ({', '.join(bad[:5])}); "
-            "use letters, digits, spaces and punctuation other than '<' and '>'"
-        )
-    return clean
-
-
+__all__ = ["MAX_LABEL_CHARS", "FeedbackStore", "Prediction", "check_label", "text_hash"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     id TEXT PRIMARY KEY,
@@ -101,15 +61,11 @@ CREATE TABLE IF NOT EXISTS feedback (
     text TEXT NOT NULL,
     text_hash TEXT NOT NULL,
     label TEXT NOT NULL,
-    predicted_label TEXT
+    predicted_label TEXT,
+    user TEXT
 );
 CREATE INDEX IF NOT EXISTS feedback_model_at ON feedback (model, at);
 """
-
-
-def text_hash(text: str) -> str:
-    """The sha256 (hex) of a text's UTF-8 bytes: what the log keeps when texts are not kept."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -144,6 +100,13 @@ class FeedbackStore:
         with self._connect(synchronous="FULL") as db:
             db.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
             db.executescript(_SCHEMA)
+            columns = {r["name"] for r in db.execute("PRAGMA table_info(feedback)")}
+            if "user" not in columns:  # a store from before labels recorded who gave them
+                try:
+                    db.execute("ALTER TABLE feedback ADD COLUMN user TEXT")
+                except sqlite3.OperationalError as exc:  # another process added it just now
+                    if "duplicate column" not in str(exc):
+                        raise
         self._queue: queue.Queue[tuple[Any, ...] | None] | None = None
         self._writer: threading.Thread | None = None
 
@@ -280,10 +243,14 @@ class FeedbackStore:
         label: str,
         text: str | None = None,
         prediction_id: str | None = None,
+        user: str | None = None,
+        predicted_label: str | None = None,
     ) -> int:
         """Record a labelled example; durable (committed with fsync) when this returns.
 
         The text may be left out when ``prediction_id`` names a prediction logged with its text.
+        ``user`` says who gave the label; ``predicted_label`` what the model suggested (taken
+        from the logged prediction when ``prediction_id`` is given).
 
         Returns:
             The feedback row id.
@@ -293,7 +260,7 @@ class FeedbackStore:
                 text (nothing visible) to label.
         """
         label = check_label(label)
-        predicted = None
+        predicted = predicted_label
         if prediction_id is not None:
             pred = self.get_prediction(prediction_id)
             if pred is None and self._writer is not None:
@@ -326,7 +293,7 @@ class FeedbackStore:
             db.execute("BEGIN IMMEDIATE")
             cur = db.execute(
                 "INSERT INTO feedback (at, model, prediction_id, text, text_hash, label, "
-                "predicted_label) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "predicted_label, user) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     time.time(),
                     model,
@@ -335,10 +302,25 @@ class FeedbackStore:
                     text_hash(text),
                     label,
                     predicted,
+                    user,
                 ),
             )
             db.execute("COMMIT")
             return int(cur.lastrowid or 0)
+
+    def delete_feedback(self, model: str, feedback_id: int) -> bool:
+        """Take back one of ``model``'s labels (an undo); durable when this returns.
+
+        Returns:
+            Whether a row was deleted (False: no such row for ``model``).
+        """
+        with self._connect(synchronous="FULL") as db:
+            db.execute("BEGIN IMMEDIATE")
+            cur = db.execute(
+                "DELETE FROM feedback WHERE id = ? AND model = ?", (int(feedback_id), model)
+            )
+            db.execute("COMMIT")
+            return cur.rowcount > 0
 
     def feedback(self, model: str, since: float | None = None) -> list[dict[str, Any]]:
         """Feedback rows of ``model`` (oldest first), as dicts."""

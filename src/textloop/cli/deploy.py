@@ -224,7 +224,7 @@ def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_api_key(path: str) -> str:
+def read_api_key(path: str) -> str:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--api-key-file: {p} not found")
@@ -275,7 +275,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_chars=args.max_chars,
         max_body_bytes=args.max_body_bytes,
         poll_seconds=args.poll_seconds if args.version is None else 0.0,
-        api_key=_read_api_key(args.api_key_file) if args.api_key_file else None,
+        api_key=read_api_key(args.api_key_file) if args.api_key_file else None,
         explain_max_texts=args.explain_max_texts,
         explain_max_steps=args.explain_max_steps,
         explain_max_token_steps=args.explain_max_token_steps,

@@ -50,6 +50,7 @@ from textloop.serving.feedback_route import add_feedback_route
 from textloop.serving.handlers import add_error_handlers
 from textloop.serving.http import (
     ERROR_RESPONSES,
+    LOOPBACK_HOSTS,
     ApiError,
     ErrorResponse,
     PredictRequest,
@@ -334,7 +335,7 @@ def serve(
 
         torch.set_num_threads(threads)
     opts = options or ServeOptions()
-    if host not in ("127.0.0.1", "localhost", "::1") and opts.api_key is None:
+    if host not in LOOPBACK_HOSTS and opts.api_key is None:
         log.warning("serving on %s without an API key: write endpoints are off", host)
     model = source.load(None)
     app = create_app(source, opts, preloaded=model, store=store)

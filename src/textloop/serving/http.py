@@ -29,6 +29,8 @@ KNOWN_PATHS = {
     "/v1/embeddings",
     "/v1/models",
 }
+# interfaces only this machine reaches: anywhere else needs an API key (serve, label)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # routes that speak OpenAI's API: their errors take OpenAI's shape (``openai_error_response``)
 OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models")
 
