@@ -16,7 +16,6 @@ and near duplicate searches as Ray Data shuffles.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import uuid
@@ -60,8 +59,12 @@ def require_ray() -> None:
     Raises:
         ConfigError: ``ray`` (with Ray Data) cannot be imported.
     """
-    if importlib.util.find_spec("ray") is None:
-        raise ConfigError(f"engine ray needs Ray Data, which is not installed: {RAY_EXTRA}")
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"engine ray needs Ray Data, which is not installed: {RAY_EXTRA}"
+        ) from None
 
 
 @contextmanager
