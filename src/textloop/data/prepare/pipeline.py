@@ -155,6 +155,7 @@ def _prepare_on_ray(cfg: PrepareConfig, target: Path) -> PrepareResult:
         partial, finder = clean_on_ray(cfg, tmp / ".work")
         seconds = {"read_and_clean": time.perf_counter() - started}
         manifest = _finalize([partial], cfg, tmp, seconds, finder)
+    log.info("ray stage costs: %s", json.dumps({**finder.stats, "manifest_s": seconds}))
     return PrepareResult(target, manifest)
 
 

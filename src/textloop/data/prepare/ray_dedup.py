@@ -26,6 +26,7 @@ numbered from its offset, so every answer maps back to the driver's table withou
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,14 +73,22 @@ def _map_piece(
     return out if parts > 1 else out[0]  # type: ignore[return-value]  # one return: no tuple
 
 
+def _nbytes(column: np.ndarray) -> int:
+    if column.dtype == object:  # texts: their UTF-8 size, not the pointers'
+        return sum(len(t.encode()) for t in column.tolist())
+    return int(column.nbytes)
+
+
 def _reduce_part(
     fn: Callable[..., dict[str, np.ndarray]], kwargs: dict[str, Any], *pieces: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Reduce task: one partition of every map task, joined, through ``fn``."""
+) -> tuple[dict[str, np.ndarray], int]:
+    """Reduce task: one partition of every map task, joined, through ``fn``; and the bytes
+    that came through the shuffle."""
     group = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+    shuffled = sum(_nbytes(v) for v in group.values())
     if len(group["_part"]) == 0:
-        return {}
-    return fn(group, **kwargs)
+        return {}, shuffled
+    return fn(group, **kwargs), shuffled
 
 
 def _exact_keys(batch: pa.Table, parts: int) -> dict[str, np.ndarray]:
@@ -175,9 +184,12 @@ class RayFinder:
     def __init__(self, pieces: Pieces, cpus: int) -> None:
         self.pieces = pieces
         self.parts = max(2, 2 * cpus)  # partitions of each shuffle: two per CPU
+        # per step: wall seconds, bytes through the shuffle, tasks (for bench/prepare_engines.py)
+        self.stats: dict[str, dict[str, Any]] = {}
 
     def _shuffle(
         self,
+        name: str,
         columns: list[str],
         map_fn: Callable[..., dict[str, np.ndarray]],
         map_kwargs: dict[str, Any],
@@ -188,6 +200,7 @@ class RayFinder:
         """Map every piece, shuffle on ``_part``, reduce each partition; the reduce outputs."""
         import ray
 
+        started = time.perf_counter()
         parts = parts or self.parts
         # large arguments go to the object store once, not once per task
         map_args, reduce_args = ray.put(map_kwargs), ray.put(reduce_kwargs)
@@ -201,13 +214,18 @@ class RayFinder:
         reduced = [
             reducer.remote(reduce_fn, reduce_args, *[m[j] for m in mapped]) for j in range(parts)
         ]
-        return list(ray.get(reduced))
+        results = ray.get(reduced)
+        step = self.stats.setdefault(name, {"wall_s": 0.0, "shuffle_bytes": 0, "tasks": 0})
+        step["wall_s"] += time.perf_counter() - started
+        step["shuffle_bytes"] += sum(b for _, b in results)
+        step["tasks"] += len(mapped) + len(reduced)
+        return [r for r, _ in results]
 
     def exact(
         self, h1: np.ndarray, h2: np.ndarray, alive: np.ndarray, labels: np.ndarray | None
     ) -> ExactGroups:
         found = self._shuffle(
-            ["_h1", "_h2"], _exact_keys, {"parts": self.parts}, _exact_partition, {}
+            "exact", ["_h1", "_h2"], _exact_keys, {"parts": self.parts}, _exact_partition, {}
         )
         n = len(h1)
         first = np.where(alive, np.arange(n), -1).astype(np.int64)
@@ -230,7 +248,9 @@ class RayFinder:
         bands = [f"_b{rep.first_band + j}" for j in range(rep.bands)]
         removed = np.flatnonzero(~alive)
         kwargs = {"rep": rep, "removed": removed, "parts": self.parts}
-        found = self._shuffle(bands, _band_rows, kwargs, _candidate_partition, {})
+        found = self._shuffle(
+            "near_candidates", bands, _band_rows, kwargs, _candidate_partition, {}
+        )
         candidates = _pairs(found)
         candidates = np.unique(candidates, axis=0) if len(candidates) else candidates
         log.info("ray: %s texts: %d candidate pairs", rep.name, len(candidates))
@@ -248,6 +268,7 @@ class RayFinder:
             axis=0,
         )  # (record, chunk) sorted by record
         verified = self._shuffle(
+            "near_verify",
             ["text"],
             _needed_texts,
             {"need_idx": need[:, 0].copy(), "need_chunk": need[:, 1].copy()},

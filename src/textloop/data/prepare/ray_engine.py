@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -159,6 +160,16 @@ def _write_piece(
     return {"read": np.array([len(rows)]), "kept": np.array([kept.num_rows])}
 
 
+def _timed_ingest(
+    batch: dict[str, np.ndarray], plan: IngestPlan, workdir: str, examples: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """``_ingest_files`` with each piece's seconds in the task (for the stage costs)."""
+    started = time.perf_counter()
+    for out in _ingest_files(batch, plan, workdir, examples):
+        yield {**out, "seconds": np.array([time.perf_counter() - started])}
+        started = time.perf_counter()
+
+
 def _ingest_files(
     batch: dict[str, np.ndarray], plan: IngestPlan, workdir: str, examples: int
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -198,11 +209,12 @@ def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]
         override_num_blocks=len(plan.tasks),
     )
     done = files.map_batches(
-        _ingest_files,  # type: ignore[arg-type]  # Ray's stubs miss UDFs with keyword args
+        _timed_ingest,  # type: ignore[arg-type]  # Ray's stubs miss UDFs with keyword args
         batch_size=1,
         batch_format="numpy",
         fn_kwargs={"plan": plan, "workdir": str(pieces_dir), "examples": cfg.examples_per_stage},
     )  # Ray runs a task whose worker died again (3 times by default): the same pieces
+    started = time.perf_counter()
     try:
         counts = done.take_all()
     except Exception as exc:  # Ray wraps what a task raised
@@ -210,7 +222,16 @@ def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]
         if cause is not exc:
             raise cause from None
         raise
+    stats: dict[str, dict[str, Any]] = {
+        "read_clean": {
+            "wall_s": time.perf_counter() - started,
+            "task_s": sum(float(c["seconds"]) for c in counts),
+            "tasks": len(plan.tasks),
+            "pieces": len(counts),
+        }
+    }
     log.info("ray: %d record(s) read", sum(int(c["read"]) for c in counts))
+    started = time.perf_counter()
     names = sorted(p.name[: -len(_KEPT)] for p in pieces_dir.glob("*" + _KEPT))
     report = pa.concat_tables([ipc_read(pieces_dir / (n + _REPORT)) for n in names])
     text, before = report.column("text"), report.column("_before")
@@ -225,7 +246,10 @@ def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]
     records = concatenate_datasets([Dataset.from_file(str(p)) for p in kept_paths])
     sizes = [int(d) for d in np.cumsum([0] + [ipc_rows(p) for p in kept_paths])]
     pieces = Pieces(paths=[str(p) for p in kept_paths], offsets=sizes[:-1], rows=sizes[-1])
-    return Partial(records=records, info=info), RayFinder(pieces, cpus)
+    finder = RayFinder(pieces, cpus)
+    stats["summary_driver"] = {"wall_s": time.perf_counter() - started}
+    finder.stats.update(stats)
+    return Partial(records=records, info=info), finder
 
 
 def ipc_rows(path: Path) -> int:
