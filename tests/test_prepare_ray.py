@@ -1,7 +1,7 @@
 """``prepare --engine ray``: the same corpus as the local engine, a lost worker, a missing extra.
 
 One local Ray instance with 2 CPUs serves the whole module (starting Ray and its workers is
-the slow part).
+the slow part). The fault test is marked slow: ``pytest -m slow tests/test_prepare_ray.py``.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def slow_keep(text):
 """
 
 
+@pytest.mark.slow  # ~20 s on 2 idle CPUs: the module's other tests keep it within a minute
 @pytest.mark.integration
 def test_a_worker_killed_mid_run_changes_nothing(tmp_path, ray_local):
     files = _corpus(tmp_path)
