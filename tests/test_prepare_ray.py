@@ -157,3 +157,17 @@ def test_without_ray_the_engine_names_the_extra(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'textloop[ray]'" in err
     assert not out.exists()
+
+
+@pytest.mark.integration
+def test_a_bad_record_on_a_worker_is_the_local_engines_one_line_error(tmp_path, ray_local, capsys):
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"text": "a fine record"}\n')
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": 5, "x": \n')
+    out = tmp_path / "corpus"
+    args = ["prepare", str(good), str(bad), "--output", str(out), "--engine", "ray"]
+    assert main([*args, "--on-error", "fail"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"error: {bad}:2: invalid JSON (Expecting value, column 1) (on_error: fail)"
+    assert not out.exists() and not list(tmp_path.glob(".corpus.tmp-*"))

@@ -44,7 +44,7 @@ from textloop.data.prepare.ingest import (
 )
 from textloop.data.prepare.ray_dedup import Pieces, RayFinder
 from textloop.data.prepare.sources import generate_records
-from textloop.errors import ConfigError, DataError
+from textloop.errors import ConfigError, DataError, TextloopError
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,15 @@ def _ingest_files(
             yield _write_piece(rows, Path(workdir) / f"{file_id:08d}-{piece:08d}", plan, examples)
 
 
+def _task_error(exc: BaseException) -> BaseException:
+    """The TextloopError a task raised (a bad record with ``on_error: fail``), from under Ray's
+    wrapping: a ``RayTaskError`` subclasses the error it carries but prints the remote
+    traceback, and keeps the error itself in ``cause``."""
+    found = unwrap_error(exc)
+    original = getattr(found, "cause", None)
+    return original if isinstance(original, TextloopError) else found
+
+
 def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]:
     """``clean_partial`` on Ray: the partial corpus, and the finder that dedups it on Ray.
 
@@ -218,7 +227,7 @@ def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]
     try:
         counts = done.take_all()
     except Exception as exc:  # Ray wraps what a task raised
-        cause = unwrap_error(exc)
+        cause = _task_error(exc)
         if cause is not exc:
             raise cause from None
         raise
