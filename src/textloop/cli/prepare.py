@@ -5,6 +5,7 @@
         --dedup near --split 0.8,0.1,0.1 --output corpus/news
     textloop prepare raw/ --output shards/0 --num-shards 2 --shard-index 0   # on machine 0
     textloop prepare merge corpus/web shards/0 shards/1                        # after all shards
+    textloop prepare configs/prepare/news.yaml --engine ray --ray-address auto  # on a Ray cluster
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ PREPARE_FLAGS: tuple[str | Flag, ...] = (
     "encoding",
     "on_error",
     "num_proc",
+    "engine",
+    Flag("ray.address", "ray_address"),
+    Flag("ray.num_cpus", "ray_num_cpus"),
     "num_shards",
     "shard_index",
     Flag("dedup.mode", "dedup"),

@@ -186,6 +186,22 @@ class LabelsConfig(StrictModel):
     )
 
 
+class RayConfig(StrictModel):
+    """Where ``engine: ray`` runs."""
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join: 'auto' (the cluster this machine is part of) or "
+        "'ray://HOST:10001'; null starts a local Ray instance on this machine.",
+    )
+    num_cpus: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs of the local Ray instance (null: all of this machine's); a cluster "
+        "joined through address keeps its own.",
+    )
+
+
 class PrepareConfig(StrictModel):
     """A whole ``textloop prepare`` run."""
 
@@ -214,6 +230,13 @@ class PrepareConfig(StrictModel):
             "fail: stop at the first bad record or file."
         ),
     )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="local: this machine, num_proc processes; ray: Ray Data on a local Ray "
+        "instance or the cluster ray.address names (pip install 'textloop[ray]'). Both write "
+        "the same corpus.",
+    )
+    ray: RayConfig = Field(default_factory=lambda: RayConfig())
     num_proc: int = Field(1, ge=1, le=512, description="Worker processes on this machine.")
     num_shards: int = Field(1, ge=1, description="Machines sharing the inputs (then merge).")
     shard_index: int = Field(0, ge=0, description="Which slice of the inputs this machine runs.")
@@ -229,6 +252,11 @@ class PrepareConfig(StrictModel):
         if self.shard_index >= self.num_shards:
             raise ValueError(
                 f"shard_index {self.shard_index} must be < num_shards {self.num_shards}"
+            )
+        if self.engine == "ray" and self.num_shards > 1:
+            raise ValueError(
+                "engine ray spreads the work over the Ray cluster itself; "
+                "leave num_shards at 1 (shards are for engine local on several machines)"
             )
         return self
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -215,3 +216,41 @@ def clusters(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 rep[v] = u
                 break
     return nodes, nodes[rep]
+
+
+class DuplicateFinder(Protocol):
+    """Where the two dedup searches run: in this process (``LocalFinder``) or on a cluster
+    (``ray_dedup.RayFinder``). Both return the same groups and pairs; everything the global
+    stages decide from them is shared."""
+
+    def exact(
+        self, h1: np.ndarray, h2: np.ndarray, alive: np.ndarray, labels: np.ndarray | None
+    ) -> ExactGroups:
+        """Groups of alive records by digest (``exact_groups``)."""
+        ...
+
+    def near(self, rep: Representation, alive: np.ndarray) -> tuple[int, np.ndarray]:
+        """(number of candidate pairs, verified pairs (V, 2)) of alive records by ``rep``."""
+        ...
+
+
+class LocalFinder:
+    """Both searches over whole columns in this process."""
+
+    def __init__(
+        self, band_column: Callable[[int], np.ndarray], texts_of: Callable[[np.ndarray], list[str]]
+    ) -> None:
+        self.band_column = band_column
+        self.texts_of = texts_of
+
+    def exact(
+        self, h1: np.ndarray, h2: np.ndarray, alive: np.ndarray, labels: np.ndarray | None
+    ) -> ExactGroups:
+        return exact_groups(h1, h2, alive, labels)
+
+    def near(self, rep: Representation, alive: np.ndarray) -> tuple[int, np.ndarray]:
+        first = rep.first_band
+        columns = (self.band_column(j) for j in range(first, first + rep.bands))
+        candidates = candidate_pairs(columns, alive)
+        verified, _sims = verify_pairs(candidates, self.texts_of, rep)
+        return len(candidates), verified

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from textloop.data.prepare.config import SPLIT_NAMES, PrepareConfig
-from textloop.data.prepare.dedup import candidate_pairs, clusters, exact_groups, verify_pairs
+from textloop.data.prepare.dedup import DuplicateFinder, LocalFinder, clusters
 from textloop.data.prepare.extras import (
     Extras,
     extra_columns,
@@ -128,14 +128,23 @@ def _cluster_report(
 
 
 def decide(
-    table: pa.Table, paths: list[str], cfg: PrepareConfig, workdir: Path
+    table: pa.Table,
+    paths: list[str],
+    cfg: PrepareConfig,
+    workdir: Path,
+    finder: DuplicateFinder | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Outcome]:
     """Run the global stages over the concatenated survivors of all shards.
+
+    Args:
+        finder: where the exact and near duplicate searches run (default: this process).
 
     Returns:
         (status per record (0 = kept), split id per record, what happened).
     """
     cols = _Columns(table, paths)
+    if finder is None:
+        finder = LocalFinder(lambda j: cols.numpy(f"_b{j}"), cols.texts)
     n = table.num_rows
     out = Outcome()
     status = np.zeros(n, dtype=np.int8)
@@ -154,7 +163,7 @@ def decide(
             for i, t in zip(*_some(cols, mask, cfg.examples_per_stage))
         ]
 
-    groups = exact_groups(h1, h2, status == 0, labels)
+    groups = finder.exact(h1, h2, status == 0, labels)
     if labels is not None:
         conflict = groups.conflict.copy()
         if cfg.labels.conflicts == "keep_first":
@@ -174,16 +183,13 @@ def decide(
     ):
         found, n_candidates = [], 0
         for shingling in build_representations(cfg.dedup):
-            first = shingling.first_band
-            columns = (cols.numpy(f"_b{j}") for j in range(first, first + shingling.bands))
-            candidates = candidate_pairs(columns, status == 0)
-            verified, _sims = verify_pairs(candidates, cols.texts, shingling)
-            n_candidates += len(candidates)
+            n_found, verified = finder.near(shingling, status == 0)
+            n_candidates += n_found
             found.append(verified)
             log.info(
                 "near-duplicates (%s texts): %d candidate pairs, %d verified",
                 shingling.name,
-                len(candidates),
+                n_found,
                 len(verified),
             )
         pairs = np.unique(np.concatenate(found), axis=0)  # a pair both representations found

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 # _drop codes written by the clean map; 0 keeps the record
 READ_ERROR, TRAILER = 1, 2
 DROP_CODES = {name: 3 + i for i, name in enumerate(DROP_STAGES)}
+# columns of the cleaned table that only the clean-phase summary reads; survivors drop them
+REPORT_ONLY_COLUMNS = ("_error", "_meta", "_drop", "_changed", "_chars_in")
 LENGTH_BINS = np.unique(np.round(np.logspace(0, 7, 57)).astype(np.int64))  # 1 .. 10M chars
 
 
@@ -54,7 +57,7 @@ def needs_near(cfg: PrepareConfig) -> bool:
     )
 
 
-def _ingest_features() -> Any:
+def ingest_features() -> Any:
     from datasets import Features, Value
 
     return Features(
@@ -70,10 +73,10 @@ def _ingest_features() -> Any:
     )
 
 
-def _features(bands: int) -> Any:
+def cleaned_features(bands: int) -> Any:
     from datasets import Value
 
-    cols = dict(_ingest_features())
+    cols = dict(ingest_features())
     cols.update(
         {
             "_drop": Value("int8"),
@@ -90,7 +93,7 @@ def _features(bands: int) -> Any:
     return Features(cols)
 
 
-def _clean_batch(
+def clean_batch(
     batch: dict[str, list[Any]],
     cleaner: Cleaner,
     reps: list[Representation],
@@ -155,7 +158,7 @@ def _first(mask: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in np.flatnonzero(mask)[:k]]
 
 
-def _unwrap(exc: BaseException) -> BaseException:
+def unwrap_error(exc: BaseException) -> BaseException:
     """The TextloopError a worker raised, from under ``datasets``' wrapping, if any."""
     seen: BaseException | None = exc
     while seen is not None:
@@ -163,6 +166,60 @@ def _unwrap(exc: BaseException) -> BaseException:
             return seen
         seen = seen.__cause__ or seen.__context__
     return exc
+
+
+@dataclass
+class IngestPlan:
+    """What both engines read and how they clean it: one plan, so they cannot drift apart."""
+
+    files: list[str]  # every input file (ids index it)
+    ignored: list[str]  # inputs skipped as not text
+    tasks: list[tuple[int, str]]  # (file id, path) of this machine's slice
+    settings: dict[str, Any]  # the reader settings ``generate_records`` takes
+    cleaner: Cleaner
+    reps: list[Representation]
+    minhash: tuple[int, int]  # (num_perm, seed)
+
+    @property
+    def bands(self) -> int:
+        return sum(r.bands for r in self.reps)
+
+
+def plan_ingest(cfg: PrepareConfig) -> IngestPlan:
+    """Expand the inputs, check their fields and build the cleaner and MinHash representations.
+
+    Raises:
+        DataError: inputs missing or their first record lacks the text or label field.
+        ConfigError: the custom filter cannot be loaded.
+    """
+    files, ignored = expand_inputs(cfg.inputs, cfg.format)
+    chosen = shard_files(files, cfg.num_shards, cfg.shard_index)
+    settings = {
+        "format": cfg.format,
+        "txt_mode": cfg.txt_mode,
+        "text_column": cfg.text_column,
+        "label_column": cfg.label_column,
+        "encoding": cfg.encoding,
+        "on_error": cfg.on_error,
+    }
+    check_fields([files[i] for i in chosen], settings)
+    return IngestPlan(
+        files=files,
+        ignored=ignored,
+        tasks=[(i, files[i]) for i in chosen],
+        settings=settings,
+        cleaner=build_cleaner(cfg.clean),
+        reps=build_representations(cfg.dedup) if needs_near(cfg) else [],
+        minhash=(cfg.dedup.num_perm, cfg.dedup.seed),
+    )
+
+
+def lsh_info(reps: list[Representation]) -> dict[str, Any]:
+    """The manifest's description of the LSH representations."""
+    return {
+        r.name: {"words": [r.min_words, r.max_words], "bands": r.bands, "rows": r.rows}
+        for r in reps
+    }
 
 
 def clean_partial(cfg: PrepareConfig, workdir: Path) -> Partial:
@@ -178,21 +235,9 @@ def clean_partial(cfg: PrepareConfig, workdir: Path) -> Partial:
     """
     from datasets import Dataset
 
-    files, ignored = expand_inputs(cfg.inputs, cfg.format)
-    chosen = shard_files(files, cfg.num_shards, cfg.shard_index)
-    settings = {
-        "format": cfg.format,
-        "txt_mode": cfg.txt_mode,
-        "text_column": cfg.text_column,
-        "label_column": cfg.label_column,
-        "encoding": cfg.encoding,
-        "on_error": cfg.on_error,
-    }
-    check_fields([files[i] for i in chosen], settings)
-    cleaner = build_cleaner(cfg.clean)
-    reps = build_representations(cfg.dedup) if needs_near(cfg) else []
-    bands = sum(r.bands for r in reps)
-    tasks = [(i, files[i]) for i in chosen]
+    plan = plan_ingest(cfg)
+    files, ignored, tasks, settings = plan.files, plan.ignored, plan.tasks, plan.settings
+    cleaner, reps, bands = plan.cleaner, plan.reps, plan.bands
     procs = max(1, min(cfg.num_proc, len(tasks)))
     cache = workdir / "cache"
     log.info("reading %d file(s) with %d process(es)", len(tasks), procs)
@@ -200,7 +245,7 @@ def clean_partial(cfg: PrepareConfig, workdir: Path) -> Partial:
         raw = (
             Dataset.from_generator(
                 generate_records,
-                features=_ingest_features(),
+                features=ingest_features(),
                 gen_kwargs={"files": tasks, "settings": settings},
                 num_proc=procs if procs > 1 else None,
                 cache_dir=str(cache),
@@ -210,58 +255,60 @@ def clean_partial(cfg: PrepareConfig, workdir: Path) -> Partial:
             else None
         )
     except Exception as exc:  # datasets wraps what a generator raises
-        cause = _unwrap(exc)
+        cause = unwrap_error(exc)
         if cause is not exc:
             raise cause from None
         raise
     if raw is None or len(raw) == 0:
         raise DataError(f"no records in this slice of the inputs ({len(tasks)} file(s))")
-    feats = _features(bands)
+    feats = cleaned_features(bands)
     cleaned = raw.map(
-        _clean_batch,
+        clean_batch,
         batched=True,
         batch_size=256,
         fn_kwargs={
             "cleaner": cleaner,
             "reps": reps,
-            "minhash": (cfg.dedup.num_perm, cfg.dedup.seed),
+            "minhash": plan.minhash,
         },
         num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
         features=feats,
         cache_file_name=str(workdir / "clean.arrow"),
         desc="clean",
     )
-    info = _summarise(raw, cleaned, cfg, files, tasks, ignored, workdir)
-    info["lsh"] = {
-        r.name: {"words": [r.min_words, r.max_words], "bands": r.bands, "rows": r.rows}
-        for r in reps
-    }
+    raw_text = raw.data.table.column("text")
+    info = summarise(
+        cleaned.data.table, lambda i: raw_text[i].as_py(), cfg, files, ignored, workdir
+    )
+    info["lsh"] = lsh_info(reps)
     keep = np.flatnonzero(cleaned.data.table.column("_drop").to_numpy() == 0)
     survivors = cleaned.select(keep).flatten_indices(
         cache_file_name=str(workdir / "survivors.arrow")
     )
-    survivors = survivors.remove_columns(["_error", "_meta", "_drop", "_changed", "_chars_in"])
+    survivors = survivors.remove_columns(list(REPORT_ONLY_COLUMNS))
     return Partial(records=survivors, info=info)
 
 
-def _summarise(
-    raw: Any,
-    cleaned: Any,
+def summarise(
+    table: Any,
+    raw_text_of: Callable[[int], str | None],
     cfg: PrepareConfig,
     files: list[str],
-    tasks: list[tuple[int, str]],
     ignored: list[str],
     workdir: Path,
 ) -> dict[str, Any]:
-    """Counts, examples, file table and errors of the clean phase, from the table's columns."""
-    table = cleaned.data.table
+    """Counts, examples, file table and errors of the clean phase, from the table's columns.
+
+    Args:
+        table: every row read, cleaned (``clean_batch``'s columns), in input order.
+        raw_text_of: the text of row i as read, before cleaning (for the report's examples).
+    """
     drop = table.column("_drop").to_numpy()
     changed = table.column("_changed").to_numpy()
     chars_in = table.column("_chars_in").to_numpy()
     real = drop != TRAILER
     read_ok = real & (drop != READ_ERROR)
     k = cfg.examples_per_stage
-    raw_text = raw.data.table.column("text")
     clean_text = table.column("text")
     file_col = table.column("_file").to_numpy()
     row_col = table.column("_row").to_numpy()
@@ -289,13 +336,13 @@ def _summarise(
         hit = read_ok & ((changed & (1 << bit)) != 0)
         counts[name] = int(hit.sum())
         examples[name] = [
-            {"location": loc(i), "before": raw_text[i].as_py(), "after": clean_text[i].as_py()}
+            {"location": loc(i), "before": raw_text_of(i), "after": clean_text[i].as_py()}
             for i in _first(hit & (drop == 0), k)
         ]
     for name, code in DROP_CODES.items():
         hit = drop == code
         counts[name] = int(hit.sum())
-        examples[name] = [{"location": loc(i), "text": raw_text[i].as_py()} for i in _first(hit, k)]
+        examples[name] = [{"location": loc(i), "text": raw_text_of(i)} for i in _first(hit, k)]
     counts["clean_out"] = int((drop == 0).sum())
 
     errors_path = workdir / "errors.jsonl"

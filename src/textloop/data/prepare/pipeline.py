@@ -25,6 +25,7 @@ from typing import Any
 
 from textloop.data.prepare.clean import DROP_STAGES
 from textloop.data.prepare.config import PrepareConfig, load_prepare_config
+from textloop.data.prepare.dedup import DuplicateFinder
 from textloop.data.prepare.finalize import OWN_COLUMNS, decide, write_splits
 from textloop.data.prepare.ingest import Partial, clean_partial
 from textloop.data.prepare.report import build_manifest, write_histogram, write_report
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 SHARD_MARKER = "shard.json"
 # config keys that may differ between the shards of one corpus
-_PER_MACHINE = ("output", "overwrite", "num_proc", "shard_index")
+# (and where it ran: both engines write the same corpus, manifest included)
+_PER_MACHINE = ("output", "overwrite", "num_proc", "shard_index", "engine", "ray")
 _ACTIVE_TEMP_DIRS: set[Path] = set()  # this process's unfinished outputs (for a forced exit)
 
 
@@ -128,6 +130,8 @@ def prepare(config: PrepareConfig | str | os.PathLike[str]) -> PrepareResult:
     if not cfg.output:
         raise ConfigError("no output: pass --output DIR (or set output: in the config)")
     target = Path(cfg.output)
+    if cfg.engine == "ray":
+        return _prepare_on_ray(cfg, target)
     with _atomic_dir(target, cfg.overwrite) as tmp:
         started = time.perf_counter()
         partial = clean_partial(cfg, tmp / ".work")
@@ -139,6 +143,20 @@ def prepare(config: PrepareConfig | str | os.PathLike[str]) -> PrepareResult:
             manifest = _finalize([partial], cfg, tmp, {"read_and_clean": clean_s})
             return_value = PrepareResult(target, manifest)
     return return_value
+
+
+def _prepare_on_ray(cfg: PrepareConfig, target: Path) -> PrepareResult:
+    """``prepare`` with ``engine: ray``: the same stages and output, the searches on Ray."""
+    from textloop.data.prepare.ray_engine import clean_on_ray, ray_session, require_ray
+
+    require_ray()  # before any output exists
+    with _atomic_dir(target, cfg.overwrite) as tmp, ray_session(cfg.ray.address, cfg.ray.num_cpus):
+        started = time.perf_counter()
+        partial, finder = clean_on_ray(cfg, tmp / ".work")
+        seconds = {"read_and_clean": time.perf_counter() - started}
+        manifest = _finalize([partial], cfg, tmp, seconds, finder)
+    log.info("ray stage costs: %s", json.dumps({**finder.stats, "manifest_s": seconds}))
+    return PrepareResult(target, manifest)
 
 
 def _write_shard(partial: Partial, cfg: PrepareConfig, out: Path, seconds: float) -> dict[str, Any]:
@@ -175,7 +193,11 @@ def _merge_infos(infos: list[dict[str, Any]], k: int) -> dict[str, Any]:
 
 
 def _finalize(
-    partials: list[Partial], cfg: PrepareConfig, out: Path, seconds: dict[str, float]
+    partials: list[Partial],
+    cfg: PrepareConfig,
+    out: Path,
+    seconds: dict[str, float],
+    finder: DuplicateFinder | None = None,
 ) -> dict[str, Any]:
     from datasets import concatenate_datasets
 
@@ -198,7 +220,7 @@ def _finalize(
     with (out / "errors.jsonl").open("w", encoding="utf-8") as f:
         for p in partials:
             f.write(Path(p.info["errors_file"]).read_text(encoding="utf-8"))
-    status, split, outcome = decide(table, info["all_files"], cfg, out)
+    status, split, outcome = decide(table, info["all_files"], cfg, out, finder)
     seconds["dedup_and_split"] = time.perf_counter() - started
     started = time.perf_counter()
     n_splits = len(cfg.split.fractions)
