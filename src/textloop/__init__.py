@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Busy-waiting OpenMP threads make 2 threads slower than 1 on a shared host (measured 2.3x);
 # this only takes effect if set before torch loads, so it happens on import.
@@ -28,6 +28,9 @@ from textloop.errors import (
     RunDirError,
     TextloopError,
 )
+
+if TYPE_CHECKING:
+    from textloop.runs import Run
 
 __version__ = "0.1.0"
 
@@ -53,7 +56,14 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     return _load_run(os.fspath(path))
 
 
-from textloop.runs import Run  # noqa: E402
+def __getattr__(name: str) -> Any:
+    """``textloop.Run`` on first use: importing textloop (e.g. a Ray worker running the prepare
+    stages, or ``textloop --help``) does not load torch."""
+    if name == "Run":
+        from textloop.runs import Run
+
+        return Run
+    raise AttributeError(f"module 'textloop' has no attribute {name!r}")
 
 __all__ = [
     "CheckpointError",
