@@ -37,6 +37,8 @@ log = logging.getLogger("textloop")
 
 HEAD_C = 1.0  # inverse L2 strength of the logistic regression (scikit-learn's and SetFit's)
 HEAD_MAX_ITER = 1000
+import os
+MODE = os.environ.get("FS_MODE", "pairs")
 
 
 def balanced_pairs(
@@ -172,12 +174,21 @@ class ContrastiveObjective:
         )
 
     def batches_for_epoch(self, state: LoopState) -> list[list[int]]:
+        if MODE == "batch-all":
+            n = -(-self.n_pairs // self.batch_size) // int(os.environ.get("FS_DIV", "1"))
+            got = class_batches(self.train.targets, n, 4, 8, self.seed * 1_000_003 + state.epoch)
+            return [[-1 - i for i in b] for b in got][state.batches_done_in_epoch :]
         order = list(range(len(self.pairs)))
         random.Random(self.seed * 1_000_003 + state.epoch).shuffle(order)
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         return batches[state.batches_done_in_epoch :]
 
     def collate(self, pair_ids: Sequence[int]) -> dict[str, torch.Tensor]:
+        if MODE == "batch-all":
+            idx = [-1 - i for i in pair_ids]
+            batch = pad_inputs(self.train, idx, self.task.tokenizer.pad_token_id or 0)
+            batch["labels"] = torch.tensor([self.train.targets[i] for i in idx])
+            return {k: v.to(self.device) for k, v in batch.items()}
         chosen = [self.pairs[k] for k in pair_ids]
         indices = [i for i, _, _ in chosen] + [j for _, j, _ in chosen]  # firsts, then seconds
         batch = pad_inputs(self.train, indices, self.task.tokenizer.pad_token_id or 0)
@@ -185,6 +196,9 @@ class ContrastiveObjective:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if MODE == "batch-all":
+            labels = batch.pop("labels")
+            return all_pairs_loss(self.model.embed(**batch), labels)
         similarity = batch.pop("similarity")
         return cosine_pair_loss(self.model.embed(**batch), similarity)
 
@@ -193,3 +207,49 @@ class ContrastiveObjective:
         metrics = self.task.evaluate(self.model, self.validation, self.eval_batch_size)
         metrics["head_train_accuracy"] = self.head["train_accuracy"]
         return metrics
+
+
+def class_batches(
+    targets: Sequence[int], n_batches: int, per_class: int, classes_per_batch: int, seed: int
+) -> list[list[int]]:
+    """Batches of ``classes_per_batch`` classes x ``per_class`` examples each (cycling through
+    the classes and each class's examples), so every batch holds positive and negative pairs."""
+    by_label: dict[int, list[int]] = defaultdict(list)
+    for i, y in enumerate(targets):
+        by_label[int(y)].append(i)
+    rng = random.Random(seed)
+    pools = {y: [] for y in by_label}  # type: dict[int, list[int]]
+    class_order: list[int] = []
+    batches = []
+    for _ in range(n_batches):
+        batch: list[int] = []
+        chosen: list[int] = []
+        for _ in range(min(classes_per_batch, len(by_label))):
+            if not class_order:  # a new cycle; classes already in this batch come last
+                fresh = [y for y in by_label if y not in chosen]
+                rng.shuffle(fresh)
+                class_order = chosen + fresh  # popped from the end
+            y = class_order.pop()
+            chosen.append(y)
+            for _ in range(min(per_class, len(by_label[y]))):
+                if not pools[y]:
+                    pools[y] = list(by_label[y])
+                    rng.shuffle(pools[y])
+                batch.append(pools[y].pop())
+        batches.append(batch)
+    return batches
+
+
+def all_pairs_loss(emb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cosine-similarity MSE over every pair of a batch, same-class and different-class pairs
+    weighted equally (the two halves' means averaged). ``emb``: (B, H) unit vectors."""
+    cos = emb @ emb.T  # (B, B)
+    same = targets[:, None] == targets[None, :]
+    upper = torch.triu(torch.ones_like(same), diagonal=1)
+    pos, neg = same & upper, ~same & upper
+    parts = []
+    if pos.any():
+        parts.append(((1 - cos[pos]) ** 2).mean())
+    if neg.any():
+        parts.append((cos[neg] ** 2).mean())
+    return torch.stack(parts).mean()

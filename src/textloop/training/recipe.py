@@ -201,14 +201,17 @@ def model_width(model: Any) -> int | None:
 
 
 def choose_recipe(
-    requested: str, per_class: float | None, few_shot_possible: bool
+    requested: str, per_class: float | None, few_shot_possible: bool, largest_class: int = 2
 ) -> tuple[str, str | None]:
     """``train.recipe``'s value and why (None where the user set it): few-shot for a single-label
-    classifier with at most ``FEW_SHOT_MAX_PER_CLASS`` training examples per class."""
+    classifier with at most ``FEW_SHOT_MAX_PER_CLASS`` training examples per class (and some
+    class with two, for a same-class pair)."""
     if requested != "auto":
         return requested, None
     if not few_shot_possible or per_class is None:
         return "default", "few-shot applies to single-label, single-text classification only"
+    if largest_class < 2:
+        return "default", "one example per class: no same-class pair for few-shot training"
     if per_class <= FEW_SHOT_MAX_PER_CLASS:
         return "few-shot", (
             f"{per_class:.1f} training examples per class (at most {FEW_SHOT_MAX_PER_CLASS}): "

@@ -99,8 +99,8 @@ def train(
     s = setup_run(cfg, out)  # data, model, optimizer: every input checked, nothing written
     dist.barrier()  # every process has checked the output dir before rank 0 changes it
     main = dist.is_main_process()  # under torchrun only rank 0 writes files
+    objective = _few_shot_objective(s)  # its pairs, refused (DataError) before any write
     state = _open_run_dir(s, resuming, main)
-    objective = _few_shot_objective(s)
     user_callbacks = [*callbacks, *trackers] if main else []
     recorder = JsonlLog(out / "log.jsonl") if main else None
     control = control or RunControl()

@@ -186,11 +186,12 @@ def _choose_method(cfg: RunConfig, splits: Splits) -> tuple[str, str | None]:
     to the mean-pooled head its contrastive training uses (before the model is built)."""
     t, task = cfg.train, splits.task
     single = isinstance(task, ClassificationTask) and not task.multi_label and not task.pair
-    per_class = None
+    per_class, largest = None, 0
     if isinstance(task, ClassificationTask):
         counts = Counter(str(y) for y in splits.train.targets)
         per_class = sum(counts.values()) / max(len(counts), 1)
-    method, why = choose_recipe(t.recipe, per_class, single)
+        largest = max(counts.values(), default=0)
+    method, why = choose_recipe(t.recipe, per_class, single, largest)
     if method != "few-shot":
         return method, why
     if not single:
