@@ -43,14 +43,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from recipes import ROOT, Rows, _write, classification_splits  # the same samples as recipes.py
 
 import textloop
+from recipes import ROOT, Rows, _write, classification_splits  # the same samples as recipes.py
 from textloop.models.resolve import resolve_model
 from textloop.training.precision import choose_precision, read_cpu_info
 from textloop.training.recipe import FEW_SHOT_PAIRS_PER_EXAMPLE, few_shot_pairs
 
-ARMS = ("few-shot", "default", "setfit")
+ARMS = ("few-shot", "default", "setfit")  # also: few-shot-pairs (train.few_shot_loss: pairs)
 
 
 def _test_rows(rows: Rows, limit: int) -> Rows:
@@ -71,7 +71,8 @@ def run_textloop(
             f"data.validation={files['validation']}",
             f"data.test={files['test']}",
             f"output={out}",
-            f"train.recipe={recipe}",
+            f"train.recipe={recipe.removesuffix('-pairs')}",
+            f"train.few_shot_loss={'pairs' if recipe.endswith('-pairs') else 'in-batch'}",
             f"train.threads={args.threads}",
             f"train.max_seq_len={args.max_len}",
             f"train.seed={seed}",
@@ -106,7 +107,9 @@ def run_setfit(train: Rows, test: Rows, args: argparse.Namespace, seed: int) -> 
         report_to="none",
         show_progress_bar=False,
     )
-    data = Dataset.from_dict({"text": [r["text"] for r in train], "label": [r["label"] for r in train]})
+    data = Dataset.from_dict(
+        {"text": [r["text"] for r in train], "label": [r["label"] for r in train]}
+    )
     trainer = Trainer(model=model, args=targs, train_dataset=data)
     started = time.perf_counter()
     trainer.train()
@@ -135,8 +138,12 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_cell(name: str, per_class: int, args: argparse.Namespace, tmp: Path) -> dict | None:
+def run_cell(
+    name: str, per_class: int, args: argparse.Namespace, tmp: Path, save: Any
+) -> dict | None:
+    """Every seed of one (dataset, per class) row; ``save(row)`` after each seed."""
     per_seed: dict[str, list[dict[str, Any]]] = {arm: [] for arm in args.arms}
+    row: dict[str, Any] | None = None
     for seed in range(args.seeds):
         splits = classification_splits(name, per_class, seed)
         if splits is None:
@@ -158,12 +165,14 @@ def run_cell(name: str, per_class: int, args: argparse.Namespace, tmp: Path) -> 
             cell["seed"] = seed
             per_seed[arm].append(cell)
             print(f"{name}-{per_class} seed {seed} {arm}: {cell}", file=sys.stderr)
-    return {
-        "dataset": name,
-        "per_class": per_class,
-        "n_test": len(test),
-        "arms": {arm: {**summarise(cells), "seeds": cells} for arm, cells in per_seed.items()},
-    }
+        row = {
+            "dataset": name,
+            "per_class": per_class,
+            "n_test": len(test),
+            "arms": {arm: {**summarise(cells), "seeds": cells} for arm, cells in per_seed.items()},
+        }
+        save(row)
+    return row
 
 
 def render(payload: dict[str, Any]) -> str:
@@ -219,11 +228,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets.split(","):
             for per_class in (int(x) for x in args.per_class.split(",")):
-                row = run_cell(name.strip(), per_class, args, Path(tmp))
-                if row is not None:
-                    payload["rows"].append(row)
+                done = list(payload["rows"])
+
+                def save(row: dict[str, Any], done: list[dict[str, Any]] = done) -> None:
+                    payload["rows"] = [*done, row]
                     if args.output:  # partial results survive a long table being stopped
                         _dump(args.output, payload)
+
+                run_cell(name.strip(), per_class, args, Path(tmp), save)
     print(json.dumps(payload, indent=2))
     if args.output:
         _dump(args.output, payload)

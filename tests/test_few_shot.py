@@ -128,7 +128,9 @@ def test_recipe_default_overrides_the_auto_choice(
     out = tmp_path / "ft"
     cli = ["train", "--model", str(tiny_bert), "--train", str(few_data["train"])]
     cli += ["--validation", str(few_data["validation"]), "--output", str(out)]
-    assert main([*cli, "--recipe", "default", "--epochs", "1", "--max-seq-len", "32", "--quiet"]) == 0
+    assert (
+        main([*cli, "--recipe", "default", "--epochs", "1", "--max-seq-len", "32", "--quiet"]) == 0
+    )
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["train"]["recipe"] == "default"
     recipe = json.loads((out / "metrics.json").read_text())["train"]["recipe"]
@@ -139,7 +141,9 @@ def test_recipe_default_overrides_the_auto_choice(
 def test_few_shot_refuses_multi_label_and_unlearnable_data(
     tiny_bert: Path, few_data: dict[str, Path], tmp_path: Path
 ) -> None:
-    multi = write_csv(tmp_path / "multi.csv", [{"text": "a b", "label": "x|y"}, {"text": "c", "label": "y"}])
+    multi = write_csv(
+        tmp_path / "multi.csv", [{"text": "a b", "label": "x|y"}, {"text": "c", "label": "y"}]
+    )
     cfg = _config(tiny_bert, {"train": multi, "validation": multi, "test": multi}, tmp_path / "m")
     cfg = cfg.model_copy(
         update={
@@ -149,8 +153,13 @@ def test_few_shot_refuses_multi_label_and_unlearnable_data(
     )
     with pytest.raises(ConfigError, match="few-shot trains single-label"):
         textloop.train(cfg)
-    singles = write_csv(tmp_path / "one.csv", [{"text": "good food", "label": "pos"}, {"text": "bad food", "label": "neg"}])
-    cfg = _config(tiny_bert, {**few_data, "train": singles}, tmp_path / "s", "train.recipe=few-shot")
+    singles = write_csv(
+        tmp_path / "one.csv",
+        [{"text": "good food", "label": "pos"}, {"text": "bad food", "label": "neg"}],
+    )
+    cfg = _config(
+        tiny_bert, {**few_data, "train": singles}, tmp_path / "s", "train.recipe=few-shot"
+    )
     with pytest.raises(DataError, match="at least two examples of some class"):
         textloop.train(cfg)
     assert not (tmp_path / "s").exists()  # refused before the run folder was made

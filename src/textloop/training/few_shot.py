@@ -37,13 +37,10 @@ log = logging.getLogger("textloop")
 
 HEAD_C = 1.0  # inverse L2 strength of the logistic regression (scikit-learn's and SetFit's)
 HEAD_MAX_ITER = 1000
-import os
-MODE = os.environ.get("FS_MODE", "pairs")
+IN_BATCH_PER_CLASS = 4  # texts of a class in an in-batch batch: 6 same-class pairs each
 
 
-def balanced_pairs(
-    targets: Sequence[int], n_pairs: int, seed: int
-) -> list[tuple[int, int, float]]:
+def balanced_pairs(targets: Sequence[int], n_pairs: int, seed: int) -> list[tuple[int, int, float]]:
     """``n_pairs`` (i, j, similarity) pairs, alternately positive (same class, 1.0) and negative
     (different classes, 0.0); every example is an anchor about equally often.
 
@@ -146,7 +143,9 @@ class ContrastiveObjective:
     task: ClassificationTask
     train: Encoded
     validation: Encoded
-    n_pairs: int
+    n_pairs: int  # "pairs": sampled pairs of a pass
+    n_steps: int  # batches of a pass
+    loss_kind: str  # "in-batch" (every pair of a class-balanced batch) or "pairs"
     batch_size: int
     eval_batch_size: int
     seed: int
@@ -155,7 +154,8 @@ class ContrastiveObjective:
     head: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.pairs = balanced_pairs(self.train.targets, self.n_pairs, self.seed)
+        pairs = self.n_pairs if self.loss_kind == "pairs" else 0  # checks the data either way
+        self.pairs = balanced_pairs(self.train.targets, pairs, self.seed)
         singles = sorted(
             {self.task.labels[y] for y in self.train.targets if self.train.targets.count(y) == 1}
         )
@@ -174,20 +174,22 @@ class ContrastiveObjective:
         )
 
     def batches_for_epoch(self, state: LoopState) -> list[list[int]]:
-        if MODE == "batch-all":
-            n = -(-self.n_pairs // self.batch_size) // int(os.environ.get("FS_DIV", "1"))
-            got = class_batches(self.train.targets, n, 4, 8, self.seed * 1_000_003 + state.epoch)
-            return [[-1 - i for i in b] for b in got][state.batches_done_in_epoch :]
+        if self.loss_kind == "in-batch":  # ids of texts, not of pairs
+            texts = 2 * self.batch_size  # as many texts as a batch of pairs holds
+            classes = min(len(set(self.train.targets)), max(2, texts // IN_BATCH_PER_CLASS))
+            per_class = max(IN_BATCH_PER_CLASS, texts // classes)  # 16 each for two classes
+            seed = self.seed * 1_000_003 + state.epoch
+            found = class_batches(self.train.targets, self.n_steps, per_class, classes, seed)
+            return found[state.batches_done_in_epoch :]
         order = list(range(len(self.pairs)))
         random.Random(self.seed * 1_000_003 + state.epoch).shuffle(order)
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         return batches[state.batches_done_in_epoch :]
 
     def collate(self, pair_ids: Sequence[int]) -> dict[str, torch.Tensor]:
-        if MODE == "batch-all":
-            idx = [-1 - i for i in pair_ids]
-            batch = pad_inputs(self.train, idx, self.task.tokenizer.pad_token_id or 0)
-            batch["labels"] = torch.tensor([self.train.targets[i] for i in idx])
+        if self.loss_kind == "in-batch":
+            batch = pad_inputs(self.train, pair_ids, self.task.tokenizer.pad_token_id or 0)
+            batch["labels"] = torch.tensor([self.train.targets[i] for i in pair_ids])
             return {k: v.to(self.device) for k, v in batch.items()}
         chosen = [self.pairs[k] for k in pair_ids]
         indices = [i for i, _, _ in chosen] + [j for _, j, _ in chosen]  # firsts, then seconds
@@ -196,7 +198,7 @@ class ContrastiveObjective:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if MODE == "batch-all":
+        if self.loss_kind == "in-batch":
             labels = batch.pop("labels")
             return all_pairs_loss(self.model.embed(**batch), labels)
         similarity = batch.pop("similarity")

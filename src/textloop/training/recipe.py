@@ -229,6 +229,14 @@ def few_shot_pairs(n_train: int) -> int:
     return min(FEW_SHOT_PAIRS_PER_EXAMPLE * n_train, max(FEW_SHOT_MAX_PAIRS, 2 * n_train))
 
 
+def few_shot_steps(n_train: int, batch_size: int, loss: str) -> int:
+    """Steps of one few-shot pass: batches of ``batch_size`` sampled pairs (``pairs``), or half
+    as many batches of ``2 * batch_size`` texts whose every pair counts (``in-batch``: each step
+    scores ~30x the pairs, and half the steps matched the sampled pairs' accuracy on SNIPS)."""
+    steps = -(-few_shot_pairs(n_train) // batch_size)
+    return steps if loss == "pairs" else -(-steps // 2)
+
+
 def few_shot_settings(given: dict[str, Any], n_train: int) -> Recipe:
     """The few-shot recipe's values for the ``RECIPE_FIELDS`` left unset (None in ``given``)."""
     settings: dict[str, Any] = {k: given.get(k) for k in RECIPE_FIELDS}
@@ -236,16 +244,18 @@ def few_shot_settings(given: dict[str, Any], n_train: int) -> Recipe:
     recipe = Recipe(settings, user_set=[k for k in RECIPE_FIELDS if k not in mine])
     pairs = few_shot_pairs(n_train)
     why = {
-        "batch_size": "sentence pairs per step (SetFit's default)",
-        "epochs": f"passes over {pairs} sentence pairs ({FEW_SHOT_PAIRS_PER_EXAMPLE} per example, "
-        f"at most {FEW_SHOT_MAX_PAIRS}); SetFit's default is one",
+        "batch_size": "sentence pairs per step, SetFit's default (in-batch: twice as many texts)",
+        "epochs": f"passes of {pairs} sentence pairs' worth ({FEW_SHOT_PAIRS_PER_EXAMPLE} per "
+        f"example, at most {FEW_SHOT_MAX_PAIRS}); SetFit's default is one",
         "lr": "the encoder's contrastive learning rate (SetFit's default)",
         "eval_every_steps": "one evaluation, after the head is fitted",
         "early_stopping_patience": "one pass: nothing to stop early",
     }
     for key in mine:
         if key == "head_lr":
-            settings[key] = settings["lr"] if settings["lr"] is not None else FEW_SHOT_DEFAULTS["lr"]
+            settings[key] = (
+                settings["lr"] if settings["lr"] is not None else FEW_SHOT_DEFAULTS["lr"]
+            )
             recipe.reasons[key] = "unused: the head is fitted by logistic regression"
             continue
         settings[key] = FEW_SHOT_DEFAULTS[key]

@@ -22,6 +22,8 @@ from textloop.config import RunConfig, config_to_yaml, load_config, parse_durati
 from textloop.data.batching import bucketed_batches
 from textloop.errors import ConfigError, TextloopError
 from textloop.tasks.base import Encoded
+from textloop.tasks.classification.pooled import MeanPooledClassifier
+from textloop.tasks.classification.task import ClassificationTask
 from textloop.training import distributed as dist
 from textloop.training.budget import TimeBudget
 from textloop.training.callbacks import JsonlLog, RunControl, fire
@@ -32,15 +34,13 @@ from textloop.training.checkpoint import (
     save_checkpoint,
     snapshot,
 )
-from textloop.tasks.classification.pooled import MeanPooledClassifier
-from textloop.tasks.classification.task import ClassificationTask
 from textloop.training.few_shot import ContrastiveObjective
 from textloop.training.loop import (
     LoopState,
     restore_rng,
     train_steps,
 )
-from textloop.training.recipe import Recipe, few_shot_pairs
+from textloop.training.recipe import Recipe, few_shot_pairs, few_shot_steps
 from textloop.training.rundir import (
     check_output,
     start_run_dir,
@@ -169,6 +169,8 @@ def _few_shot_objective(s: RunSetup) -> ContrastiveObjective | None:
         train=s.splits.train,
         validation=s.splits.validation,
         n_pairs=few_shot_pairs(len(s.splits.train)),
+        n_steps=few_shot_steps(len(s.splits.train), t.batch_size, t.few_shot_loss),
+        loss_kind=t.few_shot_loss,
         batch_size=t.batch_size,
         eval_batch_size=t.eval_batch_size,
         seed=t.seed,

@@ -38,8 +38,8 @@ from textloop.training.recipe import (
     Recipe,
     choose_recipe,
     decide,
-    few_shot_pairs,
     few_shot_settings,
+    few_shot_steps,
     model_width,
 )
 
@@ -148,10 +148,9 @@ def setup_run(cfg: RunConfig, out: Path) -> RunSetup:
     if t.max_steps is not None:
         horizon, epochs = Horizon(t.max_steps, t.max_steps), sys.maxsize  # stops at max_steps
     else:  # a stream (mlm / clm) counts its blocks in one tokenizing pass
-        n_items = len(splits.stream or splits.train)
+        n_batches = -(-len(splits.stream or splits.train) // t.batch_size)
         if method == "few-shot":  # a pass is over sentence pairs, not examples
-            n_items = few_shot_pairs(n_items)
-        n_batches = -(-n_items // t.batch_size)
+            n_batches = few_shot_steps(len(splits.train), t.batch_size, t.few_shot_loss)
         horizon = Horizon(t.epochs * steps_per_epoch(n_batches, t.grad_accum_steps))
         epochs = t.epochs
     scheduler = build_scheduler(

@@ -35,7 +35,8 @@ class MeanPooledClassifier(torch.nn.Module):
     def __init__(self, body: torch.nn.Module, labels: list[str]) -> None:
         super().__init__()
         self.body = body
-        self.config: Any = body.config
+        config: Any = body.config
+        self.config = config
         hidden = int(self.config.hidden_size)
         self.classifier = torch.nn.Linear(hidden, len(labels))
         self.config.num_labels = len(labels)
