@@ -166,11 +166,13 @@ class ContrastiveObjective:
                 len(singles),
                 ", ".join(singles[:10]),
             )
+        what = (
+            f"{len(self.pairs)} sampled sentence pairs (half same-class)"
+            if self.loss_kind == "pairs"
+            else f"{self.n_steps} class-balanced batches, every pair of each scored"
+        )
         log.info(
-            "few-shot: %d sentence pairs (half same-class) from %d examples, then a "
-            "logistic-regression head",
-            len(self.pairs),
-            len(self.train),
+            "few-shot: %s from %d examples, then a logistic-regression head", what, len(self.train)
         )
 
     def batches_for_epoch(self, state: LoopState) -> list[list[int]]:
@@ -186,12 +188,13 @@ class ContrastiveObjective:
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         return batches[state.batches_done_in_epoch :]
 
-    def collate(self, pair_ids: Sequence[int]) -> dict[str, torch.Tensor]:
+    def collate(self, items: Sequence[int]) -> dict[str, torch.Tensor]:
+        """A batch of texts (in-batch: ``items`` are example ids) or of pairs (pair ids)."""
         if self.loss_kind == "in-batch":
-            batch = pad_inputs(self.train, pair_ids, self.task.tokenizer.pad_token_id or 0)
-            batch["labels"] = torch.tensor([self.train.targets[i] for i in pair_ids])
+            batch = pad_inputs(self.train, items, self.task.tokenizer.pad_token_id or 0)
+            batch["labels"] = torch.tensor([self.train.targets[i] for i in items])
             return {k: v.to(self.device) for k, v in batch.items()}
-        chosen = [self.pairs[k] for k in pair_ids]
+        chosen = [self.pairs[k] for k in items]
         indices = [i for i, _, _ in chosen] + [j for _, j, _ in chosen]  # firsts, then seconds
         batch = pad_inputs(self.train, indices, self.task.tokenizer.pad_token_id or 0)
         batch["similarity"] = torch.tensor([s for _, _, s in chosen], dtype=torch.float32)
@@ -220,7 +223,7 @@ def class_batches(
     for i, y in enumerate(targets):
         by_label[int(y)].append(i)
     rng = random.Random(seed)
-    pools = {y: [] for y in by_label}  # type: dict[int, list[int]]
+    pools: dict[int, list[int]] = {y: [] for y in by_label}
     class_order: list[int] = []
     batches = []
     for _ in range(n_batches):
