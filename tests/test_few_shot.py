@@ -94,7 +94,7 @@ def test_auto_few_shot_learns_and_round_trips_through_the_cli(
 ) -> None:
     out = tmp_path / "fs"
     # a random 2-layer BERT needs a far higher rate than a pretrained encoder's 2e-5
-    run = textloop.train(_config(tiny_bert, few_data, out, "train.lr=3e-3", "train.epochs=2"))
+    run = textloop.train(_config(tiny_bert, few_data, out, "train.lr=5e-3"))
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["train"]["recipe"] == "few-shot" and saved["train"]["batch_size"] == 16
