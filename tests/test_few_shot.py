@@ -12,6 +12,9 @@ import yaml
 
 import textloop
 from textloop.cli.main import main
+from textloop.continual.candidate import build_candidate
+from textloop.continual.config import load_update_config
+from textloop.continual.retrain import write_run_dir
 from textloop.errors import ConfigError, DataError
 from textloop.training.few_shot import balanced_pairs, class_batches
 from textloop.training.recipe import FEW_SHOT_MAX_PER_CLASS, choose_recipe
@@ -119,6 +122,16 @@ def test_auto_few_shot_learns_and_round_trips_through_the_cli(
     assert main(["evaluate", str(out), "--data", str(few_data["test"]), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
+
+    # an update's candidate (a new label appended) stays mean-pooled and loads back the same
+    new = [{"text": "the room was okay", "label": "meh"}, {"text": "food okay", "label": "meh"}]
+    update_cfg = load_update_config(None, ["epochs=1", "threads=1"])
+    cand, ctask, _ = build_candidate(run.model, run.task, new, toy_rows(8, seed=4), update_cfg)
+    write_run_dir(tmp_path / "cand", cand, ctask.tokenizer, ctask, "task: classification\n", {})
+    back = textloop.load_run(tmp_path / "cand")
+    assert back.task.state()["pooling"] == "mean" and back.task.state()["labels"][-1] == "meh"
+    expected = [p["label"] for p in ctask.predict(cand, texts)]
+    assert [p["label"] for p in back.predict(texts)] == expected
 
 
 @pytest.mark.integration
