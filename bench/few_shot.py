@@ -88,7 +88,7 @@ def run_textloop(
     }
 
 
-def run_setfit(train: Rows, test: Rows, args: argparse.Namespace, seed: int) -> dict:
+def run_setfit(train: Rows, test: Rows, args: argparse.Namespace, seed: int, out: Path) -> dict:
     sys.path.insert(0, str(args.setfit_path))  # only this arm sees the extra packages
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
@@ -106,6 +106,8 @@ def run_setfit(train: Rows, test: Rows, args: argparse.Namespace, seed: int) -> 
         seed=seed,
         report_to="none",
         show_progress_bar=False,
+        output_dir=str(out),  # setfit writes checkpoints to ./checkpoints otherwise
+        save_strategy="no",
     )
     data = Dataset.from_dict(
         {"text": [r["text"] for r in train], "label": [r["label"] for r in train]}
@@ -159,7 +161,7 @@ def run_cell(
         }
         for arm in args.arms:
             if arm == "setfit":
-                cell = run_setfit(splits["train"], test, args, seed)
+                cell = run_setfit(splits["train"], test, args, seed, d / arm)
             else:
                 cell = run_textloop(arm, files, d / arm, args, seed)
             cell["seed"] = seed
