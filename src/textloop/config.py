@@ -172,6 +172,18 @@ class TrainConfig(ScheduleConfig):
     max_steps: int | None = Field(
         None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
     )
+    recipe: Literal["auto", "default", "few-shot"] = Field(
+        "auto",
+        description="How a classifier is trained. default: fine-tune the encoder with its head; "
+        "few-shot: contrastive fine-tuning on pairs of the labelled texts, then a logistic-"
+        "regression head on their mean-pooled embeddings (SetFit's method, docs/few-shot.md); "
+        "auto: few-shot when the training data has at most 16 examples per class.",
+    )
+    few_shot_loss: Literal["in-batch", "pairs"] = Field(
+        "in-batch",
+        description="Few-shot recipe: in-batch scores every pair of a batch of 8 classes x 4 "
+        "texts (half the steps); pairs trains on sampled pairs, half same-class, as SetFit does.",
+    )
     grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per step.")
     max_seq_len: int = Field(
         128, ge=8, le=8192, description="Tokens per example; longer ones are truncated."

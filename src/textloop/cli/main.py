@@ -33,6 +33,7 @@ TRAIN_FLAGS: tuple[str | Flag, ...] = (
     "data.drop_invalid_rows",
     "train.epochs",
     "train.max_steps",
+    "train.recipe",
     "train.lr",
     "train.head_lr",
     "train.time_budget",

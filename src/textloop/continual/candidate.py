@@ -57,6 +57,7 @@ def build_candidate(
         tokenizer=task.tokenizer,
         labels=[*old_labels, *new_labels],
         max_seq_len=cfg.max_seq_len or task.max_seq_len,
+        pooling=task.pooling,  # a few-shot run's mean-pooled head stays mean-pooled
     )
     rows = list(new_train)
     n_replay = 0

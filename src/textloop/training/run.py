@@ -22,6 +22,8 @@ from textloop.config import RunConfig, config_to_yaml, load_config, parse_durati
 from textloop.data.batching import bucketed_batches
 from textloop.errors import ConfigError, TextloopError
 from textloop.tasks.base import Encoded
+from textloop.tasks.classification.pooled import MeanPooledClassifier
+from textloop.tasks.classification.task import ClassificationTask
 from textloop.training import distributed as dist
 from textloop.training.budget import TimeBudget
 from textloop.training.callbacks import JsonlLog, RunControl, fire
@@ -32,12 +34,13 @@ from textloop.training.checkpoint import (
     save_checkpoint,
     snapshot,
 )
+from textloop.training.few_shot import ContrastiveObjective
 from textloop.training.loop import (
     LoopState,
     restore_rng,
     train_steps,
 )
-from textloop.training.recipe import Recipe
+from textloop.training.recipe import Recipe, few_shot_pairs, few_shot_steps
 from textloop.training.rundir import (
     check_output,
     start_run_dir,
@@ -96,6 +99,7 @@ def train(
     s = setup_run(cfg, out)  # data, model, optimizer: every input checked, nothing written
     dist.barrier()  # every process has checked the output dir before rank 0 changes it
     main = dist.is_main_process()  # under torchrun only rank 0 writes files
+    objective = _few_shot_objective(s)  # its pairs, refused (DataError) before any write
     state = _open_run_dir(s, resuming, main)
     user_callbacks = [*callbacks, *trackers] if main else []
     recorder = JsonlLog(out / "log.jsonl") if main else None
@@ -114,7 +118,7 @@ def train(
     )
     started, examples_at_start = time.perf_counter(), state.examples_seen
     try:
-        budget = _run_loop(s, state, recorder, user_callbacks, main, control)
+        budget = _run_loop(s, state, recorder, user_callbacks, main, control, objective)
         train_seconds = time.perf_counter() - started
         dist.barrier()  # rank 0 has written the last checkpoint
         examples = state.examples_seen - examples_at_start
@@ -152,6 +156,28 @@ def _open_run_dir(s: RunSetup, resuming: bool, main: bool) -> LoopState:
     return LoopState(recipe=s.recipe.as_dict())
 
 
+def _few_shot_objective(s: RunSetup) -> ContrastiveObjective | None:
+    """The few-shot recipe's pair objective (training/few_shot.py), None for the default one."""
+    if s.cfg.train.recipe != "few-shot":
+        return None
+    t = s.cfg.train
+    assert isinstance(s.model, MeanPooledClassifier) and isinstance(s.task, ClassificationTask)
+    assert t.batch_size is not None  # the recipe filled it
+    return ContrastiveObjective(
+        model=s.model,
+        task=s.task,
+        train=s.splits.train,
+        validation=s.splits.validation,
+        n_pairs=few_shot_pairs(len(s.splits.train)),
+        n_steps=few_shot_steps(len(s.splits.train), t.batch_size, t.few_shot_loss),
+        loss_kind=t.few_shot_loss,
+        batch_size=t.batch_size,
+        eval_batch_size=t.eval_batch_size,
+        seed=t.seed,
+        device=s.device,
+    )
+
+
 def _run_loop(
     s: RunSetup,
     state: LoopState,
@@ -159,10 +185,12 @@ def _run_loop(
     callbacks: list[Any],
     main: bool,
     control: RunControl,
+    objective: ContrastiveObjective | None = None,
 ) -> dict[str, Any] | None:
     """Consume ``train_steps``: log, checkpoint after each evaluation, stop early or when a
     callback asks, or save and raise ``TrainingInterrupted`` on Ctrl-C. Returns what a time
-    budget did (None without)."""
+    budget did (None without). ``objective`` replaces the task's batches, loss and evaluation
+    (the few-shot recipe's sentence pairs)."""
     t, task, splits, device = s.cfg.train, s.task, s.splits, s.device
     ckpt = s.out / "checkpoints"
     recorders = [recorder] if recorder else []
@@ -192,6 +220,15 @@ def _run_loop(
             return {k: v.to(device) for k, v in splits.stream.collate(items).items()}
         return {k: v.to(device) for k, v in task.collate(splits.train, items).items()}
 
+    def loss_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return task.training_loss(s.train_model, batch)
+
+    def evaluate() -> dict[str, Any]:
+        return _evaluate(s, splits.validation, callbacks)
+
+    if objective is not None:
+        batches_for_epoch, collate = objective.batches_for_epoch, objective.collate  # type: ignore[assignment]
+        loss_fn, evaluate = objective.loss, objective.evaluate  # type: ignore[assignment]
     try:
         for info in train_steps(
             s.train_model,
@@ -199,8 +236,8 @@ def _run_loop(
             s.scheduler,
             batches_for_epoch=batches_for_epoch,
             collate=collate,
-            loss_fn=lambda batch: task.training_loss(s.train_model, batch),
-            evaluate=lambda: _evaluate(s, splits.validation, callbacks),
+            loss_fn=loss_fn,
+            evaluate=evaluate,
             state=state,
             epochs=s.epochs,
             max_steps=s.horizon,

