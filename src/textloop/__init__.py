@@ -65,6 +65,7 @@ def __getattr__(name: str) -> Any:
         return Run
     raise AttributeError(f"module 'textloop' has no attribute {name!r}")
 
+
 __all__ = [
     "CheckpointError",
     "ConfigError",
