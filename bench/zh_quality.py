@@ -227,15 +227,17 @@ def qa_baseline(test: list[Any]) -> dict[str, Any]:
 
 
 def run_textloop(
-    task: str, model: str, files: dict[str, str], out: Path, threads: int
+    task: str, model: str, files: dict[str, str], out: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
     sets = [
         f"task={task}",
         f"model={model}",
         f"output={out}",
-        f"train.threads={threads}",
+        f"train.threads={args.threads}",
         *(f"data.{k}={v}" for k, v in files.items()),
     ]
+    if args.time_budget:  # the recipe fits its steps to it (train.time_budget)
+        sets.append(f"train.time_budget={args.time_budget}")
     cfg = textloop.load_config(None, sets)
     started = time.perf_counter()
     run = textloop.train(cfg)
@@ -293,8 +295,12 @@ def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | N
             "row": row,
             "sizes": {"train": len(train), "validation": len(val), "test": len(splits["test"])},
             "baseline": tfidf_classifier(train, splits["test"]),
-            "baseline_all_train": tfidf_classifier(splits["train"], splits["test"]),
-            "models": [run_textloop("classification", e5, files, tmp / row, args.threads)],
+            **(
+                {"baseline_all_train": tfidf_classifier(splits["train"], splits["test"])}
+                if args.baseline_all_train
+                else {}
+            ),
+            "models": [run_textloop("classification", e5, files, tmp / row, args)],
         }
     if row in ("snips", "clinc150"):
         splits = english(row)
@@ -336,7 +342,7 @@ def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | N
             "row": row,
             "sizes": {"train": len(train), "validation": len(val), "test": len(test)},
             "baseline": ner_baseline(train, test),
-            "models": [run_textloop("ner", e5, files, tmp / row, args.threads)],
+            "models": [run_textloop("ner", e5, files, tmp / row, args)],
         }
     if row == "drcd":
         from textloop.tasks.qa.data import read_qa
@@ -364,7 +370,7 @@ def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | N
             "row": row,
             "sizes": {"train": len(train), "test": len(test)},
             "baseline": qa_baseline(test),
-            "models": [run_textloop("qa", e5, files, tmp / row, args.threads)],
+            "models": [run_textloop("qa", e5, files, tmp / row, args)],
         }
     raise SystemExit(f"unknown row {row!r}; rows: {', '.join(ROWS)}")
 
@@ -406,6 +412,13 @@ def main() -> None:
     p.add_argument("--qa-train", type=int, default=1500, help="training questions")
     p.add_argument("--english-per-class", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--time-budget", help="train.time_budget for every model run, e.g. 10m")
+    p.add_argument(
+        "--no-baseline-all-train",
+        dest="baseline_all_train",
+        action="store_false",
+        help="skip the TF-IDF baseline on all 42k shopping training rows (minutes)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output")
     p.add_argument("--render", type=Path)
