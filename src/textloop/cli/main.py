@@ -209,6 +209,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "textloop.cli.generate",
     "textloop.cli.trust",
     "textloop.cli.tune",
+    "textloop.cli.select",
 )
 
 
