@@ -21,7 +21,9 @@ Two modes:
   sentence embeddings, computed once, with a logistic-regression head retrained each round;
   selection is ``textloop.continual.strategies.rank`` over the head's probabilities and the same
   embeddings. Here small-text's ``BreakingTies`` (its margin strategy) runs on the same head as a
-  cross-check when the library can be imported (``--small-text DIR`` adds DIR to the path).
+  cross-check when the library can be imported (``--small-text DIR`` adds DIR to the path),
+  and ``coreset`` (k-center greedy, Sener & Savarese 2018) is the alternative diversity strategy
+  that ``diverse`` (uncertainty-weighted k-means) was measured against.
 
 Reported per dataset and strategy: the curve (mean and sd over seeds), the area under it (mean
 accuracy over the label range, trapezoids), and the labels needed to reach 95% of the accuracy of
@@ -190,8 +192,27 @@ class Frozen:
 
             q = BreakingTies().query(Head(), None, rest, np.array(labelled), None, n=k)
             return [int(i) for i in q]
+        if strategy == "coreset":
+            return k_center_greedy(self.pool_x, labelled, k)
         picks = rank(strategy, self.probs[rest], self.classes, k, seed, self.pool_x[rest])
         return [int(rest[p.index]) for p in picks]
+
+
+def k_center_greedy(x: np.ndarray, labelled: list[int], k: int) -> list[int]:
+    """Core-set selection (Sener & Savarese 2018): repeatedly take the pool point farthest
+    from everything labelled or taken so far. The alternative the diverse strategy was chosen
+    over; run here so the choice rests on a measurement."""
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    nearest = np.full(len(z), np.inf)
+    for start in range(0, len(labelled), 512):  # distance to the nearest labelled point
+        d = 2.0 - 2.0 * z @ z[labelled[start : start + 512]].T
+        nearest = np.minimum(nearest, d.min(1))
+    picks: list[int] = []
+    for _ in range(k):
+        i = int(nearest.argmax())
+        picks.append(i)
+        nearest = np.minimum(nearest, 2.0 - 2.0 * z @ z[i])
+    return picks
 
 
 # ---- the curve -------------------------------------------------------------------------------
