@@ -230,3 +230,20 @@ def test_write_queue_replaces_the_file_whole(tiny_run: Path, tmp_path: Path) -> 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and all(len(r["predictions"]) == 1 for r in rows)
     assert [p.name for p in tmp_path.iterdir()] == ["q.jsonl"]
+
+
+def test_an_exported_onnx_run_selects_by_margin_but_not_diverse(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from textloop.errors import ModelError
+    from textloop.serving.export import export_run
+
+    export_run(tiny_run, tmp_path / "onnx", format="onnx")
+    cands = [Candidate(str(i), r["text"], "x") for i, r in enumerate(toy_rows(20, seed=8))]
+    onnx = {r["id"]: r["score"] for r in select(load_run(tmp_path / "onnx"), cands, k=20).rows}
+    torch_run = {r["id"]: r["score"] for r in select(load_run(tiny_run), cands, k=20).rows}
+    for i, score in torch_run.items():  # fp32 ONNX Runtime vs PyTorch kernels: ~1e-6 apart
+        assert onnx[i] == pytest.approx(score, abs=1e-4)
+    with pytest.raises(ModelError, match="hidden states; an exported"):
+        select(load_run(tmp_path / "onnx"), cands, strategy="diverse")

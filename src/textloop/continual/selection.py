@@ -35,6 +35,7 @@ from textloop.data.examples import select_columns
 from textloop.data.readers import read_table
 from textloop.errors import ConfigError, DataError, ModelError, RegistryError
 from textloop.fileio import atomic_file, check_output_path
+from textloop.models.onnx_backend import OnnxSequenceClassifier
 from textloop.runs import Run, load_run
 from textloop.tasks.base import eval_batches
 from textloop.tasks.classification import ClassificationTask
@@ -94,7 +95,7 @@ def score_texts(
     assert isinstance(task, ClassificationTask)  # select() checks the task first
     bs = batch_size or run.config.train.eval_batch_size
     data = task.encode(list(texts), None)
-    if not isinstance(model, torch.nn.Module) or not embeddings:
+    if isinstance(model, OnnxSequenceClassifier) or not embeddings:
         return task.logits_for(model, data, bs), None
     logits = torch.empty((len(texts), len(task.state()["labels"])))
     pooled: np.ndarray | None = None
@@ -230,7 +231,7 @@ def select(
             f"{run.path}: selection needs a single-label classification run; this one is "
             f"{'multi-label ' if isinstance(task, ClassificationTask) else ''}{task.name}"
         )
-    if strategy == "diverse" and not isinstance(run.model, torch.nn.Module):
+    if strategy == "diverse" and isinstance(run.model, OnnxSequenceClassifier):
         raise ModelError(
             f"{run.path}: the diverse strategy needs the model's hidden states; an exported "
             "(ONNX) run has none: select from the original run folder, or use margin"
