@@ -232,6 +232,7 @@ def test_write_queue_replaces_the_file_whole(tiny_run: Path, tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["q.jsonl"]
 
 
+@pytest.mark.slow  # an ONNX export of the tiny run: ~8 s
 def test_an_exported_onnx_run_selects_by_margin_but_not_diverse(
     tiny_run: Path, tmp_path: Path
 ) -> None:
