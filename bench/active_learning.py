@@ -230,7 +230,10 @@ def area(curve: list[tuple[int, float]]) -> float:
     return float(np.trapezoid(ys, xs) / (xs[-1] - xs[0])) if len(xs) > 1 else float(ys[0])
 
 
-def run_dataset(name: str, args: argparse.Namespace, strategies: list[str]) -> dict[str, Any]:
+def run_dataset(
+    name: str, args: argparse.Namespace, strategies: list[str], save: Any
+) -> dict[str, Any]:
+    """The curves of one dataset; ``save(out)`` hears the summary so far after every seed."""
     counts = [int(x) for x in (args.labels or DEFAULT_LABELS[name]).split(",")]
     data = load(name, args.pool_size, args.test_size, args.dev_per_class)
     n_classes = len({r["label"] for r in data["pool"]})
@@ -244,6 +247,7 @@ def run_dataset(name: str, args: argparse.Namespace, strategies: list[str]) -> d
         started = time.perf_counter()
         out["full_pool_accuracy"] = learner.fit(list(range(len(data["pool"]))))
         out["full_pool_seconds"] = round(time.perf_counter() - started, 1)
+        print(f"{name} full pool: {out['full_pool_accuracy']:.4f}", file=sys.stderr)
         curves: dict[str, list[list[float]]] = defaultdict(list)
         for seed in range(args.seeds):
             init = _per_class(data["pool"], counts[0] // n_classes, random.Random(seed + 1))
@@ -262,6 +266,15 @@ def run_dataset(name: str, args: argparse.Namespace, strategies: list[str]) -> d
                 print(
                     f"{name} seed {seed} {strategy}: {[round(a, 3) for a in accs]}", file=sys.stderr
                 )
+            out["seeds_completed"] = seed + 1
+            save(summarise(out, curves, counts))
+    return out
+
+
+def summarise(
+    out: dict[str, Any], curves: dict[str, list[list[float]]], counts: list[int]
+) -> dict[str, Any]:
+    """Fill ``out`` with each strategy's mean curve, area and labels to 95% of full-pool."""
     target = 0.95 * out["full_pool_accuracy"]
     out["target_accuracy"] = round(target, 4)
     out["strategies"] = {}
@@ -289,7 +302,8 @@ def render(path: str) -> str:
     lines = [f"{d['mode']} mode, {d['seeds']} seeds, {d['cpu']}, {d['threads']} thread(s)", ""]
     for name, r in d["datasets"].items():
         lines += [
-            f"**{name}** (pool {r['pool']}, test {r['test']}; full-pool accuracy "
+            f"**{name}** ({r.get('seeds_completed', d['seeds'])} seeds; pool {r['pool']}, "
+            f"test {r['test']}; full-pool accuracy "
             f"{r['full_pool_accuracy']:.3f}, 95% of it = {r['target_accuracy']:.3f})",
             "",
             "| strategy | "
@@ -348,13 +362,16 @@ def main() -> None:
         "datasets": {},
     }
     started = time.perf_counter()
+
+    def save(name: str, partial: dict[str, Any]) -> None:  # a stopped run keeps its seeds
+        result["datasets"][name] = partial
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        if args.output:
+            Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
     for name in args.datasets.split(","):
-        result["datasets"][name] = run_dataset(name, args, strategies)
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        run_dataset(name, args, strategies, lambda partial, n=name: save(n, partial))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
