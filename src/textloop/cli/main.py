@@ -211,6 +211,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "textloop.cli.trust",
     "textloop.cli.tune",
     "textloop.cli.label",
+    "textloop.cli.select",
 )
 
 
