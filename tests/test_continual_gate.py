@@ -288,3 +288,25 @@ def test_per_class_rule_allows_chance_flips_but_not_forgetting():
     # 16 of 40 lost is forgetting whatever the allowance
     forgot = decide(reg(0.9), reg(0.5), new, better, 0.02, 0.05, 10, 0.0, class_noise_z=2.0)
     assert not forgot.accepted and "standard errors" in " ".join(forgot.reasons)
+
+
+def test_per_class_noise_grows_with_the_number_of_classes_judged():
+    from textloop.continual.gate import decide, family_z
+
+    # 60 classes at 2 standard errors: one chance flip per update is likely; Bonferroni at
+    # alpha 0.05 asks ~3.1 of each class, so one class losing 6 of 40 passes, 12 of 40 fails
+    assert family_z(2.0, 0.05, 60) == pytest.approx(3.14, abs=0.01)
+    assert family_z(2.0, 0.05, 2) == 2.0 and family_z(2.0, 0.0, 60) == 2.0
+
+    def reg(flipped: int) -> dict:
+        per = {f"c{i}": {"support": 40, "recall": 0.975} for i in range(60)}
+        per["c0"] = {"support": 40, "recall": (39 - flipped) / 40}
+        return {"n": 2400, "accuracy": 0.975, "per_class": per}
+
+    new = {"n": 10, "accuracy": 0.0, "per_class": {}}
+    better = {**new, "accuracy": 0.9}
+    args = (new, better, 0.02, 0.05, 10, 0.0)
+    assert not decide(reg(0), reg(6), *args, class_noise_z=2.0).accepted
+    assert decide(reg(0), reg(6), *args, class_noise_z=2.0, class_family_alpha=0.05).accepted
+    forgot = decide(reg(0), reg(12), *args, class_noise_z=2.0, class_family_alpha=0.05)
+    assert not forgot.accepted and "'c0'" in forgot.reasons[0]

@@ -54,6 +54,15 @@ class GateConfig(StrictModel):
         "class's recall on its regression examples) above max_class_drop are chance, not "
         "forgetting: 40 examples at 90% recall allow 0.05 + 0.095. 0: max_class_drop alone.",
     )
+    class_family_alpha: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="With K classes judged, the noise allowance uses at least the one-sided "
+        "normal quantile of 1 - alpha/K standard errors (Bonferroni), so chance flips fail one "
+        "of K classes in about alpha of updates: z 3.1 for 60 classes, 2.3 for 5. "
+        "0: gate.class_noise_z alone.",
+    )
     min_class_support: int = Field(
         10, ge=1, description="Regression-set examples a class needs to be judged per class."
     )

@@ -14,6 +14,7 @@ only by a generous share. The full-label-space accuracy stays in the report, for
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -55,6 +56,20 @@ def class_noise(recall: float, support: int, z: float) -> float:
     return z * math.sqrt(p * (1 - p) / support)
 
 
+def family_z(z: float, alpha: float, n_classes: int) -> float:
+    """The per-class noise z when ``n_classes`` are each checked: at least the one-sided normal
+    quantile of ``1 - alpha / n_classes`` (Bonferroni), so that a chance flip past the rule in
+    any one of them happens in about ``alpha`` of updates; ``z`` alone when ``alpha`` is 0.
+
+    Example:
+        >>> round(family_z(2.0, 0.05, 60), 2), family_z(2.0, 0.05, 1), family_z(2.0, 0.0, 60)
+        (3.14, 2.0, 2.0)
+    """
+    if alpha <= 0 or n_classes <= 0:
+        return z
+    return max(z, statistics.NormalDist().inv_cdf(1.0 - alpha / n_classes))
+
+
 def decide(
     before_regression: dict[str, Any],
     after_regression: dict[str, Any],
@@ -72,13 +87,15 @@ def decide(
     reference: Mapping[str, Any] | None = None,
     max_drop_vs_reference: float | None = None,
     class_noise_z: float = 0.0,
+    class_family_alpha: float = 0.0,
 ) -> GateDecision:
     """Apply the gate to scores from ``retrain.score`` (accuracy, per-class recall).
 
     The candidate passes when (1) its accuracy on the regression set of earlier data is at most
     ``max_overall_drop`` below the production model's, (2) no class with at least
     ``min_class_support`` regression examples loses more than ``max_class_drop`` recall plus
-    ``class_noise_z`` standard errors of its recall on its examples (chance flips), and
+    ``class_noise_z`` standard errors of its recall on its examples (chance flips; at least
+    ``family_z`` of the classes judged when ``class_family_alpha`` is set), and
     (3) its accuracy on the new data's held-out part beats production's by more than
     ``min_new_gain``.
 
@@ -118,9 +135,13 @@ def decide(
             b - a <= max_overall_drop + _TOLERANCE,
             f"may drop at most {max_overall_drop}",
         )
-        for label, m in before_regression["per_class"].items():
-            if m["support"] < min_class_support:
-                continue
+        judged = [
+            (label, m)
+            for label, m in before_regression["per_class"].items()
+            if m["support"] >= min_class_support
+        ]
+        class_noise_z = family_z(class_noise_z, class_family_alpha, len(judged))
+        for label, m in judged:
             after = after_regression["per_class"].get(label, {}).get("recall", 0.0)
             allowed = max_class_drop + class_noise(m["recall"], m["support"], class_noise_z)
             check(
@@ -130,7 +151,7 @@ def decide(
                 m["recall"] - after <= allowed + _TOLERANCE,
                 f"may drop at most {allowed:.3f}"
                 + (
-                    f" ({max_class_drop} + {class_noise_z:g} standard errors on "
+                    f" ({max_class_drop} + {class_noise_z:.2g} standard errors on "
                     f"{m['support']} examples)"
                     if class_noise_z
                     else ""
@@ -195,6 +216,7 @@ def predict_gate(
     reference: str = "none",
     max_drop_vs_reference: float | None = None,
     class_noise_z: float = 0.0,
+    class_family_alpha: float = 0.0,
 ) -> dict[str, Any]:
     """How the gate will judge an update, said before training (for ``update --dry-run``).
 
@@ -208,12 +230,13 @@ def predict_gate(
     judged = sorted(lab for lab, n in regression_per_class.items() if n >= min_class_support)
     unknown = sorted(set(regression_per_class) - set(old_labels))
     mode: Mode = "old_label_space" if new_labels else "same_label_space"
+    class_noise_z = family_z(class_noise_z, class_family_alpha, len(judged))
     notes: list[str] = []
     can_pass: bool | None = None
     rules = (
         f"accuracy may drop at most {max_overall_drop}, the recall of each of the "
         f"{len(judged)} classes with >= {min_class_support} examples at most {max_class_drop}"
-        + (f" plus {class_noise_z:g} standard errors of its recall" if class_noise_z else "")
+        + (f" plus {class_noise_z:.2g} standard errors of its recall" if class_noise_z else "")
     )
     if not n_reg:
         notes.append("the regression set is empty: forgetting will not be checked")

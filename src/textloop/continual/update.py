@@ -141,6 +141,7 @@ def judge(
         reference=ref,
         max_drop_vs_reference=gate.max_drop_vs_reference,
         class_noise_z=gate.class_noise_z,
+        class_family_alpha=gate.class_family_alpha,
     )
 
 
@@ -256,6 +257,7 @@ def update(
         cfg.reference,
         g.max_drop_vs_reference,
         g.class_noise_z,
+        g.class_family_alpha,
     )
     if dry_run:
         return UpdateResult(dry_run=True, plan=plan, before=before)
