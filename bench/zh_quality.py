@@ -318,9 +318,7 @@ def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | N
             "sizes": {"train": len(train), "validation": len(val), "test": len(splits["test"])},
             "baseline": tfidf_classifier(train, splits["test"]),
             "models": [
-                run_textloop(
-                    "classification", m, files, tmp / f"{row}-{m.split(':')[1]}", args.threads
-                )
+                run_textloop("classification", m, files, tmp / f"{row}-{m.split(':')[1]}", args)
                 for m in (e5, "embedded:minilm")
             ],
         }
