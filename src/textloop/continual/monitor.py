@@ -29,7 +29,7 @@ from textloop.continual.replay import (
     continual_dir,
     ensure_frozen,
 )
-from textloop.data.batching import sorted_batches
+from textloop.data.batching import mean_pool, sorted_batches
 from textloop.errors import DataError
 from textloop.fileio import atomic_dir, make_parent_dirs
 from textloop.runs import load_registered
@@ -64,9 +64,7 @@ def embed_texts(run: Any, texts: Sequence[str], batch_size: int = 64) -> dict[st
     for idx in sorted_batches(data.lengths, batch_size):
         batch = task.collate(data, idx)
         out = model(**batch, output_hidden_states=True)
-        mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
-        hidden = out.hidden_states[-1].float()  # (B, T, H)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
+        pooled = mean_pool(out.hidden_states[-1], batch["attention_mask"])  # (B, H)
         for row, i in enumerate(idx):
             emb[i] = pooled[row].numpy()
         probs[idx] = torch.softmax(out.logits.float() / task.temperature, -1).numpy()

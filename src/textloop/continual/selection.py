@@ -31,6 +31,7 @@ import torch
 from textloop.artifacts.feedback import FeedbackStore
 from textloop.artifacts.registry import Registry
 from textloop.continual.strategies import STRATEGIES, rank
+from textloop.data.batching import mean_pool
 from textloop.data.examples import select_columns
 from textloop.data.readers import read_table
 from textloop.errors import ConfigError, DataError, ModelError, RegistryError
@@ -101,9 +102,7 @@ def score_texts(
     pooled: np.ndarray | None = None
     for idx, inputs, _ in eval_batches(task, model, data, bs):
         out = model(**inputs, output_hidden_states=True)
-        mask = inputs["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
-        hidden = out.hidden_states[-1].float()  # (B, T, H)
-        mean = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu().numpy()  # (B, H)
+        mean = mean_pool(out.hidden_states[-1], inputs["attention_mask"]).cpu().numpy()  # (B, H)
         if pooled is None:
             pooled = np.zeros((len(texts), mean.shape[1]), dtype=np.float32)
         pooled[idx] = mean

@@ -64,3 +64,10 @@ def pad_batch(
             types[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
         out["token_type_ids"] = types
     return out
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Sentence vectors (B, H): the fp32 mean of ``hidden`` (B, T, H) over the real tokens of
+    ``attention_mask`` (B, T) — the padded batch's mask, so padding never counts."""
+    mask = attention_mask.unsqueeze(-1).float()  # (B, T, 1)
+    return (hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from textloop.data.batching import pad_batch, sorted_batches
+from textloop.data.batching import mean_pool, pad_batch, sorted_batches
 from textloop.errors import ModelError
 from textloop.serving.sources import LoadedModel
 
@@ -62,9 +62,8 @@ def mean_pooled(
     for idx in sorted_batches([len(x) for x in ids], batch_size):
         batch = pad_batch([ids[i] for i in idx], pad, [types[i] for i in idx] if types else None)
         batch = {k: v.to(device) for k, v in batch.items()}
-        hidden = model(**batch, output_hidden_states=True).hidden_states[-1].float()  # (B, T, H)
-        mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
+        hidden = model(**batch, output_hidden_states=True).hidden_states[-1]  # (B, T, H)
+        pooled = mean_pool(hidden, batch["attention_mask"])  # (B, H)
         for row, vec in zip(idx, F.normalize(pooled, dim=-1).cpu().tolist()):
             out[row] = vec
     return out
