@@ -278,6 +278,34 @@ def _write_qa(examples: list[Any], path: Path) -> str:
     return str(path)
 
 
+def classification_row(
+    row: str,
+    splits: dict[str, Rows],
+    train: Rows,
+    val: Rows,
+    models: list[str],
+    tmp: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One classification row: the sample's files, the TF-IDF baseline on the same training
+    rows, and a default-recipe run of each model."""
+    test = splits["test"]
+    files = {
+        "train": write_tsv(train, tmp / f"{row}-train.tsv"),
+        "validation": write_tsv(val, tmp / f"{row}-val.tsv"),
+        "test": write_tsv(test, tmp / f"{row}-test.tsv"),
+    }
+    return {
+        "row": row,
+        "sizes": {"train": len(train), "validation": len(val), "test": len(test)},
+        "baseline": tfidf_classifier(train, test),
+        "models": [
+            run_textloop("classification", m, files, tmp / f"{row}-{m.split(':')[1]}", args)
+            for m in models
+        ],
+    }
+
+
 def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | None:
     e5 = "embedded:e5-small"
     if row.startswith("shopping"):
@@ -286,42 +314,17 @@ def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | N
             return None
         train = per_class(splits["train"], args.shopping_train, args.seed)
         val = per_class(splits["validation"], args.shopping_train // 4, args.seed + 1)
-        files = {
-            "train": write_tsv(train, tmp / f"{row}-train.tsv"),
-            "validation": write_tsv(val, tmp / f"{row}-val.tsv"),
-            "test": write_tsv(splits["test"], tmp / f"{row}-test.tsv"),
-        }
-        return {
-            "row": row,
-            "sizes": {"train": len(train), "validation": len(val), "test": len(splits["test"])},
-            "baseline": tfidf_classifier(train, splits["test"]),
-            **(
-                {"baseline_all_train": tfidf_classifier(splits["train"], splits["test"])}
-                if args.baseline_all_train
-                else {}
-            ),
-            "models": [run_textloop("classification", e5, files, tmp / row, args)],
-        }
+        out = classification_row(row, splits, train, val, [e5], tmp, args)
+        if args.baseline_all_train:
+            out["baseline_all_train"] = tfidf_classifier(splits["train"], splits["test"])
+        return out
     if row in ("snips", "clinc150"):
         splits = english(row)
         if splits is None:
             return None
         train = per_class(splits["train"], None, args.seed, each=args.english_per_class)
         val = per_class(splits["validation"], None, args.seed + 1, each=args.english_per_class)
-        files = {
-            "train": write_tsv(train, tmp / f"{row}-train.tsv"),
-            "validation": write_tsv(val, tmp / f"{row}-val.tsv"),
-            "test": write_tsv(splits["test"], tmp / f"{row}-test.tsv"),
-        }
-        return {
-            "row": row,
-            "sizes": {"train": len(train), "validation": len(val), "test": len(splits["test"])},
-            "baseline": tfidf_classifier(train, splits["test"]),
-            "models": [
-                run_textloop("classification", m, files, tmp / f"{row}-{m.split(':')[1]}", args)
-                for m in (e5, "embedded:minilm")
-            ],
-        }
+        return classification_row(row, splits, train, val, [e5, "embedded:minilm"], tmp, args)
     if row == "people-daily":
         from textloop.tasks.ner.data import read_people_daily
 
