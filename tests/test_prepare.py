@@ -751,6 +751,70 @@ def test_short_and_chinese_near_copies_are_caught_and_hard_negatives_kept(tmp_pa
     assert _stage(m, "near_duplicate")["removed"] == 2
 
 
+def test_short_texts_differing_in_more_words_than_the_budget_are_kept(tmp_path):
+    """Issue 16: words and word pairs cannot tell two adjacent replaced words from three, so
+    the short rule alone removed queries of one template with a different slot phrase. The
+    edit budget (max(2, 10%) words as written) keeps them; copies within it still go, also
+    when the edited words carry punctuation ("abe's" is one word, not two)."""
+    kept_texts = [
+        "i need to know how to spell the word serendipity",
+        "can you schedule an uber for three people to go to abe's pizza",
+        "i would like to add this song to my playlist called road trip anthems",
+    ]
+    slot_twin = "i need to know how to spell conscience"  # 3 words from the first: kept
+    copies = [
+        "can you schedule an uber for four people to go to bob's pizza",  # 2 words replaced
+        "i would like to add this song to my playlist called summer anthems",  # 1 del, 1 sub
+    ]
+    src = _jsonl(tmp_path / "d.jsonl", [*kept_texts, slot_twin, *copies])
+    m = _run([str(src)], tmp_path / "out", dedup={"mode": "near"})
+    assert set(_all_texts(tmp_path / "out")) == {*kept_texts, slot_twin}
+    assert _stage(m, "near_duplicate")["removed"] == 2
+    # the shingle rule alone (the check off) takes the slot twin for a copy
+    _run([str(src)], tmp_path / "off", dedup={"mode": "near", "short_max_edits": -1})
+    assert slot_twin not in set(_all_texts(tmp_path / "off"))
+
+
+def test_edit_budget_check_equals_its_definition():
+    from textloop.data.prepare.clean import edit_units
+    from textloop.data.prepare.config import DedupConfig
+    from textloop.data.prepare.dedup import _within_edit_budget
+    from textloop.data.prepare.fingerprint import build_representations, edits_within
+
+    def distance(a: list[str], b: list[str]) -> int:  # plain Levenshtein over units
+        row = list(range(len(b) + 1))
+        for i, x in enumerate(a, 1):
+            prev, row[0] = row[0], i
+            for j, y in enumerate(b, 1):
+                prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+        return row[-1]
+
+    assert edit_units("I'm on-the-ground, 差评！ OK &") == ["im", "ontheground", "差", "评", "ok"]
+    rng = random.Random(9)
+    texts = []
+    for _ in range(40):
+        words = [rng.choice(["ab", "cd", "e-f", "gh"]) for _ in range(rng.randint(0, 25))]
+        texts.append(" ".join(words))
+        for _ in range(2):
+            edited = list(words)
+            for _ in range(rng.randint(0, 4)):
+                at = rng.randrange(len(edited) + 1)
+                edited[at:at] = ["zz"] if rng.random() < 0.5 else []
+                if edited and rng.random() < 0.5:
+                    del edited[rng.randrange(len(edited))]
+            texts.append(" ".join(edited))
+    texts += [" ".join(f"w{i}" for i in range(200)), " ".join(f"w{i}" for i in range(1, 200))]
+    rep = build_representations(DedupConfig())[0]
+    pairs = np.array([[i, j] for i in range(len(texts)) for j in range(i + 1, len(texts))])
+    ok = np.arange(len(pairs)) % 5 != 0
+    got = _within_edit_budget(pairs, ok, texts, rep)
+    for (i, j), flag, decided in zip(pairs, ok, got):
+        a, b = edit_units(texts[i]), edit_units(texts[j])
+        cap = max(2, len(a) // 10, len(b) // 10)
+        assert decided == (flag and distance(a, b) <= cap)
+        assert edits_within(a, b, cap) == (distance(a, b) <= cap)
+
+
 def test_leakage_check_finds_short_near_copies_across_splits(tmp_path):
     rng = random.Random(4)
     base = [_doc(rng, 12) for _ in range(200)]

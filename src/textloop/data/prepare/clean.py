@@ -85,6 +85,26 @@ def words(text: str) -> list[str]:
     return WORD_RE.findall(text)
 
 
+# every ASCII character that is neither part of a word nor a space is dropped
+_ASCII_NON_WORD_DROPPED = str.maketrans(
+    {c: None for c in map(chr, range(128)) if not (c.isalnum() or c == "_" or c.isspace())}
+)
+# a character of a script without spaces, or a run of other characters between spaces
+_EDIT_UNIT_RE = re.compile(rf"[{_NO_SPACE}]|[^\s{_NO_SPACE}]+")
+_NON_WORD_NON_SPACE = re.compile(r"[^\w\s]+")
+
+
+def edit_units(text: str) -> list[str]:
+    """The units a near copy's edits are counted in: a word as written between spaces, its
+    punctuation dropped and case folded ("Abe's", "on-the-ground" are one word each, as a
+    reader counts them, where ``words`` makes two and three), or one character of a script
+    without spaces. Pure punctuation is no unit."""
+    text = text.casefold()
+    if text.isascii():
+        return text.translate(_ASCII_NON_WORD_DROPPED).split()
+    return _EDIT_UNIT_RE.findall(_NON_WORD_NON_SPACE.sub("", text))
+
+
 def count_words(text: str) -> int:
     """Words in ``text``; each character of a script without spaces (Chinese, Japanese, Thai) is one."""
     return len(words(text))

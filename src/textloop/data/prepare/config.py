@@ -127,6 +127,17 @@ class DedupConfig(StrictModel):
         "edited words are caught from 10 words on (about 20% of the words in shorter texts); "
         "0 leaves only the threshold.",
     )
+    short_max_edits: int = Field(
+        2,
+        ge=-1,
+        description="Short-text representation: a pair its shingle rule accepts must also differ "
+        "by at most max(short_max_edits, short_edit_share x the longer text's words) replaced, "
+        "deleted or inserted words (CJK characters), the definition of a near copy; -1 turns "
+        "the check off.",
+    )
+    short_edit_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="See short_max_edits: 0.1 allows 12 edits at 128 words."
+    )
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
     seed: int = Field(1, ge=0, description="Seed of the MinHash permutations.")
 

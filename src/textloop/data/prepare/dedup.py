@@ -21,11 +21,18 @@ from typing import Protocol
 
 import numpy as np
 
-from textloop.data.prepare.fingerprint import Representation, dedup_tokens, shingle_hash_sets
+from textloop.data.prepare.clean import edit_units
+from textloop.data.prepare.fingerprint import (
+    Representation,
+    dedup_tokens,
+    edits_within,
+    shingle_hash_sets,
+)
 
 _VERIFY_CHUNK = 20_000
 _OVERLAP_ELEMENTS = 1_000_000  # shingles per overlap sort: 8 MB per array
 _SHINGLE_WORDS = 200_000  # words shingled at once when verifying
+_EDIT_COLUMNS = 160  # edit units per text held in arrays by _within_edit_budget
 
 
 @dataclass
@@ -173,14 +180,66 @@ def verify_pairs(
     for start in range(0, len(pairs), _VERIFY_CHUNK):
         chunk = pairs[start : start + _VERIFY_CHUNK]
         ids, local = np.unique(chunk, return_inverse=True)
-        shingles = _shingles_of(texts_of(ids), rep.sizes)
-        inter, union, smaller = shared_shingles(chunk, shingles, local.reshape(chunk.shape))
+        texts = texts_of(ids)
+        shingles = _shingles_of(texts, rep.sizes)
+        local = local.reshape(chunk.shape)
+        inter, union, smaller = shared_shingles(chunk, shingles, local)
         ok = rep.is_near(inter, union, smaller)
+        if rep.max_edits >= 0:
+            ok &= _within_edit_budget(local, ok, texts, rep)
         keep.append(chunk[ok])
         sims.append(inter[ok] / union[ok])
     if not keep:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
     return np.concatenate(keep), np.concatenate(sims)
+
+
+def _within_edit_budget(
+    local: np.ndarray, ok: np.ndarray, texts: list[str], rep: Representation
+) -> np.ndarray:
+    """For the pairs ``ok`` marks, whether their word edit distance is within ``rep``'s budget
+    (the others are left False: they are out already).
+
+    Most pairs are decided in bulk: with the common head and tail of two unit sequences cut,
+    middles of m and n units are at most max(m, n) edits apart and at least |m - n|. Only a pair
+    between those bounds (or past ``_EDIT_COLUMNS`` units) runs the dynamic programme.
+    """
+    idx = np.flatnonzero(ok)
+    needed, at = np.unique(local[idx], return_inverse=True)  # only texts of pairs still in
+    i, j = at.reshape(-1, 2)[:, 0], at.reshape(-1, 2)[:, 1]
+    units = [edit_units(texts[k]) for k in needed.tolist()]
+    lengths = np.array([len(u) for u in units], dtype=np.int64)
+    width = min(int(lengths.max(initial=0)), _EDIT_COLUMNS)
+    # unit hashes, left- and right-aligned, padded with -1 (never a str hash in CPython); the
+    # head and tail are clipped to the shorter text, so pad matching pad counts for nothing
+    left = np.full((len(units), width), -1, dtype=np.int64)
+    right = np.full((len(units), width), -1, dtype=np.int64)
+    hashed = np.fromiter(map(hash, itertools.chain.from_iterable(units)), np.int64, lengths.sum())
+    row = np.repeat(np.arange(len(units)), lengths)
+    column = np.arange(len(hashed)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    fits = lengths[row] <= width
+    left[row[fits], column[fits]] = hashed[fits]
+    right[row[fits], (column + width - lengths[row])[fits]] = hashed[fits]
+    la, lb = lengths[i], lengths[j]
+    head = np.cumprod(left[i] == left[j], axis=1).sum(axis=1)
+    tail = np.cumprod((right[i] == right[j])[:, ::-1], axis=1).sum(axis=1)
+    shorter = np.minimum(la, lb)
+    tail = np.minimum(tail, shorter - np.minimum(head, shorter))
+    head = np.minimum(head, shorter)
+    ma, mb = la - head - tail, lb - head - tail
+    budget = rep.edit_budget(np.maximum(la, lb))
+    within = np.zeros(len(local), dtype=bool)
+    sure = np.maximum(ma, mb) <= budget
+    # texts of one length are at most their Hamming distance apart (replacements only)
+    same = ~sure & (la == lb)
+    sure[same] = (left[i[same]] != left[j[same]]).sum(axis=1) <= budget[same]
+    open_ = ~sure & (np.abs(ma - mb) <= budget)
+    open_ |= np.maximum(la, lb) > width  # not in the arrays: the programme decides
+    within[idx[sure & (np.maximum(la, lb) <= width)]] = True
+    for n in np.flatnonzero(open_):
+        a, b = units[int(i[n])], units[int(j[n])]
+        within[idx[n]] = edits_within(a, b, int(budget[n]))
+    return within
 
 
 def clusters(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

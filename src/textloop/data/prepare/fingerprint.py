@@ -11,7 +11,10 @@ shingles two edited words in a 30-word text drop the Jaccard similarity to about
   Jaccard reaches the threshold or when at most ``max_differing_shingles`` (12) shingles differ,
   and at most 65% of the smaller text's: one replaced word changes 6 shingles, so 1-2 edits
   are caught from 10 words on (about 20% of the words below that), while in a long text the
-  threshold decides.
+  threshold decides. A pair that rule accepts must also be within max(2, 10%) word edits
+  (``short_max_edits``, ``short_edit_share``): sets of words and word pairs cannot tell two
+  adjacent replaced words from three ("spell the word serendipity" / "spell conscience"), so
+  without it short queries of one template with different slot phrases were removed.
 * long (>= ``long_min_words``, 64): ``shingle_size``-word shingles (5), Jaccard >= threshold,
   as before. Between 64 and 128 words a document is in both, so a copy with a sentence
   added or removed always shares one representation with its original.
@@ -141,6 +144,47 @@ def shingle_hash_sets(docs: list[list[str]], size: int | tuple[int, ...]) -> lis
     return [low[bounds[k] : bounds[k + 1]] for k in range(len(docs))]
 
 
+def edits_within(a: list[str], b: list[str], cap: int) -> bool:
+    """Whether the word-level Levenshtein distance of ``a`` and ``b`` is at most ``cap``.
+
+    The common head and tail are cut first (a near copy is mostly both), then a dynamic
+    programme over the diagonal band |i - j| <= cap only, stopped once a row exceeds ``cap``:
+    O(len * cap) for the rest, so a few microseconds for a typical pair.
+    """
+    if abs(len(a) - len(b)) > cap:
+        return False
+    head = 0
+    while head < len(a) and head < len(b) and a[head] == b[head]:
+        head += 1
+    tail = 0
+    while tail < len(a) - head and tail < len(b) - head and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    a, b = a[head : len(a) - tail], b[head : len(b) - tail]
+    if not a or not b:
+        return max(len(a), len(b)) <= cap
+    over = cap + 1
+    m = len(b)
+    prev = [j if j <= cap else over for j in range(m + 1)]  # row 0; cells off the band: over
+    for i, x in enumerate(a, 1):
+        lo, hi = max(1, i - cap), min(m, i + cap)
+        cur = [over] * (m + 1)
+        cur[0] = i if i <= cap else over
+        low = cur[0]
+        for j in range(lo, hi + 1):
+            best = prev[j - 1] + (x != b[j - 1])
+            if prev[j] + 1 < best:
+                best = prev[j] + 1
+            if cur[j - 1] + 1 < best:
+                best = cur[j - 1] + 1
+            cur[j] = best
+            if best < low:
+                low = best
+        if low > cap:
+            return False
+        prev = cur
+    return prev[m] <= cap
+
+
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     """Jaccard similarity of two sorted, unique shingle-hash arrays."""
     inter = np.intersect1d(a, b, assume_unique=True).size
@@ -179,6 +223,14 @@ class Representation:
     first_band: int
     # past max_words, still the documents with at most this many distinct long shingles (0: none)
     max_long_shingles: int = 0
+    # and a pair the rule accepts must also be within max(max_edits, edit_share * words) word
+    # edits (replaced, deleted or inserted words; ``edits_within``); max_edits < 0: no check
+    max_edits: int = -1
+    edit_share: float = 0.0
+
+    def edit_budget(self, n_words: np.ndarray) -> np.ndarray:
+        """Word edits pairs whose longer texts have ``n_words`` words may differ by."""
+        return np.maximum(self.max_edits, (self.edit_share * n_words).astype(np.int64))
 
     def covers(self, n_words: np.ndarray, n_long_shingles: np.ndarray) -> np.ndarray:
         """Which documents this representation shingles, by word count and, past
@@ -238,6 +290,8 @@ def build_representations(cfg: DedupConfig) -> list[Representation]:
                 rows,
                 0,
                 max_long_shingles=cfg.short_max_words,
+                max_edits=cfg.short_max_edits,
+                edit_share=cfg.short_edit_share,
             )
         )
     # the long representation always exists (the config checks that the two meet)
