@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from textloop.continual.config import ReplayConfig, UpdateConfig
 from textloop.continual.regularisers import EWCObjective, LwFObjective
 from textloop.continual.replay import (
+    REPLAY_MIN_PER_CLASS,
     Row,
     SampleSize,
     balanced_sample,
@@ -31,9 +33,23 @@ def build_buffer_size(replay: ReplayConfig) -> SampleSize:
     return SampleSize(replay.buffer_per_class, replay.max_size, replay.buffer_size)
 
 
-def build_replay_size(replay: ReplayConfig) -> SampleSize:
-    """The replayed sample's size rule: ``replay_per_class`` per class, or a fixed total."""
-    return SampleSize(replay.replay_per_class, replay.max_size, replay.replay_size)
+def build_replay_size(
+    replay: ReplayConfig, new_train: Sequence[Row], old_labels: Sequence[str]
+) -> SampleSize:
+    """The replayed sample's size rule: ``replay_per_class`` per earlier class, or a fixed total.
+
+    Unset, the per-class count follows the new data: its mean rows per new label (per label
+    when the update adds none), at least ``REPLAY_MIN_PER_CLASS``. An earlier class replayed
+    with fewer rows than a new label brings is outnumbered in every batch: on BBC News, 50
+    business articles against 120 of the new politics sent half of business to politics (full
+    label space 0.51, joint retraining 1.0; bench/continual.py)."""
+    per_class = replay.replay_per_class
+    if per_class is None:
+        counts = Counter(r["label"] for r in new_train)
+        known = set(old_labels)
+        fresh = [n for label, n in counts.items() if label not in known] or list(counts.values())
+        per_class = max(REPLAY_MIN_PER_CLASS, -(-sum(fresh) // max(len(fresh), 1)))
+    return SampleSize(per_class, replay.max_size, replay.replay_size)
 
 
 def build_candidate(
@@ -63,7 +79,8 @@ def build_candidate(
     n_replay = 0
     objective: Any = ctask
     if cfg.strategy == "replay":
-        replayed = build_replay_size(cfg.replay).sample(replay_buffer, cfg.seed)
+        size = build_replay_size(cfg.replay, new_train, old_labels)
+        replayed = size.sample(replay_buffer, cfg.seed)
         rows += replayed
         n_replay = len(replayed)
     elif cfg.strategy == "ewc":

@@ -106,6 +106,8 @@ class SampleSize:
 # What a version's frozen buffer holds when nothing else is configured (``ReplayConfig``'s
 # defaults): ``drift`` may freeze a version's data before any update does.
 DEFAULT_BUFFER = SampleSize(per_class=100, cap=20_000)
+# the fewest rows of each earlier class an unconfigured replay mixes in (``build_replay_size``)
+REPLAY_MIN_PER_CLASS = 50
 DEFAULT_REGRESSION_SIZE = 2000
 
 

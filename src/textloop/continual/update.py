@@ -142,6 +142,7 @@ def judge(
         max_drop_vs_reference=gate.max_drop_vs_reference,
         class_noise_z=gate.class_noise_z,
         class_family_alpha=gate.class_family_alpha,
+        overall_noise_z=gate.overall_noise_z,
     )
 
 
@@ -209,7 +210,7 @@ def update(
     old_labels = list(run.task.labels)
     new_labels = sorted({r["label"] for r in new_train} - set(old_labels))
     n_replay = (
-        len(build_replay_size(cfg.replay).sample(frozen.replay, cfg.seed))
+        len(build_replay_size(cfg.replay, new_train, old_labels).sample(frozen.replay, cfg.seed))
         if cfg.strategy == "replay"
         else 0
     )
@@ -258,6 +259,7 @@ def update(
         g.max_drop_vs_reference,
         g.class_noise_z,
         g.class_family_alpha,
+        g.overall_noise_z,
     )
     if dry_run:
         return UpdateResult(dry_run=True, plan=plan, before=before)
