@@ -369,7 +369,8 @@ def run_clinc(args: argparse.Namespace) -> dict:
             "head_lr": args.head_lr,
             "batch_size": 16,
             "seed": args.seed,
-            "replay": "default ReplayConfig: 50 per old class replayed, buffer 100 per class",
+            "replay": "default ReplayConfig: replay_per_class unset (the new data's mean rows "
+            "per new label, at least 50, per earlier class), buffer 100 per class",
             "gate": "default GateConfig; regression set: held-out train.tsv rows of the old "
             "intents (regression_per_intent each); new-data hold-out: dev rows of the new ones",
         },

@@ -86,6 +86,8 @@ def test_unigram_tokenizer_on_a_tiny_vocabulary(tmp_path: Path) -> None:
     assert _ids(tok, "hello▁world") == _ids(tok, "hello world")
     # an unknown character is <unk>; the text around it is still segmented
     assert _ids(tok, "hello z!") == [piece["▁hello"], piece["▁"], 3, piece["!"]]
+    # one <unk> per unknown character, as the reference (tokenizers alone would fuse the run)
+    assert _ids(tok, "hello zz!") == [piece["▁hello"], piece["▁"], 3, 3, piece["!"]]
     # XLM-R templates and special tokens; <mask> absorbs the space before it
     assert tok.encode("hello").ids == [0, piece["▁hello"], 2]
     assert tok.encode("hello", "world").ids == [0, piece["▁hello"], 2, 2, piece["▁world"], 2]
@@ -189,17 +191,11 @@ def real(reference_lib: Path) -> tuple[Path, Reference, Path]:
     return folder, Reference(reference_lib, model_file), model_file
 
 
-def _explained(ref: list[int], got: list[int], scores: np.ndarray) -> bool:
-    """A difference the ``tokenizers`` library cannot avoid: it fuses runs of <unk> into one,
-    and it sums piece scores in float64 where the reference uses float32, so between two
-    segmentations of exactly equal score (e.g. 好|好好 and 好好|好) their rounding picks."""
-    fused = [t for i, t in enumerate(ref) if not (t == 3 and i and ref[i - 1] == 3)]
-    unk_score = float(scores.min()) - 10.0
-
-    def total(ids: list[int]) -> float:
-        return sum(unk_score if i == 3 else float(scores[i]) for i in ids)
-
-    return fused == got or (sorted(fused) == sorted(got) and abs(total(fused) - total(got)) < 1e-4)
+def _exact_tie(ref: list[int], got: list[int]) -> bool:
+    """The one difference ``tokenizers`` cannot avoid: it sums piece scores in float64 where
+    the reference uses float32, so between two segmentations of exactly equal score (the same
+    pieces in another order, e.g. 好|好好 and 好好|好) their rounding picks."""
+    return sorted(ref) == sorted(got)
 
 
 @pytest.mark.slow
@@ -207,9 +203,8 @@ def _explained(ref: list[int], got: list[int], scores: np.ndarray) -> bool:
 def test_real_tokenizer_reproduces_the_reference(real: tuple[Path, Reference, Path]) -> None:
     from transformers import AutoTokenizer
 
-    folder, reference, model_file = real
+    folder, reference, _ = real
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    scores = read_e5_file(model_file).scores
     texts = sample_texts()
     assert len(texts) >= 100
     different = []
@@ -221,9 +216,11 @@ def test_real_tokenizer_reproduces_the_reference(real: tuple[Path, Reference, Pa
     print(f"token ids identical on {identical:.2%} of {len(texts)} texts")
     unexplained = [
         t for t, ids in different
-        if not _explained(ids, tokenizer(t, add_special_tokens=False)["input_ids"], scores)
+        if not _exact_tie(ids, tokenizer(t, add_special_tokens=False)["input_ids"])
     ]  # fmt: skip
     assert unexplained == []
+    # a stress sample (repeated characters, rare scripts): 2 ties in 396 texts; on 8,736 real
+    # texts 99.95% are identical (bench/e5_tokenizer.py)
     assert identical >= 0.99
 
 

@@ -49,7 +49,7 @@ _MAGIC = b"E5S1"
 _BLOCK = 32  # weights per Q4_0 block
 _BLOCK_BYTES = 2 + _BLOCK // 2
 _POSITION_OFFSET = 2  # XLM-R: position ids start at pad_token_id + 1
-_CONVERTER_VERSION = 1  # bump when the output changes, so old caches are rebuilt
+_CONVERTER_VERSION = 2  # bump when the output changes, so old caches are rebuilt
 _SPECIAL = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
 
 # the file's tensor names -> XLM-R's, per layer ({} = layer index)

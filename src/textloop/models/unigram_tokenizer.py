@@ -15,9 +15,14 @@ In ``tokenizers`` terms: a ``Precompiled`` normaliser (the per-codepoint map com
 SentencePiece's charsmap format, below), ``Replace(" {2,}", " ")``, a ``Metaspace``
 pre-tokenizer (prepend always) and a ``Unigram`` model. Splitting at ``▁`` before the Viterbi
 gives the same pieces as one Viterbi over the whole text when no piece holds ``▁`` past its first
-character (checked). Two known differences, both rare: ``tokenizers`` fuses consecutive unknown
-characters into one ``<unk>`` where the reference emits one per character, and an empty text
-gets no content token where the reference emits a lone ``▁``.
+character (checked). ``tokenizers`` fuses consecutive unknown characters into one ``<unk>``
+where the reference emits one per character, so a ``Split`` pre-tokenizer isolates every
+character that occurs in no piece: no piece can span it, so cutting the text there changes no
+other token, and each such character becomes a ``<unk>`` of its own. Two known differences
+remain, both rare: between two segmentations of exactly equal total score (the same pieces in
+another order, e.g. 好好|好 and 好|好好) the reference's float32 rounding picks one and
+``tokenizers`` (float64) the other, and an empty text gets no content token where the
+reference emits a lone ``▁``.
 
 SentencePiece's charsmap is a darts-clone double-array trie over the UTF-8 bytes of each source
 codepoint, whose leaves point into a blob of NUL-terminated replacement strings:
@@ -166,7 +171,9 @@ def build_unigram_tokenizer(
         if normalisation
         else [collapse]
     )
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(META, prepend_scheme="always", split=split)
+    metaspace = pre_tokenizers.Metaspace(META, prepend_scheme="always", split=split)
+    unknown = pre_tokenizers.Split(Regex(unknown_char_pattern(pieces)), behavior="isolated")
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([metaspace, unknown])
     tokenizer.decoder = decoders.Metaspace(META, prepend_scheme="always", split=split)
     tokenizer.post_processor = TemplateProcessing(
         single=f"{bos} $A {eos}",
@@ -181,6 +188,22 @@ def build_unigram_tokenizer(
         ]
     )
     return tokenizer
+
+
+def unknown_char_pattern(pieces: Sequence[str]) -> str:
+    """A regex (Oniguruma syntax, as ``tokenizers`` compiles it) matching one character that
+    occurs in none of the ordinary ``pieces``: a negated class of the known codepoints, written
+    as ranges of ``\\x{...}`` escapes."""
+    known = sorted({ord(c) for p in pieces if p not in SPECIAL_TOKENS for c in p} | {ord(META)})
+    ranges: list[str] = []
+    start = prev = known[0]
+    for cp in [*known[1:], -1]:
+        if cp == prev + 1:
+            prev = cp
+            continue
+        ranges.append(f"\\x{{{start:X}}}" + (f"-\\x{{{prev:X}}}" if prev > start else ""))
+        start = prev = cp
+    return "[^" + "".join(ranges) + "]"
 
 
 def save_xlmr_tokenizer(tokenizer: Any, folder: Path, model_max_length: int) -> None:
