@@ -481,6 +481,52 @@ def test_ewc_and_lwf_stay_closer_to_the_old_model_than_naive(prod):
     assert kl["lwf"] < kl["naive"], kl  # distillation keeps the old labels' outputs closer
 
 
+def test_ewc_leaves_the_new_labels_free_to_learn(prod):
+    """The Fisher anchors what earlier data was learned with; a new label's head row did not
+    exist then. Anchored too (the old behaviour), a strong penalty kept the new label's logit
+    at its start and EWC learned none of a new class."""
+    import copy
+
+    from textloop.continual.candidate import build_candidate
+    from textloop.continual.regularisers import EWCObjective
+    from textloop.continual.retrain import encode_rows, extend_head, head_rows
+    from textloop.runs import load_run
+
+    run = load_run(prod / "run")
+    new, old = neutral_rows(48, 3), toy_rows(64, seed=4)
+    cfg = load_update_config(None, ["strategy=ewc", "epochs=2", "lr=3e-3", "ewc_lambda=10000"])
+    cand, task, _ = build_candidate(run.model, run.task, new, old, cfg)
+    probe = neutral_rows(32, 9)
+    logits = task.logits_for(cand, task.encode([r["text"] for r in probe], None), 64)
+    assert float((logits.argmax(-1) == 2).float().mean()) >= 0.75
+    # the new label's head row moves freely (anchored: 0.008 against naive's 0.12; free: 0.057)
+    start = extend_head(copy.deepcopy(run.model), ["neg", "pos"], ["neutral"], cfg.seed)
+    naive_cfg = cfg.model_copy(update={"strategy": "naive"})
+    naive, _, _ = build_candidate(run.model, run.task, new, old, naive_cfg)
+    names = head_rows(start, 3, 2)
+    moved = {
+        key: sum(
+            float((dict(model.named_parameters())[n][2:] - p[2:]).detach().norm())
+            for n, p in start.named_parameters()
+            if n in names
+        )
+        for key, model in (("ewc", cand), ("naive", naive))
+    }
+    assert moved["ewc"] > 0.25 * moved["naive"], moved
+
+    ext = extend_head(copy.deepcopy(run.model), ["neg", "pos"], ["neutral"])
+    rows = head_rows(ext, 3, 2)
+    assert rows and all(first == 2 for first in rows.values())
+    ewc = EWCObjective.build(task, ext, encode_rows(task, old), 1.0, new_rows=rows)
+    for name in rows:
+        assert float(ewc.fisher[name][2:].abs().sum()) == 0.0
+        assert float(ewc.fisher[name][:2].abs().sum()) > 0.0
+    mean = sum(float(f.sum()) for f in ewc.fisher.values()) / sum(
+        f.numel() for f in ewc.fisher.values()
+    )
+    assert mean == pytest.approx(1.0, rel=1e-4)
+
+
 def test_update_reader_can_drop_unlabelled_feedback(tmp_path):
     from textloop.continual.replay import read_labelled
     from textloop.errors import DataError

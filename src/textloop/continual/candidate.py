@@ -21,6 +21,7 @@ from textloop.continual.retrain import (
     encode_rows,
     extend_head,
     finetune,
+    head_rows,
 )
 from textloop.errors import DataError
 from textloop.tasks.classification.task import ClassificationTask
@@ -87,7 +88,13 @@ def build_candidate(
         old = balanced_sample(replay_buffer, cfg.fisher_samples, cfg.seed)
         if not old:
             raise DataError("strategy ewc needs earlier data for the Fisher; the buffer is empty")
-        objective = EWCObjective.build(ctask, candidate, encode_rows(ctask, old), cfg.ewc_lambda)
+        objective = EWCObjective.build(
+            ctask,
+            candidate,
+            encode_rows(ctask, old),
+            cfg.ewc_lambda,
+            new_rows=head_rows(candidate, len(ctask.labels), len(old_labels)),
+        )
     elif cfg.strategy == "lwf":
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():

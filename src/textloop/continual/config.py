@@ -192,7 +192,7 @@ class UpdateConfig(ScheduleConfig):
         None, ge=8, le=8192, description="Tokens per example (default: the production run's)."
     )
     ewc_lambda: float = Field(
-        100.0,
+        3.0,
         ge=0.0,
         description="ewc: strength of the penalty lambda/2 * sum F_i (theta_i - theta*_i)^2, "
         "with the Fisher diagonal F scaled to mean 1.",

@@ -76,6 +76,17 @@ def extend_head(
     return model
 
 
+def head_rows(model: torch.nn.Module, n_labels: int, n_old: int) -> dict[str, int]:
+    """The output layer's parameter names, each with its first new label's row (``n_old``);
+    empty when no label was added."""
+    if n_labels == n_old:
+        return {}
+    parent, attr = _head_linear(model, n_labels)
+    layer = getattr(parent, attr)
+    mine = {id(p) for p in layer.parameters()}
+    return {n: n_old for n, p in model.named_parameters() if id(p) in mine}
+
+
 # ---- scoring -------------------------------------------------------------------------------
 def score_predictions(gold: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-class precision / recall / F1 over the gold labels."""
