@@ -94,6 +94,37 @@ def test_export_onnx_int8_is_fused_quantized_and_agrees(served):
     assert main(["predict", str(served["int8"]), TEXTS[1]]) == 0
 
 
+def test_int8_export_keeps_outlier_matmuls_in_fp32(served, tmp_path):
+    """A channel after GELU 1000x larger than the rest (the outliers of pre-trained
+    transformers): one int8 scale per tensor crushes the other channels, so the export falls
+    back to the plan that keeps the feed-forward output projections in fp32, and says so."""
+    from safetensors.torch import save_file
+
+    from textloop.serving.export import int8_plans
+
+    copy = tmp_path / "outlier-run"
+    shutil.copytree(served["run"], copy)
+    run = load_run(copy)
+    state = {k: v.clone().contiguous() for k, v in run.model.state_dict().items()}
+    for layer in range(2):
+        prefix = f"bert.encoder.layer.{layer}."
+        state[prefix + "intermediate.dense.bias"][0] = 1e4  # GELU(x) = x on every token
+        state[prefix + "output.dense.weight"] *= 20.0  # the block's output matters
+        state[prefix + "output.dense.weight"][:, 0] = 0.0  # but not the outlier, in fp32
+    save_file(state, str(copy / "model" / "model.safetensors"))
+    # the toy model is so sure of itself that probabilities barely move: all-int8 0.006 here,
+    # with the projections in fp32 0.0002 (as the unmodified run), so the bound is tight
+    report = export_run(copy, tmp_path / "int8", format="onnx", quantize="int8", max_prob_diff=2e-3)
+    tries = [t["plan"] for t in report.int8_tries]
+    assert tries[0] == "all" and report.int8_plan != "all", report.int8_tries
+    assert report.int8_tries[0]["max_prob_diff"] > 2e-3  # all-int8 was refused
+    assert report.int8_fp32_matmuls == 2 and report.max_prob_diff <= 2e-3
+    saved = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert saved["int8_plan"] == "ffn-output" and len(saved["int8_tries"]) == 2
+    plans = dict(int8_plans(tmp_path / "int8" / "model" / "model.onnx"))
+    assert plans.keys() >= {"all"}  # the quantised graph reads back (MatMulInteger now)
+
+
 def test_export_refuses_disagreement_and_bad_options(served, tmp_path):
     out = tmp_path / "strict"
     with pytest.raises(ExportError, match=r"disagrees.*max probability difference"):

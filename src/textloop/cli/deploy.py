@@ -163,6 +163,14 @@ def _export(args: argparse.Namespace) -> int:
         f"check on {report.n_sample} texts ({report.sample_source}): label agreement "
         f"{report.label_agreement:.4f}, max probability difference {report.max_prob_diff:.5f}"
     )
+    if report.int8_plan and report.int8_plan != "all":
+        refused = ", ".join(
+            f"{t['plan']} (max difference {t['max_prob_diff']})" for t in report.int8_tries[:-1]
+        )
+        print(
+            f"int8 plan {report.int8_plan}: {report.int8_fp32_matmuls} MatMuls kept in fp32 "
+            f"(refused: {refused}; see export.json)"
+        )
     return 0
 
 
