@@ -45,7 +45,10 @@ def clip_long_texts(
     if not long:
         return out, 0
     cut = [cut_at_whitespace(out[i], max_chars) for i in long]
-    ids = tokenizer(cut, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    # verbose=False: these are counted, not fed to the model (no "longer than 512" warning)
+    ids = tokenizer(cut, add_special_tokens=False, return_attention_mask=False, verbose=False)[
+        "input_ids"
+    ]
     n = 0
     for i, text, tokens in zip(long, cut, ids):
         if len(tokens) > max_seq_len:
