@@ -227,6 +227,8 @@ def plot_report(report: dict[str, Any], path: Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from textloop.evaluation.fonts import label_ticks
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     t = report["tests"]
     ax = axes[0]
@@ -242,7 +244,10 @@ def plot_report(report: dict[str, Any], path: Any) -> None:
     x = np.arange(len(dist["labels"]))
     ax.bar(x - 0.2, dist["reference"], 0.4, label="reference")
     ax.bar(x + 0.2, dist["current"], 0.4, label="current")
-    ax.set_xticks(x, dist["labels"], rotation=45, ha="right")
+    ticks, font, key = label_ticks(dist["labels"])
+    ax.set_xticks(x, ticks, rotation=45, ha="right", fontproperties=font)
+    if key is not None:  # the key's characters cannot be drawn either: the report lists them
+        ax.set_xlabel("#i = the i-th label of tests.prediction.distribution.labels", fontsize=7)
     ax.set_title(f"predicted labels (p={t['prediction']['p_value']:.3g})")
     ax.legend()
     ax = axes[2]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from textloop.evaluation.calibration import reliability_section
+from textloop.evaluation.fonts import font_note, label_ticks
 from textloop.fileio import atomic_path, write_text_atomic
 
 
@@ -60,7 +61,10 @@ def _plot_learning_curve(log_path: Path, png: Path) -> bool:
     return True
 
 
-def _plot_confusion(matrix: list[list[int]], labels: list[str], png: Path, title: str) -> None:
+def _plot_confusion(
+    matrix: list[list[int]], labels: list[str], png: Path, title: str
+) -> str | None:
+    """Write the confusion matrix plot; returns the key of numbered ticks (``fonts``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,8 +75,9 @@ def _plot_confusion(matrix: list[list[int]], labels: list[str], png: Path, title
     size = max(4.0, 0.5 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    ticks, font, key = label_ticks(labels)
+    ax.set_xticks(range(len(labels)), ticks, rotation=45, ha="right", fontproperties=font)
+    ax.set_yticks(range(len(labels)), ticks, fontproperties=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if len(labels) <= 30:
@@ -96,6 +101,7 @@ def _plot_confusion(matrix: list[list[int]], labels: list[str], png: Path, title
             fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
+    return key
 
 
 def _fmt(v: Any) -> str:
@@ -274,13 +280,14 @@ def write_report(out: Path, metrics: dict[str, Any], labels: list[str]) -> None:
         if split in metrics and kind == "classification":
             parts += [f"## Per-class metrics ({split})", "", metrics_table(metrics[split]), ""]
             if "confusion_matrix" in metrics[split]:
-                _plot_confusion(
+                key = _plot_confusion(
                     metrics[split]["confusion_matrix"],
                     labels,
                     plots / f"confusion_{split}.png",
                     f"Confusion matrix ({split})",
                 )
                 parts += [f"![confusion matrix]({'plots/confusion_' + split + '.png'})", ""]
+                parts += font_note(key)
             parts += reliability_section(split, metrics[split], plots)
             break
     write_text_atomic(out / "report.md", "\n".join(parts))
