@@ -35,6 +35,15 @@ new-data hold-out: the dev rows of the new intents; default GateConfig), what th
 what ``reference: joint`` trains on the buffer). Shrink it with --groups, --per-intent, --epochs:
     nice -n 19 taskset -c 1 .venv/bin/python bench/continual.py --scenario clinc --groups 3 \
         --per-intent 20 --threads 1 --output bench/results/continual_clinc_small.json
+
+Several seeds (each its own sample of rows, base model and order; one per core, ~1.5 CPU-hours
+each at 10 groups), then replay vs joint after the last step per seed and mean +- sd:
+
+    nice -n 19 taskset -c 0 .venv/bin/python bench/continual.py --scenario clinc --groups 10 \
+        --per-intent 60 --epochs 2 --base-epochs 3 --threads 1 --seed 1 \
+        --strategies replay,joint --work /tmp/clinc-seed1 --output seed1.json
+    .venv/bin/python bench/continual.py --summarize bench/results/continual_clinc.json \
+        seed1.json seed2.json --output bench/results/continual_clinc_seeds.json
 """
 
 from __future__ import annotations
@@ -445,8 +454,54 @@ def run_strategies(base, groups: list[dict], strategies: list[str], args) -> dic
     return out
 
 
+def summarize(paths: list[str]) -> dict:
+    """Replay vs joint after the last step, per seed and mean +- sd, from clinc result files
+    of different seeds (the 1.5 CPU-hour runs go one per core: ``--seed N --output F``)."""
+    import statistics
+
+    rows = []
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        strategies = d["strategies"]
+        if not {"replay", "joint"} <= strategies.keys():
+            raise SystemExit(f"{path}: needs the replay and joint strategies")
+        row = {"file": path, "seed": d["settings"]["seed"]}
+        for name in ("replay", "joint"):
+            st = strategies[name]
+            last = st["steps"][-1]
+            row[name] = {
+                "old": last["old_accuracy_full"],
+                "new": last["new_accuracy"],
+                "accepted": f"{sum(st['accepted'])}/{len(st['accepted'])}",
+            }
+        row["replay_minus_joint"] = {
+            k: round(row["replay"][k] - row["joint"][k], 4) for k in ("old", "new")
+        }
+        rows.append(row)
+
+    def mean_sd(values: list[float]) -> dict:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return {"mean": round(statistics.mean(values), 4), "sd": round(sd, 4)}
+
+    return {
+        "seeds": rows,
+        "mean": {
+            f"{name}_{k}": mean_sd([r[name][k] for r in rows])
+            for name in ("replay", "joint")
+            for k in ("old", "new")
+        }
+        | {
+            f"replay_minus_joint_{k}": mean_sd([r["replay_minus_joint"][k] for r in rows])
+            for k in ("old", "new")
+        },
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--summarize", nargs="+", metavar="FILE", help="clinc results of several seeds: compare"
+    )
     parser.add_argument("--scenario", choices=["bbc", "clinc"], default="bbc")
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument("--work", default="/tmp/textloop-bench-continual")
@@ -474,6 +529,13 @@ def main() -> int:
     parser.add_argument("--max-seq-len", type=int, help="default 96 (bbc), 32 (clinc)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.summarize:
+        results = summarize(args.summarize)
+        text = json.dumps(results, indent=2)
+        print(text)
+        if args.output:
+            Path(args.output).write_text(text + "\n")
+        return 0
     if args.max_seq_len is None:
         args.max_seq_len = 96 if args.scenario == "bbc" else 32
     if args.scenario == "bbc":
