@@ -36,9 +36,10 @@ def estimate_fisher(
     Squared gradients of each micro-batch's mean loss, times the batch size (an estimate of
     the per-example squared gradient that costs one backward per batch instead of per
     example), summed over batches and scaled to mean 1, so that ``ewc_lambda`` depends neither
-    on the model's size nor on how many examples the Fisher was estimated on. ``new_rows`` maps a parameter to its first row that the earlier model
-    did not have (a class-incremental head's new labels): those rows get Fisher 0, free to
-    learn. Anchoring them too would hold every new label's logit at its starting value, since
+    on the model's size nor on how many examples the Fisher was estimated on.
+
+    ``new_rows`` maps a parameter to its first row that the earlier model did not have (a
+    class-incremental head's new labels): those rows get Fisher 0, free to learn. Anchoring them too would hold every new label's logit at its starting value, since
     on earlier data the loss only pushes new labels down: on BBC News, EWC then learned 0-10%
     of each new topic (bench/continual.py).
     """
