@@ -9,8 +9,8 @@ realistic length spread), batch size, learning rate, clipping, schedule and thre
 
 Each precision is a dimension: textloop at ``train.precision: fp32`` / ``bf16`` against Trainer
 fp32 / ``Trainer(bf16=True)`` (CPU autocast, the same bf16 path), so no row compares two
-precisions. The default is fp32, plus bf16 where the CPU has AMX (``amx_bf16``): elsewhere
-bf16 is emulated and ~13x slower, which measures nothing useful.
+precisions. The default is fp32, plus bf16 where the CPU has native bf16 (``amx_bf16`` or
+``avx512_bf16``): elsewhere bf16 is emulated and ~13x slower, which measures nothing useful.
 
 Trainer runs three ways: DataCollatorWithPadding (dynamic padding, random batches),
 ``train_sampling_strategy="group_by_length"``, and padding to max_length 128 (the tutorial way).
@@ -262,7 +262,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="640 examples, 10 fixed steps (smoke test)")
     p.add_argument(
         "--precisions",
-        help="comma-separated, of fp32,bf16 (default: fp32, and bf16 where the CPU has amx_bf16)",
+        help="comma-separated, of fp32,bf16 (default: fp32, and bf16 where the CPU has native bf16)",
     )
     p.add_argument("--output", help="also write the JSON here")
     args = p.parse_args()
@@ -270,7 +270,7 @@ def main() -> None:
     precisions = (
         args.precisions.split(",")
         if args.precisions
-        else ["fp32", *(["bf16"] if cpu.has_amx_bf16 else [])]
+        else ["fp32", *(["bf16"] if cpu.native_bf16 else [])]
     )
     if args.quick:
         args.examples, args.fixed_steps = 640, 10

@@ -1,7 +1,8 @@
 """Precision: what ``auto`` picks on which CPU, and bf16 as a tested path where the CPU has it.
 
 The decision tests run everywhere (they decide for a described CPU); the bf16 training tests
-run only where ``auto`` itself picks bf16 (AMX CPUs), and say so when skipped elsewhere.
+run only where ``auto`` itself picks bf16 (AMX or AVX-512 BF16 CPUs), and say so when skipped
+elsewhere.
 """
 
 from __future__ import annotations
@@ -23,20 +24,23 @@ from .test_training import toy_config
 CPU = torch.device("cpu")
 AVX2_ONLY = CpuInfo("AMD EPYC 7B13 64-Core Processor", ("avx2", "fma"))
 AMX = CpuInfo("Intel(R) Xeon(R) Processor", ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
+ZEN4 = CpuInfo("AMD EPYC 9B14", ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"))
 HAS_BF16 = choose_precision("auto", CPU).name == "bf16"
 needs_bf16 = pytest.mark.skipif(
     not HAS_BF16,
-    reason=f"precision auto is fp32 on this CPU ({read_cpu_info().model}: no amx_bf16); "
-    "bf16 training is tested on AMX CPUs",
+    reason=f"precision auto is fp32 on this CPU ({read_cpu_info().model}: neither amx_bf16 nor "
+    "avx512_bf16); bf16 training is tested on CPUs with native bf16",
 )
 
 
-def test_auto_picks_bf16_only_where_the_cpu_has_amx() -> None:
+def test_auto_picks_bf16_only_where_the_cpu_has_native_bf16() -> None:
     avx2 = choose_precision("auto", CPU, AVX2_ONLY)
-    assert (avx2.name, avx2.dtype) == ("fp32", None) and "amx_bf16" in avx2.reason
+    assert (avx2.name, avx2.dtype) == ("fp32", None) and "avx512_bf16" in avx2.reason
     amx = choose_precision("auto", CPU, AMX)
     assert (amx.name, amx.dtype) == ("bf16", torch.bfloat16) and "amx_bf16" in amx.reason
-    for cpu in (AVX2_ONLY, AMX):  # an explicit choice is kept whatever the CPU
+    zen4 = choose_precision("auto", CPU, ZEN4)  # AVX-512 BF16 dot products, no AMX tiles
+    assert (zen4.name, zen4.dtype) == ("bf16", torch.bfloat16) and "avx512_bf16" in zen4.reason
+    for cpu in (AVX2_ONLY, AMX, ZEN4):  # an explicit choice is kept whatever the CPU
         assert choose_precision("fp32", CPU, cpu).dtype is None
         assert choose_precision("bf16", CPU, cpu).dtype is torch.bfloat16
 
