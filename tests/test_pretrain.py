@@ -418,3 +418,81 @@ def test_carried_tensors_join_a_sharded_checkpoint(tmp_path):
         load_file(tmp_path / file)["bert.pooler.dense.weight"], torch.full((2, 2), 3.0)
     )
     assert index["weight_map"]["bert.a"] == "model-00001-of-00001.safetensors"
+
+
+# ---- whole-word masking of Chinese: words from the jieba segmenter ---------------------------
+
+_ZH = "我们喜欢北京大学的图书馆。ok fine"
+
+
+def _char_tokenizer(tmp: Path) -> Any:
+    """A BERT WordPiece tokenizer whose basic tokenizer makes every Han character a word."""
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ok", "fine", "。"]
+    vocab += sorted({c for c in _ZH * 3 + "他们去上海看电影很好吃饭" if "\u4e00" <= c <= "\u9fff"})
+    (tmp / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return BertTokenizerFast(str(tmp / "vocab.txt"), do_lower_case=True)
+
+
+def test_chinese_word_numbers_follow_the_segmenter_not_the_tokenizer():
+    pytest.importorskip("jieba")
+    from textloop.tasks.lm.words import word_numbers
+
+    # one token per character, each its own tokenizer word (BERT's basic tokenizer)
+    offsets = [(i, i + 1) for i in range(13)]
+    numbers = word_numbers(_ZH, offsets, list(range(13)))
+    assert numbers == [0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4, 4, 5]  # 我们/喜欢/北京大学/的/图书馆/。
+    # SentencePiece: [CLS], a lone "▁" (no characters of its own), then pieces that cross
+    # jieba's words; the Han run (with its "。") is one tokenizer word, "ok" and "fine" two more
+    offsets = [(0, 0), (0, 0), (0, 3), (3, 4), (4, 6), (6, 8), (8, 9), (9, 12), (12, 13)]
+    offsets += [(13, 15), (15, 20)]
+    words = [-1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2]
+    # ▁ joins 我们喜 (in 我们); 欢 is in 喜欢; 北京 and 大学 share 北京大学; 的; 图书馆; 。; ok; fine
+    assert word_numbers(_ZH, offsets, words) == [-1, 0, 0, 1, 2, 2, 3, 4, 5, 6, 7]
+    assert word_numbers("only english here", [(0, 4)], [0]) == [0]  # no Han: untouched
+
+
+def test_whole_word_masking_of_chinese_masks_segmenter_words_whole(tmp_path):
+    pytest.importorskip("jieba")
+    tokenizer = _char_tokenizer(tmp_path)
+    docs = ["我们喜欢北京大学的图书馆。他们去上海看电影。ok fine", "很好吃饭。我们去上海"] * 200
+    task = PretrainTask(tokenizer, "mlm", 32, whole_word_mask=True, seed=2)
+    stream = PackedStream(
+        DocumentSource("docs", [lambda: docs]),
+        Tokenize(tokenizer, "mlm", chinese_words=True),
+        32,
+        0,
+        task.collate_blocks,
+    )
+    blocks = [b for b, _ in stream.blocks(shuffle=False)]
+    batch = task.collate_blocks(blocks)
+    chosen = batch["targets"] != IGNORE
+    sizes, n_split = [], 0
+    for row, blk in enumerate(blocks):
+        doc, starts = 0, set(blk.doc_starts)
+        groups: dict[tuple[int, int], list[bool]] = {}
+        for t, w in enumerate(blk.words):
+            doc += t in starts
+            if w >= 0:
+                groups.setdefault((doc, w), []).append(bool(chosen[row, t]))
+        sizes += [len(flags) for flags in groups.values()]
+        n_split += sum(len(set(flags)) > 1 for flags in groups.values())
+    assert n_split == 0
+    assert max(sizes) >= 3  # 北京大学, 图书馆: several characters masked as one word
+    # without the segmenter every character is a word of its own
+    plain = Tokenize(tokenizer, "mlm")(docs[:1])[0][1]
+    assert len(set(plain) - {-1}) == len([w for w in plain if w >= 0])
+
+
+def test_whole_word_masking_of_chinese_without_jieba_is_a_one_line_error(monkeypatch):
+    import sys
+
+    from textloop.errors import ConfigError
+    from textloop.tasks.lm import words
+
+    monkeypatch.setattr(words, "_segmenter", None)
+    monkeypatch.setitem(sys.modules, "jieba", None)  # import jieba raises ImportError
+    with pytest.raises(ConfigError, match=r"needs the jieba word segmenter: pip install"):
+        words.chinese_word_starts("北京大学")
+    assert words.chinese_word_starts("no chinese") == []  # English never needs it

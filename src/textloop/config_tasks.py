@@ -71,7 +71,9 @@ class PretrainConfig(StrictModel):
         0.15, gt=0.0, lt=1.0, description="MLM: share of tokens chosen for prediction (80/10/10)."
     )
     whole_word_mask: bool = Field(
-        False, description="MLM: choose whole words, masking all their sub-word tokens together."
+        False,
+        description="MLM: choose whole words, masking all their sub-word tokens together; "
+        "Chinese words come from the jieba segmenter (the zh extra), not the tokenizer.",
     )
     document_mask: bool = Field(
         True,

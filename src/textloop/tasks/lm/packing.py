@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from textloop.errors import DataError
+from textloop.tasks.lm.words import HAN_RUN, word_numbers
 
 _TOKENIZE_CHUNK = 64  # documents per tokenizer call: fast tokenizers batch well
 
@@ -122,9 +123,11 @@ def _parquet_loader(path: Path, column: str) -> Callable[[], list[str]]:
 class Tokenize:
     """Documents -> token ids (closed by the separator) and word numbers, for one objective."""
 
-    def __init__(self, tokenizer: Any, objective: str) -> None:
+    def __init__(self, tokenizer: Any, objective: str, chinese_words: bool = False) -> None:
         self.tokenizer = tokenizer
         self.objective = objective
+        # whole-word masking: Chinese words from a segmenter, not the tokenizer (lm/words.py)
+        self.chinese_words = chinese_words
         sep = tokenizer.sep_token_id if objective == "mlm" else None
         self.separator = sep if sep is not None else tokenizer.eos_token_id
         if self.separator is None:
@@ -136,12 +139,20 @@ class Tokenize:
     def __call__(self, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
         # MLM keeps the model's own framing ([CLS] doc [SEP]); CLM takes doc tokens + EOS
         mlm = self.objective == "mlm"
+        texts = list(texts)
+        segment = self.chinese_words and self.tokenizer.is_fast
         enc = self.tokenizer(  # documents longer than the model's window are cut into blocks
-            list(texts), add_special_tokens=mlm, return_attention_mask=False, verbose=False
+            texts,
+            add_special_tokens=mlm,
+            return_attention_mask=False,
+            return_offsets_mapping=segment,
+            verbose=False,
         )
         out = []
         for i, ids in enumerate(enc["input_ids"]):
             words = [-1 if w is None else w for w in enc.word_ids(i)] if enc.encodings else []
+            if segment and words and HAN_RUN.search(texts[i]):
+                words = word_numbers(texts[i], enc["offset_mapping"][i], words)
             if not words:
                 words = [0] * len(ids)
             if not ids or ids[-1] != self.separator:

@@ -67,7 +67,7 @@ def build_splits(cfg: RunConfig, tokenizer: Any) -> Splits:
         train_docs.keep = lambda text: not held_out(text, d.val_fraction)
     stream = PackedStream(
         train_docs,
-        Tokenize(tokenizer, objective),
+        Tokenize(tokenizer, objective, chinese_words=p.whole_word_mask),
         task.block_size,
         cfg.train.seed,
         task.collate_blocks,

@@ -293,7 +293,11 @@ class PretrainTask(Task):
 def held_out_blocks(source: DocumentSource, task: PretrainTask, max_blocks: int) -> Encoded:
     """The first ``max_blocks`` blocks (0: all) of a held-out source, in corpus order."""
     stream = PackedStream(
-        source, Tokenize(task.tokenizer, task.objective), task.block_size, 0, task.collate_blocks
+        source,
+        Tokenize(task.tokenizer, task.objective, task.whole_word_mask),
+        task.block_size,
+        0,
+        task.collate_blocks,
     )
     blocks = []
     for blk, _ in stream.blocks(epoch=-1, shuffle=False):  # fixed order, fixed masks
