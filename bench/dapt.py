@@ -13,6 +13,14 @@ development macro-F1 is the headline (``selected``), so the choice never looks a
     python bench/dapt.py --recipes short --threads 2          # ~40 min on 2 CPU cores
     python bench/dapt.py --recipes short,long,slow,wwm,lora --seeds 5 --jobs 8   # the sweep
     python bench/dapt.py --recipes smoke --seeds 1 --per-topic 2                 # smoke
+    python bench/dapt.py --dataset zh-shopping --recipes short,short-wwm --mlm-steps 200 \
+        --jobs 2 --threads 1      # Chinese: whole-word (jieba) vs token masking, e5-small
+
+``--dataset zh-shopping`` asks the same question of Chinese and of whole-word masking there:
+embedded:e5-small adapted on ``--corpus-docs`` reviews of ``../shared/data/zh/online_shopping``
+(the training part of zh_quality.py's hash split, text only), then fine-tuned on ``--per-topic``
+reviews per category (9 categories) and scored on 100 test reviews per category. ``short-wwm``
+is ``short`` with whole-word masking, whose Chinese words come from jieba (``textloop[zh]``).
 
 The long recipe needs ~16M tokens of MLM: minutes on a GPU, ~6 hours on 2 CPU cores
 (0.18 s per block of 128 tokens, measured with the short recipe).
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import multiprocessing
 import os
@@ -38,6 +47,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +59,81 @@ RECIPES: dict[str, dict[str, Any]] = {
     "short": {"steps": 400, "batch": 16, "lr": 1e-4},
     "long": {"steps": 2000, "batch": 64, "lr": 1e-4},
     "slow": {"steps": 2000, "batch": 64, "lr": 3e-5},
+    "short-wwm": {"steps": 400, "batch": 16, "lr": 1e-4, "whole_word_mask": True},
     "wwm": {"steps": 2000, "batch": 64, "lr": 1e-4, "whole_word_mask": True},
     "lora": {"steps": 2000, "batch": 64, "lr": 5e-4, "lora_r": 16},
     "smoke": {"steps": 4, "batch": 4, "lr": 1e-4},
 }
 FINETUNE = {"epochs": 10, "batch": 8, "lr": 1e-4, "max_seq_len": 128}
-BASE = "embedded:minilm"
+SHOPPING = Path(__file__).resolve().parents[2] / "shared" / "data" / "zh" / "online_shopping"
+
+
+@dataclass
+class Dataset:
+    """What one question is asked of: the base model, its unlabelled text, labelled and test rows."""
+
+    base: str
+    corpus: str  # data.train of the MLM runs
+    rows: list[dict[str, str]]  # the labelled pool (train, validation and development draw)
+    test: str  # data.test of every fine-tuning
+    describe: dict[str, str]
+
+
+def bbc_dataset() -> Dataset:
+    from textloop.data.builtin import read_builtin
+
+    return Dataset(
+        base="embedded:minilm",
+        corpus="builtin:bbc-news:train",
+        rows=read_builtin("builtin:bbc-news:train").rows,
+        test="builtin:bbc-news:test",
+        describe={
+            "unlabelled_corpus": "builtin:bbc-news:train (1,780 articles, text only)",
+            "test": "builtin:bbc-news:test (445 articles)",
+        },
+    )
+
+
+def shopping_dataset(tmp: Path, corpus_docs: int) -> Dataset:
+    """Chinese product reviews: zh_quality.py's hash split; the corpus is training text only."""
+    if not (SHOPPING / "reviews.csv").is_file():
+        raise SystemExit(f"--dataset zh-shopping needs {SHOPPING / 'reviews.csv'}")
+    parts: dict[str, list[dict[str, str]]] = {"train": [], "validation": [], "test": []}
+    seen: set[str] = set()
+    with (SHOPPING / "reviews.csv").open(encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            text = (r["review"] or "").strip()
+            if text and text not in seen:
+                seen.add(text)
+                h = int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:8], 16) % 10
+                part = "test" if h == 0 else "validation" if h == 1 else "train"
+                parts[part].append({"text": text, "label": r["category"]})
+    rng = random.Random(12345)  # fixed: every seed and arm sees the same corpus and test set
+    train = list(parts["train"])
+    rng.shuffle(train)
+    # the labelled pool and the unlabelled corpus come from the same training text, as in DAPT
+    corpus = tmp / "zh-corpus.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"text": r["text"]}, ensure_ascii=False) + "\n" for r in train[:corpus_docs]
+        ),
+        encoding="utf-8",
+    )
+    test: list[dict[str, str]] = []
+    for label in sorted({r["label"] for r in parts["test"]}):
+        group = [r for r in parts["test"] if r["label"] == label]
+        rng.shuffle(group)
+        test += group[:100]
+    return Dataset(
+        base="embedded:e5-small",
+        corpus=str(corpus),
+        rows=train,
+        test=_write_csv(tmp / "zh-test.csv", test),
+        describe={
+            "unlabelled_corpus": f"{corpus_docs:,} online_shopping training reviews (text only)",
+            "test": f"{len(test)} online_shopping test reviews (100 per category)",
+        },
+    )
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> str:
@@ -80,18 +159,20 @@ def _sample(
     return train, val, dev
 
 
-def pretrain(name: str, out: str, threads: int | None) -> dict[str, Any]:
-    """One MLM recipe from embedded:minilm on the BBC training text; its run summary."""
+def pretrain(
+    name: str, base: str, corpus: str, out: str, threads: int | None, steps: int | None
+) -> dict[str, Any]:
+    """One MLM recipe from ``base`` on the unlabelled ``corpus``; its run summary."""
     import textloop
     from textloop.config import load_config
 
-    recipe = RECIPES[name]
+    recipe = dict(RECIPES[name], **({"steps": steps} if steps else {}))
     steps = recipe["steps"]
     extra: dict[str, Any] = {
         "task": "mlm",
-        "model": BASE,
+        "model": base,
         "output": out,
-        "data.train": "builtin:bbc-news:train",
+        "data.train": corpus,
         "train.max_seq_len": 128,
         "train.batch_size": recipe["batch"],
         "train.lr": recipe["lr"],
@@ -117,9 +198,16 @@ def pretrain(name: str, out: str, threads: int | None) -> dict[str, Any]:
 
 
 def finetune(
-    model: str, train: str, val: str, dev: str, out: str, seed: int, threads: int | None
+    model: str,
+    train: str,
+    val: str,
+    dev: str,
+    test: str,
+    out: str,
+    seed: int,
+    threads: int | None,
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` on ``train``; accuracy and macro-F1 on ``dev`` and the BBC test set."""
+    """Fine-tune ``model`` on ``train``; accuracy and macro-F1 on ``dev`` and ``test``."""
     import textloop
     from textloop.config import load_config
 
@@ -130,7 +218,8 @@ def finetune(
             "output": out,
             "data.train": train,
             "data.validation": val,
-            "data.test": "builtin:bbc-news:test",
+            "data.test": test,
+            "train.recipe": "default",  # plain fine-tuning (auto picks few-shot at <= 16 per class)
             "train.epochs": FINETUNE["epochs"],
             "train.batch_size": FINETUNE["batch"],
             "train.lr": FINETUNE["lr"],
@@ -167,29 +256,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="threads per training process")
     ap.add_argument("--jobs", type=int, default=1, help="trainings at once (processes)")
     ap.add_argument("--output", help="also write the JSON here (updated after every training)")
+    ap.add_argument("--dataset", choices=("bbc", "zh-shopping"), default="bbc")
+    ap.add_argument("--mlm-steps", type=int, help="MLM steps for every recipe (default: its own)")
+    ap.add_argument("--corpus-docs", type=int, default=12000, help="zh-shopping: corpus reviews")
     args = ap.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         ap.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
 
-    from textloop.data.builtin import read_builtin
+    import torch
 
-    rows = read_builtin("builtin:bbc-news:train").rows
-    result: dict[str, Any] = {
-        "setup": {
-            "model": BASE,
-            "unlabelled_corpus": "builtin:bbc-news:train (1,780 articles, text only)",
-            "labelled": f"{args.per_topic} per topic x 5 topics (train), same for validation",
-            "development": f"{args.dev_per_topic} per topic x 5 topics, other training articles",
-            "test": "builtin:bbc-news:test (445 articles)",
-            "mlm_block": 128,
-            "finetune": FINETUNE,
-            "seeds": args.seeds,
-        },
-        "mlm": {},
-        "per_seed": [{"seed": s} for s in range(args.seeds)],
-    }
+    from textloop.training.precision import choose_precision, read_cpu_info
+
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory() as tmp_dir,
@@ -198,6 +277,31 @@ def main() -> None:
         ) as pool,
     ):
         tmp = Path(tmp_dir)
+        data = shopping_dataset(tmp, args.corpus_docs) if args.dataset != "bbc" else bbc_dataset()
+        rows = data.rows
+        n_topics = len({r["label"] for r in rows})
+        cpu = read_cpu_info()
+        result: dict[str, Any] = {
+            "setup": {
+                "dataset": args.dataset,
+                "model": data.base,
+                **data.describe,
+                "labelled": f"{args.per_topic} per topic x {n_topics} topics (train), same for "
+                "validation",
+                "development": f"{args.dev_per_topic} per topic x {n_topics} topics, other "
+                "training rows",
+                "mlm_block": 128,
+                "mlm_steps": args.mlm_steps or "each recipe's own",
+                "finetune": FINETUNE,
+                "seeds": args.seeds,
+                "cpu": cpu.model,
+                "precision": choose_precision("auto", torch.device("cpu"), cpu).name,
+                "threads_per_job": args.threads,
+                "jobs": args.jobs,
+            },
+            "mlm": {},
+            "per_seed": [{"seed": s} for s in range(args.seeds)],
+        }
         samples = []
         for seed in range(args.seeds):
             train, val, dev = _sample(rows, args.per_topic, args.dev_per_topic, seed)
@@ -213,14 +317,24 @@ def main() -> None:
         def finetune_job(arm: str, model: str, seed: int) -> None:
             train, val, dev = samples[seed]
             out = str(tmp / f"ft-{arm}-{seed}")
-            future = pool.submit(finetune, model, train, val, dev, out, seed, args.threads)
+            future = pool.submit(
+                finetune, model, train, val, dev, data.test, out, seed, args.threads
+            )
             jobs[future] = ("finetune", arm, seed)
 
         for name in recipes:  # the long pre-training runs first, the baselines beside them
-            future = pool.submit(pretrain, name, str(tmp / f"mlm-{name}"), args.threads)
+            future = pool.submit(
+                pretrain,
+                name,
+                data.base,
+                data.corpus,
+                str(tmp / f"mlm-{name}"),
+                args.threads,
+                args.mlm_steps,
+            )
             jobs[future] = ("pretrain", name, -1)
         for seed in range(args.seeds):
-            finetune_job("baseline", BASE, seed)
+            finetune_job("baseline", data.base, seed)
         while jobs:
             done = next(as_completed(jobs))
             kind, arm, seed = jobs.pop(done)
