@@ -43,7 +43,7 @@ class ServeOptions:
             one), ``key`` (always; 403 without one) or ``open`` (never).
         precision: the PyTorch forward of predictions and embeddings: ``fp32``, ``bf16``
             autocast (weights stay fp32; scores move in the third digit), or ``auto`` (bf16
-            where the CPU has AMX, as training decides). ONNX exports ignore it.
+            where the CPU has native bf16, as training decides). ONNX exports ignore it.
     """
 
     max_batch_size: int = 32
