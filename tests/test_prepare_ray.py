@@ -59,7 +59,11 @@ def _corpus(d: Path) -> list[str]:
         path = d / f"part{i}.jsonl"
         with path.open("w", encoding="utf-8") as f:
             for j, t in enumerate(texts):
-                f.write(json.dumps({"text": t, "label": "ab"[j % 2], "n": j}) + "\n")
+                # "mixed" is a number in three files and text in the fourth: written as text
+                mixed = j if i < 3 else f"x{j}"
+                f.write(
+                    json.dumps({"text": t, "label": "ab"[j % 2], "n": j, "mixed": mixed}) + "\n"
+                )
         files.append(str(path))
     return files
 
@@ -85,13 +89,25 @@ def _local(files: list[str], out: Path, **extra: Any) -> Path:
 
 
 @pytest.mark.integration
-def test_ray_engine_writes_the_local_engines_corpus(tmp_path, ray_local, capsys):
+def test_ray_engine_writes_the_local_engines_corpus(tmp_path, ray_local, capsys, monkeypatch):
+    from textloop.data.prepare import finalize
+
     files = _corpus(tmp_path)
     common = ["--label-column", "label", "--set", "labels.min_per_class=1"]
-    local = _local(files, tmp_path / "local", label_column="label", labels={"min_per_class": 1})
+    common += ["--set", "shard_rows=40"]  # several shards a split, crossing the workers' pieces
+    local = _local(
+        files, tmp_path / "local", label_column="label", labels={"min_per_class": 1}, shard_rows=40
+    )
+    assert len(list((local / "train").glob("*.parquet"))) >= 3
+
+    def not_here(*args: Any) -> None:
+        raise AssertionError("the Ray engine's driver wrote a shard")
+
+    monkeypatch.setattr(finalize, "write_shard", not_here)  # the workers' copies are untouched
     args = ["prepare", *files, "--output", str(tmp_path / "ray"), "--engine", "ray", *common]
     assert main(args) == 0
     _same_corpus(local, tmp_path / "ray")
+    assert pq.read_schema(local / "train" / "part-00000.parquet").field("mixed").type == pa.string()
     manifest = json.loads((local / "manifest.json").read_text())
     removed = {s["stage"]: s["removed"] for s in manifest["stages"]}
     # the planted duplicates were found (so the equality above compares real decisions)

@@ -34,6 +34,15 @@ def extra_columns(table: pa.Table, status: np.ndarray, reserved: tuple[str, ...]
     Raises:
         DataError: a column takes the name of one of textloop's own (``reserved``).
     """
+    return merge_extras([scan_extras(table, status, reserved)])
+
+
+def scan_extras(table: pa.Table, status: np.ndarray, reserved: tuple[str, ...]) -> Extras:
+    """``extra_columns`` of one part of a corpus, before ``merge_extras`` joins the parts.
+
+    Raises:
+        DataError: a column takes the name of one of textloop's own (``reserved``).
+    """
     schema = pa.schema([])
     as_text: set[str] = set()
     offset = 0
@@ -54,11 +63,29 @@ def extra_columns(table: pa.Table, status: np.ndarray, reserved: tuple[str, ...]
             except (pa.ArrowInvalid, pa.ArrowTypeError):
                 as_text.add(name)
                 fields.append(pa.field(name, pa.string()))
-        for f in fields:
-            try:
-                schema = pa.unify_schemas([schema, pa.schema([f])], promote_options="permissive")
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                as_text.add(f.name)
+        schema, clashes = _unify(schema, fields)
+        as_text |= clashes
+    return Extras(schema, sorted(as_text))
+
+
+def _unify(schema: pa.Schema, fields: list[pa.Field]) -> tuple[pa.Schema, set[str]]:
+    """``schema`` with ``fields`` added in order (types promoted), and the names that clash."""
+    clashes = set()
+    for f in fields:
+        try:
+            schema = pa.unify_schemas([schema, pa.schema([f])], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            clashes.add(f.name)
+    return schema, clashes
+
+
+def merge_extras(parts: list[Extras]) -> Extras:
+    """The columns of the parts of a corpus in order: one type each, text where parts disagree."""
+    schema = pa.schema([])
+    as_text: set[str] = set()
+    for part in parts:
+        schema, clashes = _unify(schema, list(part.schema))
+        as_text |= clashes | set(part.as_text)
     if as_text:
         schema = pa.schema(
             [pa.field(f.name, pa.string()) if f.name in as_text else f for f in schema]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,6 +266,51 @@ ID_COLUMN, SOURCE_COLUMN = "_tl_id", "_tl_source"
 OWN_COLUMNS = (ID_COLUMN, SOURCE_COLUMN)
 
 
+@dataclass(frozen=True)
+class ShardSpec:
+    """What writing any output shard needs besides its rows: the schema and how to fill it."""
+
+    schema: pa.Schema
+    paths: list[str]  # input files, by the records' ``_file`` number
+    label_column: str | None
+    extras: Extras
+
+
+# ``(relative path, global row numbers in order)`` of every shard -> each written under ``out``
+ShardWriter = Callable[[list[tuple[str, np.ndarray]], ShardSpec, Path], None]
+EXTRA_CHUNK = 10_000  # rows taken, converted and written at a time (bounds a writer's memory)
+
+
+def shard_plan(
+    status: np.ndarray, split: np.ndarray, n_splits: int, shard_rows: int
+) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Each split's shards: its kept records in input order, ``shard_rows`` to a file."""
+    plan: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for s, name in enumerate(SPLIT_NAMES[:n_splits]):
+        rows = np.flatnonzero((status == 0) & (split == s))
+        plan[name] = [
+            (f"{name}/part-{k:05d}.parquet", rows[lo : lo + shard_rows])
+            for k, lo in enumerate(range(0, len(rows), shard_rows))
+        ]
+    return plan
+
+
+def write_shard(
+    rows: Callable[[np.ndarray], pa.Table], idx: np.ndarray, spec: ShardSpec, path: Path
+) -> None:
+    """One Parquet shard of the records ``idx``, read ``EXTRA_CHUNK`` at a time by ``rows``;
+    written under a temp name and renamed, so a retried writer never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with pq.ParquetWriter(tmp, spec.schema, compression="zstd") as w:
+        for lo in range(0, len(idx), EXTRA_CHUNK):
+            taken = rows(idx[lo : lo + EXTRA_CHUNK]).combine_chunks()
+            for batch in taken.to_batches():
+                w.write_table(
+                    _output_rows(batch, spec.paths, spec.schema, spec.label_column, spec.extras)
+                )
+    os.replace(tmp, path)
+
+
 def write_splits(
     table: pa.Table,
     paths: list[str],
@@ -273,64 +320,44 @@ def write_splits(
     out_dir: Path,
     shard_rows: int,
     columns: tuple[str, str | None],
+    writer: ShardWriter | None = None,
+    extras: Extras | None = None,
 ) -> tuple[dict[str, list[str]], Extras]:
     """Write the kept records of each split as Parquet shards ``<split>/part-NNNNN.parquet``.
 
     Columns: the text and label (labelled corpora) under the input's column names (``columns``),
     every other input column with its name and type, then ``_tl_id`` (the 128-bit content
-    digest, hex) and ``_tl_source`` (file:line).
+    digest, hex) and ``_tl_source`` (file:line). A shard holds the next ``shard_rows`` kept
+    records of its split in input order, so any ``writer`` (the Ray engine writes shards from
+    its workers) gives the same files as this process does.
 
     Raises:
         DataError: an input column is named like one of textloop's own columns.
     """
     text_column, label_column = columns
-    extras = extra_columns(table, status, OWN_COLUMNS)
+    if extras is None:
+        extras = extra_columns(table, status, OWN_COLUMNS)
     fields = [pa.field(text_column, pa.string())]
     if label_column:
         fields.append(pa.field(label_column, pa.string()))
     fields += list(extras.schema)
     fields += [pa.field(ID_COLUMN, pa.string()), pa.field(SOURCE_COLUMN, pa.string())]
-    schema = pa.schema(fields)
-    written: dict[str, list[str]] = {}
-    writers: dict[int, tuple[pq.ParquetWriter, int]] = {}
-    names = SPLIT_NAMES[:n_splits]
-    for name in names:
+    spec = ShardSpec(pa.schema(fields), paths, label_column, extras)
+    plan = shard_plan(status, split, n_splits, shard_rows)
+    for name in plan:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
-        written[name] = []
-
-    def writer_for(s: int, rows: int) -> pq.ParquetWriter:
-        current = writers.get(s)
-        if current is not None and current[1] + rows <= shard_rows:
-            return current[0]
-        if current is not None:
-            current[0].close()
-        rel = f"{names[s]}/part-{len(written[names[s]]):05d}.parquet"
-        written[names[s]].append(rel)
-        w = pq.ParquetWriter(out_dir / rel, schema, compression="zstd")
-        writers[s] = (w, 0)
-        return w
-
-    offset = 0
-    for batch in table.to_batches(max_chunksize=10_000):
-        rows = batch.num_rows
-        st, sp = status[offset : offset + rows], split[offset : offset + rows]
-        for s in range(n_splits):
-            take = np.flatnonzero((st == 0) & (sp == s))
-            while len(take):
-                w = writer_for(s, 1)
-                room = shard_rows - writers[s][1]
-                part, take = take[:room], take[room:]
-                chosen = batch.take(pa.array(part))
-                w.write_table(_output_rows(chosen, paths, schema, label_column, extras))
-                writers[s] = (w, writers[s][1] + len(part))
-        offset += rows
-    for w, _ in writers.values():
-        w.close()
-    for name in names:
-        if not written[name]:  # an empty split still gets one (empty) file, so readers find it
+    jobs = [job for shards in plan.values() for job in shards]
+    if writer is not None:
+        writer(jobs, spec, out_dir)
+    else:
+        for rel, idx in jobs:
+            write_shard(lambda i: table.take(pa.array(i)), idx, spec, out_dir / rel)
+    written = {name: [rel for rel, _ in shards] for name, shards in plan.items()}
+    for name, files in written.items():
+        if not files:  # an empty split still gets one (empty) file, so readers find it
             rel = f"{name}/part-00000.parquet"
-            pq.write_table(schema.empty_table(), out_dir / rel)
-            written[name].append(rel)
+            pq.write_table(spec.schema.empty_table(), out_dir / rel)
+            files.append(rel)
     return written, extras
 
 

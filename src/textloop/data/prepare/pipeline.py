@@ -17,16 +17,19 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from textloop.data.prepare.clean import DROP_STAGES
 from textloop.data.prepare.config import PrepareConfig, load_prepare_config
 from textloop.data.prepare.dedup import DuplicateFinder
-from textloop.data.prepare.finalize import OWN_COLUMNS, decide, write_splits
+from textloop.data.prepare.extras import Extras
+from textloop.data.prepare.finalize import OWN_COLUMNS, ShardWriter, decide, write_splits
 from textloop.data.prepare.ingest import Partial, clean_partial
 from textloop.data.prepare.report import build_manifest, write_histogram, write_report
 from textloop.errors import ConfigError, DataError
@@ -148,13 +151,18 @@ def prepare(config: PrepareConfig | str | os.PathLike[str]) -> PrepareResult:
 def _prepare_on_ray(cfg: PrepareConfig, target: Path) -> PrepareResult:
     """``prepare`` with ``engine: ray``: the same stages and output, the searches on Ray."""
     from textloop.data.prepare.ray_engine import clean_on_ray, ray_session, require_ray
+    from textloop.data.prepare.ray_write import extras_on_ray, shard_writer
 
     require_ray()  # before any output exists
     with _atomic_dir(target, cfg.overwrite) as tmp, ray_session(cfg.ray.address, cfg.ray.num_cpus):
         started = time.perf_counter()
         partial, finder = clean_on_ray(cfg, tmp / ".work")
         seconds = {"read_and_clean": time.perf_counter() - started}
-        manifest = _finalize([partial], cfg, tmp, seconds, finder)
+        output = Output(
+            writer=shard_writer(finder.pieces),
+            extras=lambda status: extras_on_ray(finder.pieces, status),
+        )
+        manifest = _finalize([partial], cfg, tmp, seconds, finder, output)
     log.info("ray stage costs: %s", json.dumps({**finder.stats, "manifest_s": seconds}))
     return PrepareResult(target, manifest)
 
@@ -192,12 +200,21 @@ def _merge_infos(infos: list[dict[str, Any]], k: int) -> dict[str, Any]:
     return merged
 
 
+@dataclass(frozen=True)
+class Output:
+    """Who writes the output: the Ray engine's workers, instead of this process."""
+
+    writer: ShardWriter
+    extras: Callable[[np.ndarray], Extras]  # kept-record status -> the user's other columns
+
+
 def _finalize(
     partials: list[Partial],
     cfg: PrepareConfig,
     out: Path,
     seconds: dict[str, float],
     finder: DuplicateFinder | None = None,
+    output: Output | None = None,
 ) -> dict[str, Any]:
     from datasets import concatenate_datasets
 
@@ -233,6 +250,8 @@ def _finalize(
         out,
         cfg.shard_rows,
         (cfg.text_column, cfg.label_column),
+        writer=output.writer if output else None,
+        extras=output.extras(status) if output else None,
     )
     seconds["write"] = time.perf_counter() - started
     config = _shared_config(cfg)

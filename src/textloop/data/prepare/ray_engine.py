@@ -187,7 +187,7 @@ def _ingest_files(
             yield _write_piece(rows, Path(workdir) / f"{file_id:08d}-{piece:08d}", plan, examples)
 
 
-def _task_error(exc: BaseException) -> BaseException:
+def task_error(exc: BaseException) -> BaseException:
     """The TextloopError a task raised (a bad record with ``on_error: fail``), from under Ray's
     wrapping: a ``RayTaskError`` subclasses the error it carries but prints the remote
     traceback, and keeps the error itself in ``cause``."""
@@ -227,7 +227,7 @@ def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]
     try:
         counts = done.take_all()
     except Exception as exc:  # Ray wraps what a task raised
-        cause = _task_error(exc)
+        cause = task_error(exc)
         if cause is not exc:
             raise cause from None
         raise
