@@ -15,7 +15,7 @@ stages, bytes through each shuffle, seconds of the driver's serial stages):
 with the assumptions listed in the output. Prints JSON; ``--output`` saves it, ``--render``
 prints markdown tables from a saved file.
 
-    nice -n 10 .venv/bin/python bench/prepare_engines.py --sizes 0.25 --output bench/results/prepare_engines.json
+    .venv/bin/python bench/prepare_engines.py --sizes 0.25,1.0 --output bench/results/prepare_engines.json
 """
 
 from __future__ import annotations
@@ -131,18 +131,22 @@ def _model(run: dict[str, Any], mb: float, args: argparse.Namespace) -> dict[str
     c_read = st["read_clean"]["task_s"] / mb  # CPU s per MB in the read+clean tasks
     c_shuffle = {k: v["wall_s"] * args.cpus / mb for k, v in shuffles.items()}  # upper bound
     v_shuffle = {k: v["shuffle_bytes"] / 1e6 / mb for k, v in shuffles.items()}  # MB per MB
+    # the workers write the output (ray_write.py): the shards and the extra-column scan
+    on_workers = {k: st[k] for k in ("write", "extras") if k in st}
+    c_write = sum(v["task_s"] for v in on_workers.values()) / mb
     manifest_s = st["manifest_s"]
     driver = (
         st["summary_driver"]["wall_s"]
         + manifest_s["dedup_and_split"]
         - sum(v["wall_s"] for v in shuffles.values())
         + manifest_s["write"]
+        - sum(v["wall_s"] for v in on_workers.values())
     ) / mb  # serial seconds per MB on the driver
     g = args.model_gb * 1000  # MB
     net = args.net_mb_s
     predicted = {}
     for w in [int(x) for x in args.workers.split(",")]:
-        parallel = g * (c_read + sum(c_shuffle.values())) / w
+        parallel = g * (c_read + sum(c_shuffle.values()) + c_write) / w
         network = g * sum(v_shuffle.values()) / (w * net)
         serial = g * driver
         total = parallel + network + serial + args.startup_s
@@ -157,6 +161,7 @@ def _model(run: dict[str, Any], mb: float, args: argparse.Namespace) -> dict[str
             "read_clean_cpu_s": round(c_read, 4),
             "shuffle_cpu_s": {k: round(v, 5) for k, v in c_shuffle.items()},
             "shuffle_mb": {k: round(v, 4) for k, v in v_shuffle.items()},
+            "write_cpu_s": round(c_write, 5),
             "driver_serial_s": round(driver, 5),
         },
         "corpus_gb": args.model_gb,
@@ -167,8 +172,10 @@ def _model(run: dict[str, Any], mb: float, args: argparse.Namespace) -> dict[str
             "read+clean cost per MB = the measured sum of task seconds / MB (this CPU, shared)",
             "a shuffle step's CPU per MB = its measured wall time x the CPUs used (upper bound)",
             f"shuffle bytes cross the network at {net:g} MB/s per worker, in and out at once",
-            "the driver's serial stages (summary, connected components, splits, leakage, the "
-            "Parquet write) scale with the corpus at the measured s/MB and do not shrink with W",
+            "the Parquet write and the extra-column scan run on the workers (their task seconds "
+            "per MB, divided by W); the driver's serial stages (clean summary, connected "
+            "components, splits, leakage, the shard plan) scale with the corpus at the measured "
+            "s/MB and do not shrink with W",
             f"{args.startup_s:g} s fixed start-up; Ray task scheduling overhead ignored",
             "the shared file system that holds the work pieces is not the bottleneck",
         ],

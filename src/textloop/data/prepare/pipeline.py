@@ -159,8 +159,8 @@ def _prepare_on_ray(cfg: PrepareConfig, target: Path) -> PrepareResult:
         partial, finder = clean_on_ray(cfg, tmp / ".work")
         seconds = {"read_and_clean": time.perf_counter() - started}
         output = Output(
-            writer=shard_writer(finder.pieces),
-            extras=lambda status: extras_on_ray(finder.pieces, status),
+            writer=shard_writer(finder.pieces, finder.stats),
+            extras=lambda status: extras_on_ray(finder.pieces, status, finder.stats),
         )
         manifest = _finalize([partial], cfg, tmp, seconds, finder, output)
     log.info("ray stage costs: %s", json.dumps({**finder.stats, "manifest_s": seconds}))

@@ -16,6 +16,7 @@ Both run as Ray tasks over the memory-mapped pieces the workers wrote (``ray_eng
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from textloop.data.prepare.extras import Extras, merge_extras, scan_extras
-from textloop.data.prepare.finalize import OWN_COLUMNS, ShardSpec, write_shard
+from textloop.data.prepare.finalize import OWN_COLUMNS, ShardSpec, ShardWriter, write_shard
 from textloop.data.prepare.ray_dedup import Pieces
 from textloop.data.prepare.ray_engine import task_error
 
@@ -52,37 +53,57 @@ def piece_rows(pieces: Pieces) -> Callable[[np.ndarray], pa.Table]:
     return rows
 
 
-def _scan_piece(path: str, status: np.ndarray) -> Extras:
-    return scan_extras(_open(path).select(["_extra"]), status, OWN_COLUMNS)
+def _scan_piece(path: str, status: np.ndarray) -> tuple[Extras, float]:
+    started = time.perf_counter()
+    found = scan_extras(_open(path).select(["_extra"]), status, OWN_COLUMNS)
+    return found, time.perf_counter() - started
 
 
-def _write_one(pieces: Pieces, idx: np.ndarray, spec: ShardSpec, path: str) -> int:
+def _write_one(pieces: Pieces, idx: np.ndarray, spec: ShardSpec, path: str) -> float:
+    started = time.perf_counter()
     write_shard(piece_rows(pieces), idx, spec, Path(path))
-    return len(idx)
+    return time.perf_counter() - started
 
 
-def extras_on_ray(pieces: Pieces, status: np.ndarray) -> Extras:
-    """The user's other columns of the kept records, scanned piece by piece on the workers."""
+def _record(
+    stats: dict[str, dict[str, Any]], name: str, started: float, task_s: list[float]
+) -> None:
+    stats[name] = {
+        "wall_s": time.perf_counter() - started,
+        "task_s": sum(task_s),
+        "tasks": len(task_s),
+    }
+
+
+def extras_on_ray(pieces: Pieces, status: np.ndarray, stats: dict[str, dict[str, Any]]) -> Extras:
+    """The user's other columns of the kept records, scanned piece by piece on the workers;
+    the step's wall and task seconds go to ``stats["extras"]``."""
     import ray
 
+    started = time.perf_counter()
     scan = ray.remote(max_retries=3)(_scan_piece)
     bounds = [*pieces.offsets, pieces.rows]
     refs = [
         scan.remote(path, status[lo:hi])
         for path, lo, hi in zip(pieces.paths, bounds[:-1], bounds[1:])
     ]
-    return merge_extras(_get(refs))
+    found = _get(refs)
+    _record(stats, "extras", started, [s for _, s in found])
+    return merge_extras([e for e, _ in found])
 
 
-def shard_writer(pieces: Pieces) -> Callable[[list[tuple[str, np.ndarray]], ShardSpec, Path], None]:
-    """A ``finalize.ShardWriter`` that writes every shard in its own Ray task."""
+def shard_writer(pieces: Pieces, stats: dict[str, dict[str, Any]]) -> ShardWriter:
+    """A ``finalize.ShardWriter`` that writes every shard in its own Ray task; the step's wall
+    and task seconds go to ``stats["write"]``."""
 
     def write(jobs: list[tuple[str, np.ndarray]], spec: ShardSpec, out: Path) -> None:
         import ray
 
+        started = time.perf_counter()
         one = ray.remote(max_retries=3)(_write_one)
         shared, spec_ref = ray.put(pieces), ray.put(spec)
-        _get([one.remote(shared, idx, spec_ref, str(out / rel)) for rel, idx in jobs])
+        seconds = _get([one.remote(shared, idx, spec_ref, str(out / rel)) for rel, idx in jobs])
+        _record(stats, "write", started, seconds)
 
     return write
 
