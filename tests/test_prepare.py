@@ -527,6 +527,37 @@ def test_killed_run_exits_even_when_a_thread_holds_up_shutdown(tmp_path):
     assert not out.exists() and not list(tmp_path.glob(".corpus*"))
 
 
+def test_a_worker_forked_during_prepare_dies_of_sigterm_at_once():
+    """A process forked while prepare's SIGTERM handler is installed (the ``datasets`` pool's
+    workers) gets the default action back: with the Python handler, a worker blocked in a C
+    call ignored ``Pool.terminate``'s SIGTERM and the run hung at the end of a 1 GB read."""
+    import os
+    import signal
+
+    from textloop.cli.prepare import _on_sigterm
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        ready, go = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child waits in a C call, as a pool worker waits on its queue
+            os.write(go, b"1")
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+            signal.sigwait([signal.SIGUSR1])
+            os._exit(0)
+        os.read(ready, 1)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done[0] == pid and os.WTERMSIG(done[1]) == signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_config_errors_are_reported_together(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_prepare_config(

@@ -112,6 +112,19 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     sys.exit(128 + signum)
 
 
+def _default_sigterm_in_child() -> None:
+    """A process forked while ``_on_sigterm`` is installed (a ``datasets`` worker pool) gets the
+    default SIGTERM back: a Python handler runs only when the process returns to the
+    interpreter, so a pool worker blocked on its queue's lock never ran it, and
+    ``Pool.terminate`` waited for that worker forever (seen on a 1 GB corpus); the handler would
+    also have removed the parent's temp output from the child."""
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_default_sigterm_in_child)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``prepare`` or ``prepare merge``."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
