@@ -169,7 +169,7 @@ def _model(run: dict[str, Any], mb: float, args: argparse.Namespace) -> dict[str
         "ceiling_mb_per_s": round(1 / driver, 1) if driver > 0 else None,
         "assumptions": [
             "one CPU per worker; at least W input files (reading is one task per file)",
-            "read+clean cost per MB = the measured sum of task seconds / MB (this CPU, shared)",
+            "read+clean cost per MB = the measured sum of task seconds / MB (this CPU)",
             "a shuffle step's CPU per MB = its measured wall time x the CPUs used (upper bound)",
             f"shuffle bytes cross the network at {net:g} MB/s per worker, in and out at once",
             "the Parquet write and the extra-column scan run on the workers (their task seconds "
