@@ -232,7 +232,9 @@ class TrainConfig(ScheduleConfig):
         None, ge=1, le=512, description="Intra-op threads (default: all cores)."
     )
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast only where the hardware has bf16 (GPU, AMX CPUs)."
+        "auto",
+        description="auto: bf16 autocast only where the hardware has native bf16 (a GPU, or a CPU "
+        "with amx_bf16 or avx512_bf16).",
     )
     eval_batch_size: int = Field(64, ge=1, le=8192, description="Examples per evaluation batch.")
     temperature_scaling: bool = Field(

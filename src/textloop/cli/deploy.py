@@ -99,7 +99,7 @@ def add_parser(sub: Any) -> list[str]:
         choices=["fp32", "bf16", "auto"],
         default="fp32",
         help="PyTorch predictions and embeddings: fp32 (default), bf16 autocast, or auto (bf16 "
-        "where the CPU has AMX); ONNX exports ignore it",
+        "where the CPU has native bf16: amx_bf16 or avx512_bf16); ONNX exports ignore it",
     )
     s.add_argument("--max-texts", type=int, default=64, help="texts per request")
     s.add_argument("--max-chars", type=int, default=20_000, help="characters per text")
