@@ -6,9 +6,9 @@ Trains embedded:minilm on BBC News (the `make demo` recipe), SNIPS (7 intents) a
 (150 intents) once with ``train.precision: fp32`` and once with ``bf16`` — same seed, data,
 order and schedule — and prints test accuracy and macro-F1 per precision and their differences
 (in points). SNIPS and CLINC150 train on a class-stratified sample (``--per-class``) to keep the
-run under an hour on 2 cores; their test sets are whole. bf16 needs a CPU with AMX (or a GPU);
-elsewhere it is emulated and runs ~13x slower. The seconds are wall time on whatever else the
-machine was doing: for speed see bench/train_throughput.py.
+run under an hour on 2 cores; their test sets are whole. bf16 needs a CPU with native bf16
+(AMX or AVX512_BF16) or a GPU; elsewhere it is emulated and runs ~13x slower. The seconds are
+wall time on whatever else the machine was doing: for speed see bench/train_throughput.py.
 """
 
 from __future__ import annotations
