@@ -187,13 +187,25 @@ def _ingest_files(
             yield _write_piece(rows, Path(workdir) / f"{file_id:08d}-{piece:08d}", plan, examples)
 
 
-def task_error(exc: BaseException) -> BaseException:
+def _task_error(exc: BaseException) -> BaseException:
     """The TextloopError a task raised (a bad record with ``on_error: fail``), from under Ray's
     wrapping: a ``RayTaskError`` subclasses the error it carries but prints the remote
     traceback, and keeps the error itself in ``cause``."""
     found = unwrap_error(exc)
     original = getattr(found, "cause", None)
     return original if isinstance(original, TextloopError) else found
+
+
+@contextmanager
+def task_errors_unwrapped() -> Iterator[None]:
+    """Re-raise a TextloopError that a Ray task raised as itself (Ray wraps what a task raised)."""
+    try:
+        yield
+    except Exception as exc:
+        cause = _task_error(exc)
+        if cause is not exc:
+            raise cause from None
+        raise
 
 
 def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]:
@@ -224,13 +236,8 @@ def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]
         fn_kwargs={"plan": plan, "workdir": str(pieces_dir), "examples": cfg.examples_per_stage},
     )  # Ray runs a task whose worker died again (3 times by default): the same pieces
     started = time.perf_counter()
-    try:
+    with task_errors_unwrapped():
         counts = done.take_all()
-    except Exception as exc:  # Ray wraps what a task raised
-        cause = task_error(exc)
-        if cause is not exc:
-            raise cause from None
-        raise
     stats: dict[str, dict[str, Any]] = {
         "read_clean": {
             "wall_s": time.perf_counter() - started,

@@ -27,12 +27,7 @@ import pyarrow as pa
 from textloop.data.prepare.extras import Extras, merge_extras, scan_extras
 from textloop.data.prepare.finalize import OWN_COLUMNS, ShardSpec, ShardWriter, write_shard
 from textloop.data.prepare.ray_dedup import Pieces
-from textloop.data.prepare.ray_engine import task_error
-
-
-def _open(path: str) -> pa.Table:
-    """A written piece, memory-mapped (no copy)."""
-    return pa.ipc.open_stream(pa.memory_map(path)).read_all()
+from textloop.data.prepare.ray_engine import ipc_read, task_errors_unwrapped
 
 
 def piece_rows(pieces: Pieces) -> Callable[[np.ndarray], pa.Table]:
@@ -45,7 +40,7 @@ def piece_rows(pieces: Pieces) -> Callable[[np.ndarray], pa.Table]:
         parts = []
         for k in np.unique(which).tolist():
             if k not in opened:
-                opened[k] = _open(pieces.paths[k])
+                opened[k] = ipc_read(pieces.paths[k])
             local = idx[which == k] - offsets[k]
             parts.append(opened[k].take(pa.array(local)))
         return pa.concat_tables(parts)
@@ -55,7 +50,7 @@ def piece_rows(pieces: Pieces) -> Callable[[np.ndarray], pa.Table]:
 
 def _scan_piece(path: str, status: np.ndarray) -> tuple[Extras, float]:
     started = time.perf_counter()
-    found = scan_extras(_open(path).select(["_extra"]), status, OWN_COLUMNS)
+    found = scan_extras(ipc_read(path).select(["_extra"]), status, OWN_COLUMNS)
     return found, time.perf_counter() - started
 
 
@@ -112,10 +107,5 @@ def _get(refs: list[Any]) -> list[Any]:
     """``ray.get``, with a TextloopError a task raised re-raised as itself."""
     import ray
 
-    try:
+    with task_errors_unwrapped():
         return list(ray.get(refs))
-    except Exception as exc:
-        cause = task_error(exc)
-        if cause is not exc:
-            raise cause from None
-        raise
