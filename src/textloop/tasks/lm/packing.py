@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from textloop.errors import DataError
-from textloop.tasks.lm.words import HAN_RUN, word_numbers
+from textloop.tasks.lm.words import word_numbers
 
 _TOKENIZE_CHUNK = 64  # documents per tokenizer call: fast tokenizers batch well
 
@@ -151,7 +151,7 @@ class Tokenize:
         out = []
         for i, ids in enumerate(enc["input_ids"]):
             words = [-1 if w is None else w for w in enc.word_ids(i)] if enc.encodings else []
-            if segment and words and HAN_RUN.search(texts[i]):
+            if segment and words:  # unchanged where the text has no Han characters
                 words = word_numbers(texts[i], enc["offset_mapping"][i], words)
             if not words:
                 words = [0] * len(ids)
