@@ -106,10 +106,10 @@ def _measure(cmd: list[str]) -> dict[str, Any]:
     }
 
 
-def _run(src: Path, out: Path, engine: str, cpus: int) -> dict[str, Any]:
+def _run(src: Path, out: Path, engine: str, cpus: int, split: str) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "textloop", "prepare", str(src), "--output", str(out), "--overwrite",
-        "--dedup", "near", "--engine", engine,
+        "--dedup", "near", "--engine", engine, "--set", f"split_bytes={_split_bytes(split)}",
     ]  # fmt: skip
     cmd += ["--num-proc", str(cpus)] if engine == "local" else ["--ray-num-cpus", str(cpus)]
     m = _measure(cmd)
@@ -124,11 +124,48 @@ def _run(src: Path, out: Path, engine: str, cpus: int) -> dict[str, Any]:
     }
 
 
+def _split_bytes(split: str) -> str:
+    """``--splits`` entry (MiB, or none) as the config value."""
+    return "null" if split == "none" else str(int(float(split) * 2**20))
+
+
+def _one_file(src: Path) -> Path:
+    """The corpus's files joined into one (the case byte ranges are for); reused if present."""
+    joined = src.with_name(src.name + "-onefile") / "all.jsonl"
+    if not joined.exists():
+        joined.parent.mkdir(parents=True, exist_ok=True)
+        tmp = joined.with_suffix(".tmp")
+        with tmp.open("wb") as out:
+            for part in sorted(src.glob("*.jsonl")):
+                with part.open("rb") as f:
+                    while chunk := f.read(1 << 24):
+                        out.write(chunk)
+        tmp.rename(joined)
+    return joined
+
+
+def _scan_speed(path: Path) -> dict[str, Any]:
+    """Serial MB/s of the range scan (``ranges.scan_span``) over the whole file, on one core."""
+    from textloop.data.prepare.ranges import scan_span
+
+    size = path.stat().st_size
+    started = time.perf_counter()
+    scan_span(0, str(path), 0, 0, size)
+    seconds = time.perf_counter() - started
+    return {
+        "mb": round(size / 1e6),
+        "seconds": round(seconds, 2),
+        "mb_per_s": round(size / 1e6 / seconds),
+    }
+
+
 def _model(run: dict[str, Any], mb: float, args: argparse.Namespace) -> dict[str, Any]:
     """Predicted Ray-engine throughput at W workers from one measured Ray run's stage costs."""
     st = run["stages_s"]
     shuffles = {k: v for k, v in st.items() if "shuffle_bytes" in v}
     c_read = st["read_clean"]["task_s"] / mb  # CPU s per MB in the read+clean tasks
+    # the plan: listing the inputs and scanning large files' cuts (Ray tasks); upper bound
+    c_plan = st.get("plan", {}).get("wall_s", 0.0) * args.cpus / mb
     c_shuffle = {k: v["wall_s"] * args.cpus / mb for k, v in shuffles.items()}  # upper bound
     v_shuffle = {k: v["shuffle_bytes"] / 1e6 / mb for k, v in shuffles.items()}  # MB per MB
     # the workers write the output (ray_write.py): the shards and the extra-column scan
@@ -146,7 +183,7 @@ def _model(run: dict[str, Any], mb: float, args: argparse.Namespace) -> dict[str
     net = args.net_mb_s
     predicted = {}
     for w in [int(x) for x in args.workers.split(",")]:
-        parallel = g * (c_read + sum(c_shuffle.values()) + c_write) / w
+        parallel = g * (c_plan + c_read + sum(c_shuffle.values()) + c_write) / w
         network = g * sum(v_shuffle.values()) / (w * net)
         serial = g * driver
         total = parallel + network + serial + args.startup_s
@@ -158,6 +195,7 @@ def _model(run: dict[str, Any], mb: float, args: argparse.Namespace) -> dict[str
     return {
         "from_run": f"ray, {run['size_gb']} GB",
         "per_mb": {
+            "plan_scan_cpu_s": round(c_plan, 5),
             "read_clean_cpu_s": round(c_read, 4),
             "shuffle_cpu_s": {k: round(v, 5) for k, v in c_shuffle.items()},
             "shuffle_mb": {k: round(v, 4) for k, v in v_shuffle.items()},
@@ -168,7 +206,8 @@ def _model(run: dict[str, Any], mb: float, args: argparse.Namespace) -> dict[str
         "predicted": predicted,
         "ceiling_mb_per_s": round(1 / driver, 1) if driver > 0 else None,
         "assumptions": [
-            "one CPU per worker; at least W input files (reading is one task per file)",
+            "one CPU per worker; at least W read tasks (one per input file, or per split_bytes "
+            "range of a large jsonl/txt file: 64 MiB by default)",
             "read+clean cost per MB = the measured sum of task seconds / MB (this CPU)",
             "a shuffle step's CPU per MB = its measured wall time x the CPUs used (upper bound)",
             f"shuffle bytes cross the network at {net:g} MB/s per worker, in and out at once",
@@ -186,14 +225,16 @@ def _render(results: dict[str, Any]) -> str:
     lines = [
         f"Measured on this machine ({results['cpus']} CPUs, {results['note']}):",
         "",
-        "| engine | GB | MB | seconds | MB/s | driver MB | largest worker MB | tree MB | same corpus |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| engine | split MiB | files | GB | MB | seconds | MB/s | driver MB | largest worker MB "
+        "| tree MB | same corpus |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["runs"]:
         rss = r["peak_rss_mb"]
         worker = rss["largest_ray_worker"] or rss["largest_other"]
         lines.append(
-            f"| {r['engine']} | {r['size_gb']} | {r['mb']} | {r['seconds']} | {r['mb_per_s']} "
+            f"| {r['engine']} | {r.get('split_mib', 'none')} | {1 if r.get('one_file') else 8} "
+            f"| {r['size_gb']} | {r['mb']} | {r['seconds']} | {r['mb_per_s']} "
             f"| {rss['driver']} | {worker} | {rss['whole_tree']} | {r.get('same_corpus', '')} |"
         )
     model = results.get("model")
@@ -217,6 +258,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="0.25,1.0", help="corpus sizes in GB")
     parser.add_argument("--dir", default="/tmp/tl-prepare-bench", help="where corpora go")
     parser.add_argument("--engines", default="local,ray")
+    parser.add_argument(
+        "--splits", default="64", help="split_bytes values in MiB (none: never split), each a run"
+    )
+    parser.add_argument(
+        "--one-file", action="store_true", help="join the corpus into one file first"
+    )
     parser.add_argument("--cpus", type=int, default=2, help="num_proc / the local Ray's CPUs")
     parser.add_argument("--model-gb", type=float, default=1000.0, help="corpus size modelled")
     parser.add_argument("--workers", default="8,64,512", help="worker counts modelled")
@@ -236,19 +283,31 @@ def main() -> None:
     for size in [float(s) for s in args.sizes.split(",")]:
         src = root / f"corpus-{size:g}gb"
         mb = generate(src, size)["bytes"] / 1e6
-        manifests = {}
+        if args.one_file:
+            src = _one_file(src)
+            results.setdefault("scan", {})[f"{size:g}"] = _scan_speed(src)
+        manifests = []
         for engine in args.engines.split(","):
-            r = _run(src, root / f"engines-{size:g}-{engine}", engine, args.cpus)
-            manifests[engine] = r.pop("manifest")
-            run = {"engine": engine, "size_gb": size, "mb": round(mb), **r}
-            run["seconds"] = round(run["seconds"], 1)
-            run["mb_per_s"] = round(mb / r["seconds"], 2)
-            results["runs"].append(run)
-            print(json.dumps({k: v for k, v in run.items() if k != "stages_s"}), file=sys.stderr)
-        if len(manifests) == 2:
-            a, b = manifests.values()
-            same = all(a[k] == b[k] for k in ("stages", "splits", "dedup", "records_out"))
-            for run in results["runs"][-2:]:
+            for split in args.splits.split(","):
+                name = f"engines-{size:g}-{engine}-split{split}"
+                r = _run(src, root / name, engine, args.cpus, split)
+                manifests.append(r.pop("manifest"))
+                run = {"engine": engine, "split_mib": split, "size_gb": size, "mb": round(mb), **r}
+                run["one_file"] = args.one_file
+                run["seconds"] = round(run["seconds"], 1)
+                run["mb_per_s"] = round(mb / r["seconds"], 2)
+                results["runs"].append(run)
+                print(
+                    json.dumps({k: v for k, v in run.items() if k != "stages_s"}), file=sys.stderr
+                )
+        if len(manifests) > 1:
+            first = manifests[0]
+            same = all(
+                m[k] == first[k]
+                for m in manifests
+                for k in ("stages", "splits", "dedup", "records_out")
+            )
+            for run in results["runs"][-len(manifests) :]:
                 run["same_corpus"] = same
     ray_runs = [r for r in results["runs"] if r["engine"] == "ray"]
     if ray_runs:

@@ -75,7 +75,7 @@ def _split(out: Path, split: str) -> pa.Table:
 def _same_corpus(a: Path, b: Path) -> None:
     ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
     for m in (ma, mb):
-        m.pop("created"), m.pop("seconds")
+        m.pop("created"), m.pop("seconds"), m["config"].pop("split_bytes")
     assert ma == mb  # counts, splits, clusters, examples, files, config
     for split in SPLITS:
         assert _split(a, split).equals(_split(b, split))
@@ -115,6 +115,25 @@ def test_ray_engine_writes_the_local_engines_corpus(tmp_path, ray_local, capsys,
     assert manifest["dedup"]["clusters"]["near"]["clusters"] > 5
     assert "corpus:" in capsys.readouterr().out
     assert not list(tmp_path.glob(".*tmp*"))  # no temp output left behind
+
+
+@pytest.mark.integration
+def test_one_large_file_is_read_in_ranges_on_the_workers(tmp_path, ray_local, monkeypatch, caplog):
+    from textloop.data.prepare import ray_engine
+
+    big = tmp_path / "all.jsonl"
+    big.write_text("".join(Path(f).read_text() for f in _corpus(tmp_path)))
+    extra = {"label_column": "label", "labels": {"min_per_class": 1}}
+    local = _local([str(big)], tmp_path / "local", split_bytes=None, **extra)
+    scanned: list[Any] = []
+    scan = ray_engine._scan_on_ray
+    monkeypatch.setattr(ray_engine, "_scan_on_ray", lambda jobs: scanned.extend(jobs) or scan(jobs))
+    with caplog.at_level("INFO", logger="textloop.data.prepare.ray_engine"):
+        ray_out = _local([str(big)], tmp_path / "ray", engine="ray", split_bytes=10_000, **extra)
+    cuts = -(-big.stat().st_size // 10_000)
+    assert len(scanned) == cuts > 10  # every cut, scanned on Ray
+    assert f"1 file(s) in {cuts} task(s)" in caplog.text  # and read by its own task
+    _same_corpus(local, ray_out)
 
 
 _HOOK = """

@@ -249,6 +249,13 @@ class PrepareConfig(StrictModel):
     )
     ray: RayConfig = Field(default_factory=lambda: RayConfig())
     num_proc: int = Field(1, ge=1, le=512, description="Worker processes on this machine.")
+    split_bytes: int | None = Field(
+        64 << 20,
+        ge=1,
+        description="Read an uncompressed jsonl file, or a txt file of one document per line, "
+        "that is larger than this in byte ranges of about this size, each its own task (so one "
+        "big file keeps every worker busy); records keep their line numbers. null: never split.",
+    )
     num_shards: int = Field(1, ge=1, description="Machines sharing the inputs (then merge).")
     shard_index: int = Field(0, ge=0, description="Which slice of the inputs this machine runs.")
     shard_rows: int = Field(100_000, ge=1, description="Records per output Parquet file.")

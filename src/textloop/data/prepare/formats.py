@@ -12,11 +12,13 @@ from textloop.data.readers import CSV_FIELD_LIMIT, check_header
 _PARQUET_BATCH = 1024  # rows per parquet batch read
 
 
-def rows_txt(stream: IO[str], mode: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def rows_txt(
+    stream: IO[str], mode: str, first_line: int = 1
+) -> Iterator[tuple[int, dict[str, Any]]]:
     if mode == "file":
         yield 1, {"text": stream.read().lstrip("\ufeff")}
         return
-    for n, line in enumerate(stream, start=1):
+    for n, line in enumerate(stream, start=first_line):
         line = line.rstrip("\r\n")
         if n == 1:
             line = line.lstrip("\ufeff")
@@ -24,8 +26,8 @@ def rows_txt(stream: IO[str], mode: str) -> Iterator[tuple[int, dict[str, Any]]]
             yield n, {"text": line}
 
 
-def rows_jsonl(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    for n, line in enumerate(stream, start=1):
+def rows_jsonl(stream: IO[str], first_line: int = 1) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    for n, line in enumerate(stream, start=first_line):
         if n == 1:
             line = line.lstrip("\ufeff")
         if not line.strip():

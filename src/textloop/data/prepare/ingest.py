@@ -29,7 +29,14 @@ from textloop.data.prepare.fingerprint import (
     dedup_tokens,
     lsh_band_keys,
 )
-from textloop.data.prepare.sources import check_fields, expand_inputs, generate_records, shard_files
+from textloop.data.prepare.ranges import ReadTask, Span, serial_scan, split_tasks
+from textloop.data.prepare.sources import (
+    check_fields,
+    expand_inputs,
+    generate_records,
+    shard_files,
+    splittable,
+)
 from textloop.errors import DataError, TextloopError
 
 log = logging.getLogger(__name__)
@@ -174,7 +181,7 @@ class IngestPlan:
 
     files: list[str]  # every input file (ids index it)
     ignored: list[str]  # inputs skipped as not text
-    tasks: list[tuple[int, str]]  # (file id, path) of this machine's slice
+    tasks: list[ReadTask]  # this machine's slice: whole files, and ranges of large ones
     settings: dict[str, Any]  # the reader settings ``generate_records`` takes
     cleaner: Cleaner
     reps: list[Representation]
@@ -185,8 +192,11 @@ class IngestPlan:
         return sum(r.bands for r in self.reps)
 
 
-def plan_ingest(cfg: PrepareConfig) -> IngestPlan:
-    """Expand the inputs, check their fields and build the cleaner and MinHash representations.
+def plan_ingest(
+    cfg: PrepareConfig, scan: Callable[[list[tuple[int, str, int, int, int]]], list[Span]]
+) -> IngestPlan:
+    """Expand the inputs, check their fields, cut large line files into byte ranges (``scan``
+    runs ``ranges.scan_span`` over the cuts) and build the cleaner and MinHash representations.
 
     Raises:
         DataError: inputs missing or their first record lacks the text or label field.
@@ -206,7 +216,12 @@ def plan_ingest(cfg: PrepareConfig) -> IngestPlan:
     return IngestPlan(
         files=files,
         ignored=ignored,
-        tasks=[(i, files[i]) for i in chosen],
+        tasks=split_tasks(
+            [ReadTask(i, files[i]) for i in chosen],
+            lambda path: splittable(path, settings),
+            cfg.split_bytes,
+            scan,
+        ),
         settings=settings,
         cleaner=build_cleaner(cfg.clean),
         reps=build_representations(cfg.dedup) if needs_near(cfg) else [],
@@ -235,12 +250,12 @@ def clean_partial(cfg: PrepareConfig, workdir: Path) -> Partial:
     """
     from datasets import Dataset
 
-    plan = plan_ingest(cfg)
+    plan = plan_ingest(cfg, serial_scan)
     files, ignored, tasks, settings = plan.files, plan.ignored, plan.tasks, plan.settings
     cleaner, reps, bands = plan.cleaner, plan.reps, plan.bands
     procs = max(1, min(cfg.num_proc, len(tasks)))
     cache = workdir / "cache"
-    log.info("reading %d file(s) with %d process(es)", len(tasks), procs)
+    log.info("reading %d file(s) in %d task(s), %d process(es)", len(files), len(tasks), procs)
     try:
         raw = (
             Dataset.from_generator(
@@ -289,6 +304,17 @@ def clean_partial(cfg: PrepareConfig, workdir: Path) -> Partial:
     return Partial(records=survivors, info=info)
 
 
+def _join_ranges(whole: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add a later range's trailer to its file's entry: counts add up, the first break stands,
+    and the size and digest come from the last range (the others carry none)."""
+    whole["records"] += part["records"]
+    whole["errors"] += part["errors"]
+    if whole["unreadable_from_line"] is None:
+        whole["unreadable_from_line"] = part["unreadable_from_line"]
+    if part["sha256"] is not None:
+        whole["bytes"], whole["sha256"] = part["bytes"], part["sha256"]
+
+
 def summarise(
     table: Any,
     raw_text_of: Callable[[int], str | None],
@@ -317,20 +343,26 @@ def summarise(
         return f"{files[file_col[i]]}:{row_col[i]}"
 
     meta_col = table.column("_meta")
-    inputs = []
+    inputs: dict[int, dict[str, Any]] = {}
+    breaks = 0  # each range that broke off left one error row for its unreadable rest
     for i in np.flatnonzero(drop == TRAILER):
         meta = json.loads(meta_col[int(i)].as_py())
-        inputs.append({"id": int(file_col[i]), "path": files[file_col[i]], **meta})
+        breaks += meta["unreadable_from_line"] is not None
+        file_id = int(file_col[i])
+        if file_id in inputs:  # a later range of a file read in ranges (ranges.py)
+            _join_ranges(inputs[file_id], meta)
+        else:
+            inputs[file_id] = {"id": file_id, "path": files[file_id], **meta}
     # a file that broke off leaves one error row for its unreadable rest: not a record
     broken = [
         {"path": f["path"], "from_line": f["unreadable_from_line"], "records_read": f["records"]}
-        for f in inputs
+        for f in inputs.values()
         if f.get("unreadable_from_line") is not None
     ]
     examples: dict[str, list[dict[str, Any]]] = {}
     counts: dict[str, int] = {
-        "read": int(real.sum()) - len(broken),
-        "read_errors": int((drop == READ_ERROR).sum()) - len(broken),
+        "read": int(real.sum()) - breaks,
+        "read_errors": int((drop == READ_ERROR).sum()) - breaks,
     }
     for bit, name in enumerate(CHANGE_STAGES):
         hit = read_ok & ((changed & (1 << bit)) != 0)
@@ -361,7 +393,7 @@ def summarise(
         "shard_index": cfg.shard_index,
         "num_shards": cfg.num_shards,
         "all_files": files,
-        "files": inputs,
+        "files": list(inputs.values()),
         "ignored_files": ignored[:100],
         "n_ignored_files": len(ignored),
         "counts": counts,

@@ -1,11 +1,12 @@
 """``engine: ray``: read, clean and fingerprint on a Ray cluster with Ray Data.
 
 The same stages as ``ingest.clean_partial``, from the same functions (``generate_records``,
-``clean_batch`` and the MinHash code behind it): one Ray Data task per input file reads it
+``clean_batch`` and the MinHash code behind it): one Ray Data task per input file, or per byte
+range of a large one (``ranges.py``; the cuts are scanned as Ray tasks first), reads it
 record by record and cleans it ``_PIECE_ROWS`` records at a time. Each piece is written by the
 worker as two Arrow stream files in the work directory (which must be on a file system every
 node sees): the survivors with their digests and band keys, and the few columns the clean
-report reads. A piece's name is its (file, piece number), so a task that Ray retries after
+report reads. A piece's name is its (file, range, piece number), so a task that Ray retries after
 losing its worker rewrites the same files with the same bytes, and the driver, which lists
 the pieces in name order, sees the input order whatever order the tasks finished in.
 
@@ -42,6 +43,7 @@ from textloop.data.prepare.ingest import (
     summarise,
     unwrap_error,
 )
+from textloop.data.prepare.ranges import ReadTask, Span, scan_span
 from textloop.data.prepare.ray_dedup import Pieces, RayFinder
 from textloop.data.prepare.sources import generate_records
 from textloop.errors import ConfigError, DataError, TextloopError
@@ -173,18 +175,35 @@ def _timed_ingest(
 def _ingest_files(
     batch: dict[str, np.ndarray], plan: IngestPlan, workdir: str, examples: int
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data task: read, clean and write every piece of the batch's files."""
-    for file_id, path in zip(batch["file_id"].tolist(), batch["path"].tolist()):
+    """Ray Data task: read, clean and write every piece of the batch's files or ranges."""
+    for i in range(len(batch["file_id"])):
+        task = ReadTask(
+            int(batch["file_id"][i]),
+            str(batch["path"][i]),
+            int(batch["start"][i]),
+            None if batch["end"][i] < 0 else int(batch["end"][i]),
+            int(batch["first_line"][i]),
+            int(batch["part"][i]),
+            bool(batch["last"][i]),
+        )
         rows: list[dict[str, Any]] = []
         piece = 0
-        for rec in generate_records([(file_id, path)], plan.settings):
+        prefix = f"{task.file_id:08d}-{task.part:06d}"
+        for rec in generate_records([task], plan.settings):
             rows.append(rec)
             if len(rows) == _PIECE_ROWS:
-                stem = Path(workdir) / f"{file_id:08d}-{piece:08d}"
-                yield _write_piece(rows, stem, plan, examples)
+                yield _write_piece(rows, Path(workdir) / f"{prefix}-{piece:08d}", plan, examples)
                 rows, piece = [], piece + 1
-        if rows:  # the file's trailer row is always last, so a file leaves at least one piece
-            yield _write_piece(rows, Path(workdir) / f"{file_id:08d}-{piece:08d}", plan, examples)
+        if rows:  # the trailer row is always last, so a task leaves at least one piece
+            yield _write_piece(rows, Path(workdir) / f"{prefix}-{piece:08d}", plan, examples)
+
+
+def _scan_on_ray(jobs: list[tuple[int, str, int, int, int]]) -> list[Span]:
+    """``ranges.scan_span`` over the cuts of the large files, one Ray task per cut."""
+    import ray
+
+    remote = ray.remote(scan_span)
+    return [Span(*s) for s in ray.get([remote.remote(*job) for job in jobs])]
 
 
 def _task_error(exc: BaseException) -> BaseException:
@@ -218,15 +237,28 @@ def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]
     import ray
     from datasets import Dataset, concatenate_datasets
 
-    plan = plan_ingest(cfg)
+    started = time.perf_counter()
+    scanned: list[Span] = []
+
+    def scan(jobs: list[tuple[int, str, int, int, int]]) -> list[Span]:
+        scanned.extend(_scan_on_ray(jobs))
+        return scanned
+
+    plan = plan_ingest(cfg, scan)
+    plan_s = time.perf_counter() - started
     if not plan.tasks:
         raise DataError("no records in this slice of the inputs (0 file(s))")
     pieces_dir = workdir / "pieces"
     pieces_dir.mkdir(parents=True, exist_ok=True)
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    log.info("ray: reading and cleaning %d file(s) on %d CPU(s)", len(plan.tasks), cpus)
+    log.info(
+        "ray: reading and cleaning %d file(s) in %d task(s) on %d CPU(s)",
+        len(plan.files),
+        len(plan.tasks),
+        cpus,
+    )
     files = ray.data.from_items(
-        [{"file_id": i, "path": p} for i, p in plan.tasks],
+        [{**t._asdict(), "end": -1 if t.end is None else t.end} for t in plan.tasks],
         override_num_blocks=len(plan.tasks),
     )
     done = files.map_batches(
@@ -239,12 +271,13 @@ def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]
     with task_errors_unwrapped():
         counts = done.take_all()
     stats: dict[str, dict[str, Any]] = {
+        "plan": {"wall_s": plan_s, "scan_tasks": len(scanned)},  # the cuts' scan: Ray tasks
         "read_clean": {
             "wall_s": time.perf_counter() - started,
             "task_s": sum(float(c["seconds"]) for c in counts),
             "tasks": len(plan.tasks),
             "pieces": len(counts),
-        }
+        },
     }
     log.info("ray: %d record(s) read", sum(int(c["read"]) for c in counts))
     started = time.perf_counter()

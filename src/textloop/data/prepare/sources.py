@@ -12,6 +12,7 @@ record holding its size, SHA-256 and counts (and where it broke off).
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import difflib
 import glob
@@ -34,6 +35,7 @@ from textloop.data.prepare.formats import (
     rows_parquet,
     rows_txt,
 )
+from textloop.data.prepare.ranges import ReadTask, open_range
 from textloop.data.readers import _SUFFIX_FORMAT
 from textloop.errors import DataError
 
@@ -100,6 +102,21 @@ def expand_inputs(inputs: list[str], fmt: str = "auto") -> tuple[list[str], list
                 )
             files[p] = None
     return list(files), ignored
+
+
+# encodings in which byte 0x0A is only ever "\n" (no multi-byte character contains it)
+_SPLITTABLE_ENCODINGS = {"utf-8", "utf-8-sig", "ascii", "iso8859-1", "cp1252"}
+
+
+def splittable(path: str, settings: dict[str, Any]) -> bool:
+    """Whether ``path`` can be read in byte ranges (ranges.py): an uncompressed jsonl file, or
+    a txt file read a document per line, in an encoding where a newline byte is a newline."""
+    if path.startswith("builtin:") or Path(path).suffix.lower() in COMPRESSIONS:
+        return False
+    fmt = settings["format"] if settings["format"] != "auto" else detect_format(path)
+    if not (fmt == "jsonl" or (fmt == "txt" and settings["txt_mode"] == "line")):
+        return False
+    return codecs.lookup(settings["encoding"]).name in _SPLITTABLE_ENCODINGS
 
 
 def shard_files(files: list[str], num_shards: int, shard_index: int) -> list[int]:
@@ -187,7 +204,10 @@ def _pick(record: dict[str, Any], settings: dict[str, Any]) -> tuple[str, str | 
     return text, label
 
 
-def _records(path: str, settings: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def _records(
+    task: ReadTask, settings: dict[str, Any]
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    path = task.path
     if path.startswith("builtin:"):
         yield from rows_builtin(path)
         return
@@ -195,18 +215,23 @@ def _records(path: str, settings: dict[str, Any]) -> Iterator[tuple[int, dict[st
     if fmt == "parquet":
         yield from rows_parquet(path, settings)
         return
-    with _open_binary(path) as binary:
-        stream = io.TextIOWrapper(
-            binary, encoding=settings["encoding"], errors="surrogateescape", newline=""
-        )
+    encoding = settings["encoding"]
+    if task.end is None:
+        binary = _open_binary(path)
+    else:  # one byte range of a large file (ranges.py): its lines keep their numbers
+        binary = open_range(path, task.start, task.end)
+        if task.start > 0 and codecs.lookup(encoding).name == "utf-8-sig":
+            encoding = "utf-8"  # a BOM can only open the file, not a range inside it
+    with binary:
+        stream = io.TextIOWrapper(binary, encoding=encoding, errors="surrogateescape", newline="")
         if fmt == "jsonl":
-            yield from rows_jsonl(stream)
+            yield from rows_jsonl(stream, task.first_line)
         elif fmt == "json":
             yield from rows_json(stream)
         elif fmt in ("csv", "tsv"):
             yield from rows_delimited(stream, "," if fmt == "csv" else "\t", path)
         else:
-            yield from rows_txt(stream, settings["txt_mode"])
+            yield from rows_txt(stream, settings["txt_mode"], task.first_line)
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
@@ -259,12 +284,14 @@ def other_fields(rec: dict[str, Any], settings: dict[str, Any]) -> str | None:
 
 
 def generate_records(
-    files: list[tuple[int, str]], settings: dict[str, Any]
+    files: list[tuple[int, str]] | list[ReadTask], settings: dict[str, Any]
 ) -> Iterator[dict[str, Any]]:
-    """Yield every record of ``files`` (id, path) in order, then one trailer per file.
+    """Yield every record of ``files`` in order, then one trailer per file or byte range.
 
     Args:
-        files: (file id, path) pairs; the id is the file's index in the whole input list.
+        files: ``ReadTask``s, or (file id, path) pairs for whole files; the id is the file's
+            index in the whole input list. A file read in ranges has one trailer per range;
+            ``ingest.summarise`` joins them.
         settings: format, txt_mode, text_column, label_column, encoding, on_error.
 
     Raises:
@@ -274,12 +301,15 @@ def generate_records(
     fail = settings["on_error"] == "fail"
     skip_files = settings["on_error"] == "skip"
     read_errors = _read_errors()
-    for file_id, path in files:
-        n_records = n_errors = last = 0
+    for task in files:
+        task = ReadTask(*task)
+        file_id, path = task.file_id, task.path
+        n_records = n_errors = 0
+        last = task.first_line - 1
         broken_at: int | None = None
         builtin = path.startswith("builtin:")
         try:
-            for row, rec in _records(path, settings):
+            for row, rec in _records(task, settings):
                 last = row
                 try:
                     if isinstance(rec, str):
@@ -312,7 +342,8 @@ def generate_records(
                 error=f"file breaks off here ({what}): the rest of the file is unreadable; "
                 f"{n_records} record(s) were read from it",
             )
-        size, digest = (0, None) if path.startswith("builtin:") else _file_digest(path)
+        # the file's size and digest: once per file, in its last range's trailer
+        size, digest = (0, None) if builtin or not task.last else _file_digest(path)
         meta = {
             "bytes": size,
             "sha256": digest,
@@ -338,7 +369,8 @@ def check_fields(files: list[str], settings: dict[str, Any]) -> None:
                 )
             return
         try:
-            first = next((r for _, r in _records(path, settings) if isinstance(r, dict)), None)
+            rows = _records(ReadTask(0, path), settings)
+            first = next((r for _, r in rows if isinstance(r, dict)), None)
         except _read_errors():
             return  # reported with its line by the reading itself
         if first is None:
