@@ -76,7 +76,7 @@ def test_ranges_read_the_records_and_line_numbers_of_the_whole_file(tmp_path, en
     assert whole_entry["sha256"] and whole_entry["bytes"] == path.stat().st_size
     size = path.stat().st_size
     for split_bytes in (1, 7, 64, 333, 1000, size - 1):
-        tasks = split_tasks([ReadTask(0, str(path))], lambda p: True, split_bytes, serial_scan)
+        tasks = split_tasks([ReadTask(0, str(path))], lambda p: "lines", split_bytes, serial_scan)
         assert len(tasks) > 1 and sum(t.last for t in tasks) == 1 and tasks[-1].last
         assert [t.start for t in tasks[1:]] == [t.end for t in tasks[:-1]]  # no gap, no overlap
         records, entry = _joined(_read(tasks, settings))
@@ -89,7 +89,7 @@ def test_txt_lines_and_the_cut_arithmetic(tmp_path):
     path.write_bytes(b"one\r\n\r\ntwo\rthree\n\nfour five\r\nsix")
     settings = {**SETTINGS, "format": "txt"}
     whole, _ = _joined(_read([ReadTask(0, str(path))], settings))
-    tasks = split_tasks([ReadTask(0, str(path))], lambda p: True, 5, serial_scan)
+    tasks = split_tasks([ReadTask(0, str(path))], lambda p: "lines", 5, serial_scan)
     assert len(tasks) > 3
     got, _ = _joined(_read(tasks, settings))
     assert got == whole
@@ -103,13 +103,29 @@ def test_txt_lines_and_the_cut_arithmetic(tmp_path):
     assert cuts(10, 3) == [(0, 2), (2, 5), (5, 7), (7, 10)] and cuts(0, 3) == [(0, 0)]
 
 
-def test_only_uncompressed_line_files_are_split(tmp_path):
-    assert splittable("a.jsonl", SETTINGS) and splittable("a.txt", SETTINGS)
-    for path in ("a.jsonl.gz", "a.csv", "a.json", "a.parquet", "builtin:bbc_news"):
-        assert not splittable(path, SETTINGS), path
-    assert not splittable("a.txt", {**SETTINGS, "txt_mode": "file"})
-    assert not splittable("a.jsonl", {**SETTINGS, "encoding": "utf-16"})
-    assert splittable("a.jsonl", {**SETTINGS, "encoding": "latin-1"})
+def test_only_uncompressed_line_files_and_parquet_are_split(tmp_path):
+    assert splittable("a.jsonl", SETTINGS) == splittable("a.txt", SETTINGS) == "lines"
+    assert splittable("a.parquet", SETTINGS) == "row_groups"
+    for path in ("a.jsonl.gz", "a.txt.zst", "a.csv", "a.json", "builtin:bbc_news"):
+        assert splittable(path, SETTINGS) is None, path
+    assert splittable("a.txt", {**SETTINGS, "txt_mode": "file"}) is None
+    assert splittable("a.jsonl", {**SETTINGS, "encoding": "utf-16"}) is None
+    assert splittable("a.jsonl", {**SETTINGS, "encoding": "latin-1"}) == "lines"
+
+
+def test_a_parquet_file_is_read_in_runs_of_row_groups(tmp_path):
+    path = tmp_path / "t.parquet"
+    rows = [{"text": f"record {i} " + "x" * (i % 50), "n": i} for i in range(1000)]
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=90)  # 12 groups
+    whole, whole_entry = _joined(_read([ReadTask(0, str(path))], SETTINGS))
+    tasks = split_tasks(
+        [ReadTask(0, str(path))], lambda p: "row_groups", path.stat().st_size // 5, serial_scan
+    )
+    assert 3 <= len(tasks) <= 12 and tasks[-1].end == 12
+    assert [t.start for t in tasks[1:]] == [t.end for t in tasks[:-1]]
+    records, entry = _joined(_read(tasks, SETTINGS))
+    assert records == whole and entry == whole_entry
+    assert [r["_row"] for r in records] == list(range(1, 1001))
 
 
 def _table(out: Path, split: str) -> pa.Table:

@@ -77,14 +77,20 @@ def rows_delimited(
             yield reader.line_num, row
 
 
-def rows_parquet(path: str, settings: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+def rows_parquet(
+    path: str, settings: dict[str, Any], groups: range | None = None, first_row: int = 1
+) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """The rows of ``path`` (of its row ``groups`` only, numbered from ``first_row``)."""
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     wanted = [c for c in (settings["text_column"], settings["label_column"]) if c and c in names]
-    n = 0
-    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH):  # every column is kept
+    n = first_row - 1
+    batches = pf.iter_batches(
+        batch_size=_PARQUET_BATCH, row_groups=None if groups is None else list(groups)
+    )
+    for batch in batches:  # every column is kept
         for record in batch.to_pylist():
             n += 1
             yield n, record if wanted else {k: record[k] for k in list(record)[:20]}

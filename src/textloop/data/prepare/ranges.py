@@ -1,4 +1,7 @@
-"""Read one large line-oriented file as many byte ranges, each its own task.
+"""Read one large file as many ranges, each its own task.
+
+A Parquet file is cut between row groups (from its footer; a range's first row number is the
+rows of the groups before it). The rest of this docstring is about line files.
 
 A jsonl file, or a txt file read a document per line, is cut at line starts into ranges of
 about ``split_bytes``. A range's first line number comes from a scan that counts the line ends
@@ -7,8 +10,8 @@ reader sees exactly the lines the whole-file reader would: the ones that start i
 
 Line ends are the ones the readers' text stream splits on (``newline=""``): ``\\n``, ``\\r\\n``
 and a lone ``\\r``. Cuts are made only just after a ``\\n``, which is always a line end and, in
-the encodings allowed here, never part of a multi-byte character. Compressed files, csv (a
-quoted field may hold a newline), json, parquet and whole-file txt are never split.
+the encodings allowed here, never part of a multi-byte character. Compressed files (not
+seekable), csv (a quoted field may hold a newline), json and whole-file txt are never split.
 
 Both engines read the same ranges: ``scan_span`` runs once per span, serially on this machine
 or as Ray tasks, and ``split_tasks`` turns the scans into ``ReadTask``s.
@@ -29,21 +32,39 @@ class ReadTask(NamedTuple):
 
     file_id: int
     path: str
-    start: int = 0
+    start: int = 0  # [start, end): bytes of a line file, row groups of a Parquet file
     end: int | None = None  # None: to the end of the file (a whole file)
-    first_line: int = 1  # line number of the range's first line
+    first_line: int = 1  # line (Parquet: row) number of the range's first record
     part: int = 0  # the range's index in its file
     last: bool = True  # the file's last range: its trailer carries the file's size and digest
 
 
 class Span(NamedTuple):
-    """What the scan found for one cut of a file: the range's exact bounds and line ends."""
+    """What the scan found for one cut of a file: the range's exact bounds and line ends (the
+    rows, for a Parquet file's row groups)."""
 
     file_id: int
     part: int
     start: int
     end: int
     line_ends: int
+
+
+def row_group_spans(file_id: int, path: str, split_bytes: int) -> list[Span]:
+    """A Parquet file's row groups, in runs of about ``split_bytes`` (compressed) each."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    spans: list[Span] = []
+    first = rows = size = 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        size += sum(group.column(c).total_compressed_size for c in range(group.num_columns))
+        rows += group.num_rows
+        if size >= split_bytes or g == meta.num_row_groups - 1:
+            spans.append(Span(file_id, len(spans), first, g + 1, rows))
+            first, rows, size = g + 1, 0, 0
+    return spans
 
 
 def _line_start_at_or_after(f: IO[bytes], pos: int, size: int) -> int:
@@ -97,41 +118,49 @@ def cuts(size: int, split_bytes: int) -> list[tuple[int, int]]:
 
 def split_tasks(
     tasks: Iterable[ReadTask],
-    splittable: Callable[[str], bool],
+    splittable: Callable[[str], str | None],
     split_bytes: int | None,
     scan: Callable[[list[tuple[int, str, int, int, int]]], list[Span]],
 ) -> list[ReadTask]:
     """``tasks`` with every splittable file larger than ``split_bytes`` replaced by its ranges.
 
     Args:
-        splittable: whether a path can be read in ranges (``sources.splittable``).
+        splittable: how a path can be read in ranges: ``"lines"``, ``"row_groups"`` or None
+            (``sources.splittable``).
         scan: runs ``scan_span`` over a list of its arguments and returns the spans (serially
             here, or as Ray tasks), in any order.
     """
     tasks = list(tasks)
     if split_bytes is None:
         return tasks
-    big = {
-        t.file_id: t for t in tasks if splittable(t.path) and os.path.getsize(t.path) > split_bytes
+    kinds = {
+        t.file_id: (t, kind)
+        for t in tasks
+        if (kind := splittable(t.path)) and os.path.getsize(t.path) > split_bytes
     }
     jobs = [
         (t.file_id, t.path, part, lo, hi)
-        for t in big.values()
+        for t, kind in kinds.values()
+        if kind == "lines"
         for part, (lo, hi) in enumerate(cuts(os.path.getsize(t.path), split_bytes))
     ]
+    found = list(scan(jobs)) if jobs else []
+    for t, kind in kinds.values():
+        if kind == "row_groups":  # the footer says where: no scan
+            found += row_group_spans(t.file_id, t.path, split_bytes)
     spans: dict[int, list[Span]] = {}
-    for span in sorted(scan(jobs) if jobs else [], key=lambda s: (s.file_id, s.part)):
+    for span in sorted(found, key=lambda s: (s.file_id, s.part)):
         if span.end > span.start:  # a line longer than a cut leaves the next cut empty
             spans.setdefault(span.file_id, []).append(span)
     out: list[ReadTask] = []
     for t in tasks:
-        if t.file_id not in big:
+        if len(spans.get(t.file_id, [])) < 2:  # not split (or one row group): read it whole
             out.append(t)
             continue
         line = 1
-        found = spans[t.file_id]
-        for k, span in enumerate(found):
-            last = k == len(found) - 1
+        ranges = spans[t.file_id]
+        for k, span in enumerate(ranges):
+            last = k == len(ranges) - 1
             out.append(ReadTask(t.file_id, t.path, span.start, span.end, line, k, last))
             line += span.line_ends
     return out

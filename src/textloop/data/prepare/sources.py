@@ -108,15 +108,18 @@ def expand_inputs(inputs: list[str], fmt: str = "auto") -> tuple[list[str], list
 _SPLITTABLE_ENCODINGS = {"utf-8", "utf-8-sig", "ascii", "iso8859-1", "cp1252"}
 
 
-def splittable(path: str, settings: dict[str, Any]) -> bool:
-    """Whether ``path`` can be read in byte ranges (ranges.py): an uncompressed jsonl file, or
-    a txt file read a document per line, in an encoding where a newline byte is a newline."""
+def splittable(path: str, settings: dict[str, Any]) -> str | None:
+    """How ``path`` can be read in ranges (ranges.py): ``"row_groups"`` for Parquet; ``"lines"``
+    for an uncompressed jsonl file, or a txt file read a document per line, in an encoding where
+    a newline byte is a newline; None otherwise (one task reads it whole)."""
     if path.startswith("builtin:") or Path(path).suffix.lower() in COMPRESSIONS:
-        return False
+        return None
     fmt = settings["format"] if settings["format"] != "auto" else detect_format(path)
+    if fmt == "parquet":
+        return "row_groups"
     if not (fmt == "jsonl" or (fmt == "txt" and settings["txt_mode"] == "line")):
-        return False
-    return codecs.lookup(settings["encoding"]).name in _SPLITTABLE_ENCODINGS
+        return None
+    return "lines" if codecs.lookup(settings["encoding"]).name in _SPLITTABLE_ENCODINGS else None
 
 
 def shard_files(files: list[str], num_shards: int, shard_index: int) -> list[int]:
@@ -212,8 +215,9 @@ def _records(
         yield from rows_builtin(path)
         return
     fmt = settings["format"] if settings["format"] != "auto" else detect_format(path)
-    if fmt == "parquet":
-        yield from rows_parquet(path, settings)
+    if fmt == "parquet":  # a range of a Parquet file is a run of its row groups
+        groups = None if task.end is None else range(task.start, task.end)
+        yield from rows_parquet(path, settings, groups, task.first_line)
         return
     encoding = settings["encoding"]
     if task.end is None:
