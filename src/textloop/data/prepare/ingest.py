@@ -296,12 +296,30 @@ def clean_partial(cfg: PrepareConfig, workdir: Path) -> Partial:
         cleaned.data.table, lambda i: raw_text[i].as_py(), cfg, files, ignored, workdir
     )
     info["lsh"] = lsh_info(reps)
-    keep = np.flatnonzero(cleaned.data.table.column("_drop").to_numpy() == 0)
-    survivors = cleaned.select(keep).flatten_indices(
-        cache_file_name=str(workdir / "survivors.arrow")
-    )
-    survivors = survivors.remove_columns(list(REPORT_ONLY_COLUMNS))
-    return Partial(records=survivors, info=info)
+    survivors = _write_survivors(cleaned.data.table, workdir / "survivors.arrow")
+    return Partial(records=Dataset.from_file(str(survivors)), info=info)
+
+
+_SURVIVOR_SLICE = 65_536  # rows filtered and written at a time
+
+
+def _write_survivors(table: Any, path: Path) -> Path:
+    """The kept rows of the cleaned ``table`` without the report-only columns, written slice by
+    slice as an Arrow stream file (what ``Dataset.from_file`` maps).
+
+    This replaces ``select(keep).flatten_indices()``, which re-casts every column of every chunk
+    through ``datasets``' per-array cast: when reading ran in several processes the cleaned
+    table has many small chunks, and that took 2x the whole read + clean (0.25 GB: 22 s).
+    """
+    import pyarrow as pa
+
+    drop = table.column("_drop").to_numpy()
+    kept = table.drop_columns(list(REPORT_ONLY_COLUMNS))
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, kept.schema) as writer:
+        for start in range(0, len(drop), _SURVIVOR_SLICE):
+            mask = pa.array(drop[start : start + _SURVIVOR_SLICE] == 0)
+            writer.write_table(kept.slice(start, _SURVIVOR_SLICE).filter(mask))
+    return path
 
 
 def _join_ranges(whole: dict[str, Any], part: dict[str, Any]) -> None:
