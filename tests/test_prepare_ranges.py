@@ -51,7 +51,7 @@ def _read(tasks: list[ReadTask], settings: dict[str, Any]) -> list[dict[str, Any
 
 def _joined(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The records, and the file entry ``summarise`` builds from the trailers."""
-    from textloop.data.prepare.ingest import _join_ranges
+    from textloop.data.prepare.summary import _join_ranges
 
     records = [r for r in rows if r["_meta"] is None]
     entry: dict[str, Any] | None = None

@@ -28,8 +28,8 @@ from textloop.data.prepare.extras import (
     extra_rows,
 )
 from textloop.data.prepare.fingerprint import build_representations
-from textloop.data.prepare.ingest import LENGTH_BINS
 from textloop.data.prepare.splits import assign_splits, cross_split_pairs, rare_classes
+from textloop.data.prepare.summary import LENGTH_BINS
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ report reads. A piece's name is its (file, range, piece number), so a task that 
 losing its worker rewrites the same files with the same bytes, and the driver, which lists
 the pieces in name order, sees the input order whatever order the tasks finished in.
 
-The driver then memory-maps the pieces (no copy), summarises them with ``ingest.summarise`` and
+The driver then memory-maps the pieces (no copy), summarises them with ``summary.summarise`` and
 hands the survivors to the global stages with a ``ray_dedup.RayFinder``, which runs the exact
 and near duplicate searches as Ray Data shuffles.
 """
@@ -40,12 +40,12 @@ from textloop.data.prepare.ingest import (
     ingest_features,
     lsh_info,
     plan_ingest,
-    summarise,
     unwrap_error,
 )
 from textloop.data.prepare.ranges import ReadTask, Span, scan_span
 from textloop.data.prepare.ray_dedup import Pieces, RayFinder
 from textloop.data.prepare.sources import generate_records
+from textloop.data.prepare.summary import summarise
 from textloop.errors import ConfigError, DataError, TextloopError
 
 log = logging.getLogger(__name__)

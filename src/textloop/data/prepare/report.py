@@ -12,7 +12,7 @@ import numpy as np
 
 from textloop.data.prepare.clean import CHANGE_STAGES, DROP_STAGES
 from textloop.data.prepare.finalize import FINAL_STAGES, Outcome
-from textloop.data.prepare.ingest import LENGTH_BINS
+from textloop.data.prepare.summary import LENGTH_BINS
 
 MANIFEST_FORMAT = "textloop-prepared-corpus"
 _MAX_LISTED_FILES = 10_000

@@ -295,7 +295,7 @@ def generate_records(
     Args:
         files: ``ReadTask``s, or (file id, path) pairs for whole files; the id is the file's
             index in the whole input list. A file read in ranges has one trailer per range;
-            ``ingest.summarise`` joins them.
+            ``summary.summarise`` joins them.
         settings: format, txt_mode, text_column, label_column, encoding, on_error.
 
     Raises:
