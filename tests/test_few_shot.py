@@ -176,3 +176,20 @@ def test_few_shot_refuses_multi_label_and_unlearnable_data(
     with pytest.raises(DataError, match="at least two examples of some class"):
         textloop.train(cfg)
     assert not (tmp_path / "s").exists()  # refused before the run folder was made
+
+
+@pytest.mark.integration
+def test_a_time_budget_shortens_a_few_shot_run_and_keeps_its_best_checkpoint(
+    tiny_bert: Path, few_data: dict[str, Path], tmp_path: Path
+) -> None:
+    # what `textloop tune` gives every trial; it was refused, so a study on few-shot-sized
+    # data failed every trial
+    cfg = _config(tiny_bert, few_data, tmp_path / "b", "train.lr=5e-3", "train.time_budget=0.3")
+    run = textloop.train(cfg)
+    train = run.metrics["train"]
+    saved = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert saved["train"]["recipe"] == "few-shot"
+    budget = train["time_budget"]
+    assert budget["fitted_steps"] is not None or budget["reached"]
+    assert train["steps"] < budget["planned_steps"]
+    assert 0 <= run.metrics["test"]["accuracy"] <= 1 and (tmp_path / "b" / "model").is_dir()

@@ -197,8 +197,12 @@ def _run_loop(
     batch_size = t.batch_size
     assert batch_size is not None  # the recipe filled it
     budget: TimeBudget | None = None
-    if t.time_budget is not None:
-        per_epoch = -(-len(splits.stream or splits.train) // (batch_size * t.grad_accum_steps))
+    if t.time_budget is not None:  # a few-shot run's pass is its pair batches (few_shot.py)
+        per_epoch = (
+            objective.n_steps
+            if objective is not None
+            else -(-len(splits.stream or splits.train) // (batch_size * t.grad_accum_steps))
+        )
         budget = TimeBudget(
             parse_duration(t.time_budget),
             s.horizon,

@@ -199,10 +199,10 @@ def _choose_method(cfg: RunConfig, splits: Splits) -> tuple[str, str | None]:
             f"{cfg.task}{' (multi-label)' if cfg.data.multi_label else ''}"
             f"{' with text pairs' if cfg.data.text_pair_column else ''} — use train.recipe: default"
         )
-    if dist.is_distributed() or t.max_steps is not None or t.time_budget is not None:
+    if dist.is_distributed() or t.max_steps is not None:
         raise ConfigError(
-            "train.recipe: few-shot runs in one process for its planned pairs; drop torchrun, "
-            "train.max_steps and train.time_budget (or use train.recipe: default)"
+            "train.recipe: few-shot runs in one process for its planned pairs; drop torchrun "
+            "and train.max_steps (or use train.recipe: default)"
         )
     assert isinstance(task, ClassificationTask)
     task.pooling = "mean"
