@@ -220,7 +220,17 @@ class PrepareConfig(StrictModel):
         default_factory=list,
         description="Files, directories, globs ('raw/**/*.jsonl.gz') or builtin:NAME[:SPLIT].",
     )
-    output: str | None = Field(None, description="Corpus directory to create.")
+    output: str | None = Field(
+        None,
+        description="Corpus directory to create, or an object-store prefix (s3://bucket/corpus): "
+        "built in staging_dir, then uploaded with its manifest last.",
+    )
+    staging_dir: str | None = Field(
+        None,
+        description="Where a corpus for an object-store output is built before the upload "
+        "(null: the system temp dir; with engine ray on several nodes, a directory every node "
+        "sees).",
+    )
     overwrite: bool = Field(False, description="Replace an existing corpus in output.")
     format: Literal["auto", "txt", "jsonl", "json", "csv", "tsv", "parquet"] = Field(
         "auto", description="Input format; auto: from each file's suffix."

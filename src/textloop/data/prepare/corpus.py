@@ -1,6 +1,7 @@
 """Read a prepared corpus back: ``textloop train --train corpus/news`` and friends.
 
-A prepared corpus is a directory holding ``manifest.json`` (format ``textloop-prepared-corpus``)
+A prepared corpus is a directory (or an object-store prefix, ``s3://bucket/corpus``) holding
+``manifest.json`` (format ``textloop-prepared-corpus``)
 and one folder of Parquet shards per split. The shards hold every input column under its own name
 and type, plus textloop's ``_tl_id`` and ``_tl_source``. ``DIR`` names its train split, ``DIR:validation`` and
 ``DIR:test`` the others. Rows keep their origin: a data error in training names the raw file and
@@ -13,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from textloop.data.prepare.remote import is_remote, join, read_text
 from textloop.data.table import Table
 from textloop.errors import DataError
 
@@ -20,21 +22,29 @@ MANIFEST = "manifest.json"
 _FORMAT = "textloop-prepared-corpus"
 
 
-def _split_source(source: str) -> tuple[Path, str]:
+def _split_source(source: str) -> tuple[str, str]:
     base, sep, split = source.rpartition(":")
     if sep and split in ("train", "validation", "test") and base:
-        return Path(base), split
-    return Path(source), "train"
+        return base, split
+    return source, "train"
 
 
 def read_manifest(path: str | Path) -> dict[str, Any] | None:
-    """The manifest of a prepared corpus directory, or None when ``path`` is not one."""
-    manifest = Path(path) / MANIFEST
-    if not manifest.is_file():
+    """The manifest of a prepared corpus (a directory or an object-store prefix), or None when
+    ``path`` is not one."""
+    if is_remote(path):
+        text = read_text(join(str(path), MANIFEST))
+    else:
+        manifest = Path(path) / MANIFEST
+        try:
+            text = manifest.read_text(encoding="utf-8") if manifest.is_file() else None
+        except OSError:
+            return None
+    if text is None:
         return None
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(text)
+    except json.JSONDecodeError:
         return None
     return data if isinstance(data, dict) and data.get("format") == _FORMAT else None
 
@@ -76,7 +86,7 @@ def prepared_split(path: str | Path, split: str = "train") -> Table:
     """
     import pyarrow.parquet as pq
 
-    root = Path(path)
+    root = str(path)
     manifest = read_manifest(root)
     if manifest is None:
         raise DataError(f"{root} is not a prepared corpus (no textloop {MANIFEST})")
@@ -86,9 +96,10 @@ def prepared_split(path: str | Path, split: str = "train") -> Table:
     table = Table(source=f"{root}:{split}")
     source = corpus_columns(manifest)["source"]
     for rel in splits[split]["files"]:
-        rows = pq.read_table(root / rel).to_pylist()
+        shard = join(root, rel)
+        rows = pq.read_table(shard).to_pylist()  # a URI is read through pyarrow.fs
         table.rows.extend(rows)
-        table.locations.extend(f"{r[source]} (via {root / rel})" for r in rows)
+        table.locations.extend(f"{r[source]} (via {shard})" for r in rows)
     return table
 
 

@@ -31,6 +31,7 @@ from textloop.data.prepare.dedup import DuplicateFinder
 from textloop.data.prepare.extras import Extras
 from textloop.data.prepare.finalize import OWN_COLUMNS, ShardWriter, decide, write_splits
 from textloop.data.prepare.ingest import Partial, clean_partial
+from textloop.data.prepare.remote import check_target, is_remote, publish
 from textloop.data.prepare.report import build_manifest, write_histogram, write_report
 from textloop.errors import ConfigError, DataError
 from textloop.fileio import atomic_dir, is_stale_temp, make_parent_dirs, temp_dir_prefix
@@ -40,7 +41,15 @@ log = logging.getLogger(__name__)
 SHARD_MARKER = "shard.json"
 # config keys that may differ between the shards of one corpus
 # (and where it ran: both engines write the same corpus, manifest included)
-_PER_MACHINE = ("output", "overwrite", "num_proc", "shard_index", "engine", "ray")
+_PER_MACHINE = (
+    "output",
+    "overwrite",
+    "staging_dir",
+    "num_proc",
+    "shard_index",
+    "engine",
+    "ray",
+)
 _ACTIVE_TEMP_DIRS: set[Path] = set()  # this process's unfinished outputs (for a forced exit)
 
 
@@ -55,7 +64,7 @@ def remove_active_temp_dirs() -> None:
 class PrepareResult:
     """Where the corpus (or shard) went and its manifest."""
 
-    path: Path
+    path: Path | str  # a str for an object-store output (s3://...)
     manifest: dict[str, Any]
     is_shard: bool = False
 
@@ -132,6 +141,19 @@ def prepare(config: PrepareConfig | str | os.PathLike[str]) -> PrepareResult:
         )
     if not cfg.output:
         raise ConfigError("no output: pass --output DIR (or set output: in the config)")
+    if is_remote(cfg.output):
+        if cfg.num_shards > 1:
+            raise ConfigError(
+                "a shard of a --num-shards run is a local directory; give --output DIR"
+            )
+        return _staged(
+            cfg.output,
+            cfg.overwrite,
+            cfg.staging_dir,
+            lambda local: prepare(
+                cfg.model_copy(update={"output": str(local), "overwrite": False})
+            ),
+        )
     target = Path(cfg.output)
     if cfg.engine == "ray":
         return _prepare_on_ray(cfg, target)
@@ -146,6 +168,24 @@ def prepare(config: PrepareConfig | str | os.PathLike[str]) -> PrepareResult:
             manifest = _finalize([partial], cfg, tmp, {"read_and_clean": clean_s})
             return_value = PrepareResult(target, manifest)
     return return_value
+
+
+def _staged(
+    uri: str,
+    overwrite: bool,
+    staging_dir: str | None,
+    build: Callable[[Path], PrepareResult],
+) -> PrepareResult:
+    """Build a corpus in a local staging directory, then publish it to the object store
+    ``uri`` (``remote.publish``: the manifest last). The target is checked before any work."""
+    import tempfile
+
+    check_target(uri, overwrite)
+    with tempfile.TemporaryDirectory(prefix="textloop-stage-", dir=staging_dir) as stage:
+        local = Path(stage) / "corpus"
+        result = build(local)
+        publish(local, uri, overwrite)
+    return PrepareResult(uri, result.manifest)
 
 
 def _prepare_on_ray(cfg: PrepareConfig, target: Path) -> PrepareResult:
@@ -285,6 +325,8 @@ def merge(
     Raises:
         DataError: a directory is not a shard, shards are missing or come from different runs.
     """
+    if is_remote(output):
+        return _staged(str(output), overwrite, None, lambda local: merge(local, shards))
     from datasets import load_from_disk
 
     loaded = []

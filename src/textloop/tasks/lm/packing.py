@@ -15,7 +15,6 @@ import random
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from textloop.errors import DataError
@@ -77,9 +76,10 @@ def document_source(source: str, text_column: str = "text") -> DocumentSource:
         DataError: unreadable source, missing split or missing text column.
     """
     from textloop.data.prepare.corpus import corpus_columns, read_manifest
+    from textloop.data.prepare.remote import join
 
     base, sep, split = source.rpartition(":")
-    root, split = (Path(base), split) if sep and base and split in _SPLITS else (Path(source), "")
+    root, split = (base, split) if sep and base and split in _SPLITS else (source, "")
     manifest = read_manifest(root)
     if manifest is not None:
         split = split or "train"
@@ -89,7 +89,8 @@ def document_source(source: str, text_column: str = "text") -> DocumentSource:
                 f"{root} has no split {split!r}; splits: {', '.join(manifest.get('splits', {}))}"
             )
         column = corpus_columns(manifest)["text"] or "text"
-        return DocumentSource(f"{root}:{split}", [_parquet_loader(root / f, column) for f in files])
+        loaders = [_parquet_loader(join(root, f), column) for f in files]
+        return DocumentSource(f"{root}:{split}", loaders)
     from textloop.data.builtin import builtin_columns
     from textloop.data.readers import read_table
 
@@ -111,7 +112,7 @@ def document_source(source: str, text_column: str = "text") -> DocumentSource:
 _SPLITS = ("train", "validation", "test")
 
 
-def _parquet_loader(path: Path, column: str) -> Callable[[], list[str]]:
+def _parquet_loader(path: str, column: str) -> Callable[[], list[str]]:
     def load() -> list[str]:
         import pyarrow.parquet as pq
 
