@@ -14,11 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from textloop.data.prepare.remote import is_remote, join, read_text
+from textloop.data.prepare.remote import MANIFEST, is_remote, join, read_text
 from textloop.data.table import Table
 from textloop.errors import DataError
 
-MANIFEST = "manifest.json"
 _FORMAT = "textloop-prepared-corpus"
 
 

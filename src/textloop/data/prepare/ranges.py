@@ -134,18 +134,18 @@ def split_tasks(
     if split_bytes is None:
         return tasks
     kinds = {
-        t.file_id: (t, kind)
+        t.file_id: (t, kind, size)
         for t in tasks
-        if (kind := splittable(t.path)) and os.path.getsize(t.path) > split_bytes
+        if (kind := splittable(t.path)) and (size := os.path.getsize(t.path)) > split_bytes
     }
     jobs = [
         (t.file_id, t.path, part, lo, hi)
-        for t, kind in kinds.values()
+        for t, kind, size in kinds.values()
         if kind == "lines"
-        for part, (lo, hi) in enumerate(cuts(os.path.getsize(t.path), split_bytes))
+        for part, (lo, hi) in enumerate(cuts(size, split_bytes))
     ]
     found = list(scan(jobs)) if jobs else []
-    for t, kind in kinds.values():
+    for t, kind, _ in kinds.values():
         if kind == "row_groups":  # the footer says where: no scan
             found += row_group_spans(t.file_id, t.path, split_bytes)
     spans: dict[int, list[Span]] = {}

@@ -238,13 +238,7 @@ def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]
     from datasets import Dataset, concatenate_datasets
 
     started = time.perf_counter()
-    scanned: list[Span] = []
-
-    def scan(jobs: list[tuple[int, str, int, int, int]]) -> list[Span]:
-        scanned.extend(_scan_on_ray(jobs))
-        return scanned
-
-    plan = plan_ingest(cfg, scan)
+    plan = plan_ingest(cfg, _scan_on_ray)
     plan_s = time.perf_counter() - started
     if not plan.tasks:
         raise DataError("no records in this slice of the inputs (0 file(s))")
@@ -271,7 +265,8 @@ def clean_on_ray(cfg: PrepareConfig, workdir: Path) -> tuple[Partial, RayFinder]
     with task_errors_unwrapped():
         counts = done.take_all()
     stats: dict[str, dict[str, Any]] = {
-        "plan": {"wall_s": plan_s, "scan_tasks": len(scanned)},  # the cuts' scan: Ray tasks
+        # listing the inputs and scanning the large files' cuts (Ray tasks, one per range)
+        "plan": {"wall_s": plan_s, "ranges": sum(t.end is not None for t in plan.tasks)},
         "read_clean": {
             "wall_s": time.perf_counter() - started,
             "task_s": sum(float(c["seconds"]) for c in counts),

@@ -74,6 +74,22 @@ def read_text(uri: str) -> str | None:
         raise DataError(f"cannot read {uri}: {str(exc).splitlines()[0]}") from None
 
 
+def _target(uri: str, overwrite: bool) -> tuple[Any, str, list[str]]:
+    """(file system, root, objects under it) of a target ``check_target`` accepts."""
+    fs, root = open_fs(uri)
+    try:
+        found = _objects(fs, root)
+    except OSError as exc:
+        raise ConfigError(f"cannot list {uri}: {str(exc).splitlines()[0]}") from None
+    if found and MANIFEST not in found:
+        raise ConfigError(
+            f"{uri} holds {len(found)} object(s) and no prepared corpus; choose an empty prefix"
+        )
+    if found and not overwrite:
+        raise ConfigError(f"{uri} is a prepared corpus already; pass --overwrite to replace it")
+    return fs, root, found
+
+
 def check_target(uri: str, overwrite: bool) -> None:
     """Refuse a target that holds objects, unless it is a corpus and ``overwrite`` is set.
 
@@ -81,19 +97,7 @@ def check_target(uri: str, overwrite: bool) -> None:
         ConfigError: the prefix holds a corpus (without overwrite) or other objects; or the
             store cannot be listed (no bucket, no credentials).
     """
-    fs, root = open_fs(uri)
-    try:
-        found = _objects(fs, root)
-    except OSError as exc:
-        raise ConfigError(f"cannot list {uri}: {str(exc).splitlines()[0]}") from None
-    if not found:
-        return
-    if MANIFEST not in found:
-        raise ConfigError(
-            f"{uri} holds {len(found)} object(s) and no prepared corpus; choose an empty prefix"
-        )
-    if not overwrite:
-        raise ConfigError(f"{uri} is a prepared corpus already; pass --overwrite to replace it")
+    _target(uri, overwrite)
 
 
 def _upload(fs: Any, source: Path, path: str) -> None:
@@ -123,9 +127,7 @@ def publish(local: Path, uri: str, overwrite: bool) -> None:
         ConfigError: the target is refused (``check_target``).
         DataError: the upload failed; what it wrote was deleted.
     """
-    check_target(uri, overwrite)
-    fs, root = open_fs(uri)
-    old = _objects(fs, root)
+    fs, root, old = _target(uri, overwrite)  # checked again: the build took a while
     files = sorted(p for p in local.rglob("*") if p.is_file() and p != local / MANIFEST)
     written: list[str] = []
     try:
