@@ -31,6 +31,7 @@ import csv
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -161,8 +162,12 @@ def row_spec(row: str) -> tuple[str, str, int | None]:
 # --- textloop --------------------------------------------------------------------------------
 
 
-def run_textloop(task: str, files: dict[str, str], out: Path, threads: int) -> dict[str, Any]:
+def run_textloop(
+    task: str, files: dict[str, str], out: Path, threads: int, seed: int, extra: list[str]
+) -> dict[str, Any]:
     sets = [
+        *extra,
+        f"train.seed={seed}",
         f"task={task}",
         "model=embedded:minilm",
         f"data.train={files['train']}",
@@ -347,7 +352,7 @@ def _cells(grid: str) -> list[tuple[float, int]]:
     return cells
 
 
-def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | None:
+def run_row(row: str, args: argparse.Namespace, tmp: Path, seed: int) -> dict[str, Any] | None:
     task, name, n = row_spec(row)
     files: dict[str, str] = {}
     if task == "ner":
@@ -356,14 +361,14 @@ def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | N
             print(f"skipping {row}: {folder} is absent", file=sys.stderr)
             return None
         sents = {
-            "train": _conll_sentences(folder / "train.txt", n, args.seed),
-            "validation": _conll_sentences(folder / "valid.txt", None, args.seed),
+            "train": _conll_sentences(folder / "train.txt", n, seed),
+            "validation": _conll_sentences(folder / "valid.txt", None, seed),
         }
         for split, data in sents.items():
             files[split] = _write_conll(data, tmp / f"{row}-{split}.txt")
         sizes = {k: len(v) for k, v in sents.items()}
     else:
-        rows = classification_splits(name, n, args.seed)
+        rows = classification_splits(name, n, seed)
         if rows is None:
             print(f"skipping {row}: its data is absent", file=sys.stderr)
             return None
@@ -373,21 +378,24 @@ def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | N
         sizes["classes"] = len({r["label"] for r in rows["train"]})
     result: dict[str, Any] = {
         "row": row,
+        "seed": seed,
         "task": task,
         "sizes": sizes,
         "chose_recipe": row in CHOSEN_ON,
     }
-    print(f"[{row}] textloop ...", file=sys.stderr, flush=True)
-    result["textloop"] = run_textloop(task, files, tmp / f"run-{row}", args.threads)
-    print(f"[{row}] textloop: {result['textloop']}", file=sys.stderr, flush=True)
+    print(f"[{row} seed {seed}] textloop ...", file=sys.stderr, flush=True)
+    result["textloop"] = run_textloop(
+        task, files, tmp / f"run-{row}-{seed}", args.threads, seed, args.set
+    )
+    print(f"[{row} seed {seed}] textloop: {result['textloop']}", file=sys.stderr, flush=True)
     cells = []
     for lr, epochs in _cells(args.grid):
         if task == "ner":
-            scores = hf_ner(sents, lr, epochs, args.seed)
+            scores = hf_ner(sents, lr, epochs, seed)
         else:
-            scores = hf_classification(rows, lr, epochs, args.seed, args.max_len)
+            scores = hf_classification(rows, lr, epochs, seed, args.max_len)
         cell = {"lr": lr, "epochs": epochs, **scores}
-        print(f"[{row}] hf {cell}", file=sys.stderr, flush=True)
+        print(f"[{row} seed {seed}] hf {cell}", file=sys.stderr, flush=True)
         cells.append(cell)
     key = "f1" if task == "ner" else "macro_f1"
     default = next((c for c in cells if (c["lr"], c["epochs"]) == (5e-5, 3)), None)
@@ -406,40 +414,68 @@ def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | N
     return result
 
 
+def _mean_sd(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+
+
 def render(paths: list[Path]) -> str:
-    """The README table from result files: one line per row, textloop next to HF."""
-
-    def cell(c: dict[str, Any] | None, key: str) -> str:
-        if not c:
-            return "-"
-        lr = f"{c['lr']:.0e}".replace("e-0", "e-") if "lr" in c else ""
-        where = f"{lr} x {c['epochs']} ep, " if lr else ""
-        secs = c.get("train_seconds", c.get("seconds"))
-        return f"{c[key]:.3f} ({where}{secs:.0f} s)"
-
-    lines = [
-        "| row | train / classes | textloop defaults | HF defaults | HF grid best (cells run) | "
-        "chose |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    """The README table from result files: one line per row (mean ± sd over its seeds)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
         data = json.loads(path.read_text())
+        variant = ", ".join(data.get("textloop_sets") or [])
         for r in data["rows"]:
-            key = "f1" if r["task"] == "ner" else "macro_f1"
-            sizes = r["sizes"]
-            shape = f"{sizes['train']}" + (f" / {sizes['classes']}" if "classes" in sizes else "")
-            tl = r["textloop"]
-            tl_cell = (
-                f"{tl[key]:.3f} ({tl['train_seconds']:.0f} s; batch {tl['recipe']['batch_size']}, "
-                f"{tl['recipe']['epochs']} ep, {tl['steps']} steps)"
+            groups.setdefault(r["row"] + (f" ({variant})" if variant else ""), []).append(r)
+
+    def hf_cell(runs: list[dict[str, Any]], lr: float, epochs: int, key: str) -> str:
+        cells = [c for c in runs if (c["lr"], c["epochs"]) == (lr, epochs)]
+        lr_text = f"{lr:.0e}".replace("e-0", "e-")
+        secs = statistics.fmean(c["seconds"] for c in cells)
+        return f"{_mean_sd([c[key] for c in cells])} ({lr_text} x {epochs} ep, {secs:.0f} s)"
+
+    lines = [
+        "| row | train / classes | seeds | textloop defaults | HF defaults | "
+        "HF grid best (cells run) | chose |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row, runs in groups.items():
+        key = "f1" if runs[0]["task"] == "ner" else "macro_f1"
+        sizes = runs[0]["sizes"]
+        shape = f"{sizes['train']}" + (f" / {sizes['classes']}" if "classes" in sizes else "")
+        tls = [r["textloop"] for r in runs]
+        recipe = tls[0]["recipe"]
+        how = recipe.get("recipe", "default")
+        tl_cell = (
+            f"{_mean_sd([t[key] for t in tls])} "
+            f"({statistics.fmean(t['train_seconds'] for t in tls):.0f} s; "
+            + (
+                "few-shot"
+                if how == "few-shot"
+                else f"batch {recipe['batch_size']}, {recipe['epochs']} ep, "
+                f"{statistics.fmean(t['steps'] for t in tls):.0f} steps"
             )
-            best = r.get("hf_best")
-            n_cells = len(r.get("hf_grid") or [])
-            lines.append(
-                f"| {r['row']} | {shape} | {tl_cell} | {cell(r.get('hf_default'), key)} | "
-                f"{cell(best, key) + f' ({n_cells})' if best else '-'} | "
-                f"{'yes' if r['chose_recipe'] else 'unseen'} |"
+            + ")"
+        )
+        default = [r["hf_default"] for r in runs if r.get("hf_default")]
+        grid = [c for r in runs for c in r.get("hf_grid") or []]
+        best_text = "-"
+        if grid:  # the cell with the best mean over the seeds (on test: favours the grid)
+            cells = sorted({(c["lr"], c["epochs"]) for c in grid})
+            best = max(
+                cells,
+                key=lambda lc: statistics.fmean(
+                    c[key] for c in grid if (c["lr"], c["epochs"]) == lc
+                ),
             )
+            best_text = f"{hf_cell(grid, *best, key)} ({len(cells)})"
+        lines.append(
+            f"| {row} | {shape} | {len(runs)} | {tl_cell} | "
+            f"{hf_cell(default, 5e-5, 3, key) if default else '-'} | {best_text} | "
+            f"{'yes' if runs[0]['chose_recipe'] else 'unseen'} |"
+        )
     return "\n".join(lines)
 
 
@@ -455,7 +491,16 @@ def main() -> None:
     )
     p.add_argument("--grid", default="all", help="all | default | none | LRxEPOCHS,...")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds", default="0", help="comma list; each seed draws its own subsample and runs"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config key for the textloop side (a variant of the recipe to measure)",
+    )
     p.add_argument("--max-len", type=int, default=128, help="HF side's truncation (textloop's)")
     p.add_argument("--output", type=Path)
     args = p.parse_args()
@@ -464,11 +509,12 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.rows.split(","):
-            r = run_row(row.strip(), args, Path(tmp))
-            if r is not None:
-                results.append(r)
-                if args.output:  # partial results survive a long table being stopped
-                    _dump(args, cpu, results)
+            for seed in (int(x) for x in args.seeds.split(",")):
+                r = run_row(row.strip(), args, Path(tmp), seed)
+                if r is not None:
+                    results.append(r)
+                    if args.output:  # partial results survive a long table being stopped
+                        _dump(args, cpu, results)
     print(json.dumps(_payload(args, cpu, results), indent=2))
     if args.output:
         _dump(args, cpu, results)
@@ -481,6 +527,8 @@ def _payload(args: argparse.Namespace, cpu: Any, results: list[dict[str, Any]]) 
         "precision": choose_precision("auto", torch.device("cpu")).name,
         "threads": args.threads,
         "grid": args.grid,
+        "seeds": args.seeds,
+        "textloop_sets": args.set,
         "chosen_on": list(CHOSEN_ON),
         "rows": results,
     }
