@@ -430,11 +430,12 @@ def render(paths: list[Path]) -> str:
         for r in data["rows"]:
             groups.setdefault(r["row"] + (f" ({variant})" if variant else ""), []).append(r)
 
-    def hf_cell(runs: list[dict[str, Any]], lr: float, epochs: int, key: str) -> str:
-        cells = [c for c in runs if (c["lr"], c["epochs"]) == (lr, epochs)]
-        lr_text = f"{lr:.0e}".replace("e-0", "e-")
+    def hf_cell(cells: list[dict[str, Any]], key: str) -> str:
+        """One HF cell (lr x epochs) over its seeds."""
+        lr_text = f"{cells[0]['lr']:.0e}".replace("e-0", "e-")
         secs = statistics.fmean(c["seconds"] for c in cells)
-        return f"{_mean_sd([c[key] for c in cells])} ({lr_text} x {epochs} ep, {secs:.0f} s)"
+        where = f"{lr_text} x {cells[0]['epochs']} ep, {secs:.0f} s"
+        return f"{_mean_sd([c[key] for c in cells])} ({where})"
 
     lines = [
         "| row | train / classes | seeds | textloop defaults | HF defaults | "
@@ -460,20 +461,16 @@ def render(paths: list[Path]) -> str:
             + ")"
         )
         default = [r["hf_default"] for r in runs if r.get("hf_default")]
-        grid = [c for r in runs for c in r.get("hf_grid") or []]
+        by_cell: dict[tuple[float, int], list[dict[str, Any]]] = defaultdict(list)
+        for c in (c for r in runs for c in r.get("hf_grid") or []):
+            by_cell[(c["lr"], c["epochs"])].append(c)
         best_text = "-"
-        if grid:  # the cell with the best mean over the seeds (on test: favours the grid)
-            cells = sorted({(c["lr"], c["epochs"]) for c in grid})
-            best = max(
-                cells,
-                key=lambda lc: statistics.fmean(
-                    c[key] for c in grid if (c["lr"], c["epochs"]) == lc
-                ),
-            )
-            best_text = f"{hf_cell(grid, *best, key)} ({len(cells)})"
+        if by_cell:  # the cell with the best mean over the seeds (on test: favours the grid)
+            best = max(by_cell.values(), key=lambda cs: statistics.fmean(c[key] for c in cs))
+            best_text = f"{hf_cell(best, key)} ({len(by_cell)})"
         lines.append(
             f"| {row} | {shape} | {len(runs)} | {tl_cell} | "
-            f"{hf_cell(default, 5e-5, 3, key) if default else '-'} | {best_text} | "
+            f"{hf_cell(default, key) if default else '-'} | {best_text} | "
             f"{'yes' if runs[0]['chose_recipe'] else 'unseen'} |"
         )
     return "\n".join(lines)
@@ -504,12 +501,13 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=128, help="HF side's truncation (textloop's)")
     p.add_argument("--output", type=Path)
     args = p.parse_args()
+    seeds = [int(x) for x in args.seeds.split(",")]  # a bad list fails before any training
     torch.set_num_threads(args.threads)
     cpu = read_cpu_info()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.rows.split(","):
-            for seed in (int(x) for x in args.seeds.split(",")):
+            for seed in seeds:
                 r = run_row(row.strip(), args, Path(tmp), seed)
                 if r is not None:
                     results.append(r)
