@@ -184,9 +184,9 @@ def run_cell(
     return row
 
 
-# the two targets, as columns when their arms ran: few-shot - default (points), and
-# few-shot - setfit (points) with few-shot's share of setfit's training seconds (also in fp32,
-# setfit's precision)
+# comparisons shown as columns when both arms ran: accuracy gap (points) and the first arm's
+# training seconds as a share of the second's; few-shot vs default fine-tuning and vs setfit
+# (also with textloop in fp32, setfit's precision)
 TARGETS = (("few-shot", "default"), ("few-shot", "setfit"), ("few-shot-fp32", "setfit"))
 
 
