@@ -71,9 +71,10 @@ MIN_PASSES, MAX_PASSES = 2, 30
 
 
 # few-shot: chosen by ``train.recipe: auto`` up to this many training examples per class; at 8 per
-# class on SNIPS (3 seeds) it beat default fine-tuning by 1.8 points and matched setfit
-# (bench/results/few_shot_partial.json); at 16 it drew on SNIPS (-0.1) and won on BBC (+0.8), at
-# 32 both drew while default fine-tuning was 3-5x faster (few_shot_threshold.json, docs/few-shot.md)
+# class it beat default fine-tuning on SNIPS, BBC, drug reviews and CLINC150 (+3.4 points on
+# average) and matched setfit (bench/results/few_shot_setfit_8*.json); at 16 it drew on SNIPS
+# (-0.1) and won on BBC (+0.8), at 32 both drew while default fine-tuning was 3-5x faster
+# (few_shot_threshold.json, docs/few-shot.md)
 FEW_SHOT_MAX_PER_CLASS = 16
 FEW_SHOT_PAIRS_PER_EXAMPLE = 40  # SetFit's 20 iterations x (one positive + one negative pair)
 FEW_SHOT_MAX_PAIRS = 6000  # a bound on a pass for many classes (CLINC150: 150 x 8 examples)
