@@ -190,6 +190,30 @@ def run_cell(
 TARGETS = (("few-shot", "default"), ("few-shot", "setfit"), ("few-shot-fp32", "setfit"))
 
 
+def merge(payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several result files as one: rows joined by (dataset, per class), an arm in a later file
+    replacing the same arm of an earlier one (e.g. a re-run of the few-shot arm after a recipe
+    change next to the setfit arm it is compared with). They must come from one CPU and setting."""
+    first = payloads[0]
+    for other in payloads[1:]:
+        for key in ("cpu", "precision", "threads", "max_len"):
+            if other[key] != first[key]:
+                raise SystemExit(
+                    f"cannot merge results with different {key}: {first[key]!r} vs {other[key]!r}"
+                )
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    arms: list[str] = []
+    for payload in payloads:
+        arms += [a for a in payload["arms"] if a not in arms]
+        for r in payload["rows"]:
+            key = (r["dataset"], r["per_class"])
+            if key not in rows:
+                rows[key] = {**r, "arms": {}}
+            rows[key]["arms"].update(r["arms"])
+    notes = "; ".join(dict.fromkeys(p["note"] for p in payloads))
+    return {**first, "note": notes, "arms": arms, "rows": list(rows.values())}
+
+
 def render(payload: dict[str, Any]) -> str:
     arms = payload["arms"]
     pairs = [(a, b) for a, b in TARGETS if a in arms and b in arms]
@@ -204,12 +228,18 @@ def render(payload: dict[str, Any]) -> str:
     for r in payload["rows"]:
         cells = []
         for arm in arms:
+            if arm not in r["arms"]:  # merged files: an arm run on some rows only
+                cells.append("- | -")
+                continue
             a = r["arms"][arm]
             cells.append(
                 f"{100 * a['accuracy_mean']:.1f} ± {100 * a['accuracy_sd']:.1f} | "
                 f"{a['train_seconds_mean']:.0f}"
             )
         for a, b in pairs:
+            if a not in r["arms"] or b not in r["arms"]:
+                cells.append("- | -")
+                continue
             x, y = r["arms"][a], r["arms"][b]
             gap = 100 * (x["accuracy_mean"] - y["accuracy_mean"])
             cells.append(f"{gap:+.1f} | {x['train_seconds_mean'] / y['train_seconds_mean']:.2f}x")
@@ -229,10 +259,15 @@ def main() -> None:
     p.add_argument("--setfit-path", type=Path, default=ROOT.parent / "setfit-libs")
     p.add_argument("--note", default="full run")
     p.add_argument("--output", type=Path)
-    p.add_argument("--render", type=Path, help="print the markdown table of a saved result")
+    p.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        help="print the markdown table of saved results (several: merged, see ``merge``)",
+    )
     args = p.parse_args()
     if args.render:
-        print(render(json.loads(args.render.read_text())))
+        print(render(merge([json.loads(f.read_text()) for f in args.render])))
         return
     args.arms = [a.strip() for a in args.arms.split(",")]
     torch.set_num_threads(args.threads)

@@ -422,13 +422,22 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def render(paths: list[Path]) -> str:
-    """The README table from result files: one line per row (mean ± sd over its seeds)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+    """The README table from result files: one line per row (mean ± sd over its seeds). A later
+    file's run of the same row and seed replaces the earlier one's textloop side and keeps its HF
+    cells where the later file ran none (``--grid none``: textloop re-run after a recipe change)."""
+    by_seed: dict[str, dict[int, dict[str, Any]]] = {}
     for path in paths:
         data = json.loads(path.read_text())
         variant = ", ".join(data.get("textloop_sets") or [])
         for r in data["rows"]:
-            groups.setdefault(r["row"] + (f" ({variant})" if variant else ""), []).append(r)
+            seeds = by_seed.setdefault(r["row"] + (f" ({variant})" if variant else ""), {})
+            earlier = seeds.get(r["seed"], {})
+            seeds[r["seed"]] = {
+                **r,
+                "hf_default": r.get("hf_default") or earlier.get("hf_default"),
+                "hf_grid": r.get("hf_grid") or earlier.get("hf_grid"),
+            }
+    groups = {row: list(seeds.values()) for row, seeds in by_seed.items()}
 
     def hf_cell(cells: list[dict[str, Any]], key: str) -> str:
         """One HF cell (lr x epochs) over its seeds."""
