@@ -17,7 +17,12 @@ from textloop.continual.config import load_update_config
 from textloop.continual.retrain import write_run_dir
 from textloop.errors import ConfigError, DataError
 from textloop.training.few_shot import balanced_pairs, class_batches
-from textloop.training.recipe import FEW_SHOT_MAX_PER_CLASS, choose_recipe
+from textloop.training.recipe import (
+    FEW_SHOT_MAX_PER_CLASS,
+    choose_recipe,
+    few_shot_settings,
+    few_shot_steps,
+)
 
 from .conftest import toy_rows, write_csv
 
@@ -61,6 +66,16 @@ def test_auto_choice_by_examples_per_class() -> None:
     assert choose_recipe("auto", 4.0, False)[0] == "default"  # multi-label, pairs, other tasks
     assert choose_recipe("auto", 1.0, True, largest_class=1)[0] == "default"  # no pair
     assert choose_recipe("default", 4.0, True) == ("default", None)  # the user's choice stands
+
+
+def test_a_pass_reads_each_example_20_times_in_batch_and_40_pairs_sampled() -> None:
+    # in-batch: batches of 2 x 16 texts, 20 reads of each of 56 examples -> 1120 texts, 35 steps
+    assert few_shot_steps(56, 16, "in-batch") == 35
+    assert few_shot_steps(56, 16, "pairs") == 140  # SetFit's 40 pairs per example, 16 a step
+    # both capped at 6000 pairs' / texts' worth (CLINC150 at 8 per class: 1200 examples)
+    assert few_shot_steps(1200, 16, "in-batch") == 188 and few_shot_steps(1200, 16, "pairs") == 375
+    why = few_shot_settings(dict.fromkeys(("batch_size", "epochs")), 56).reasons["epochs"]
+    assert "35 batches of 32 texts, each example read 20 times" in why
 
 
 @pytest.fixture(scope="module")

@@ -71,12 +71,18 @@ MIN_PASSES, MAX_PASSES = 2, 30
 
 
 # few-shot: chosen by ``train.recipe: auto`` up to this many training examples per class; at 8 per
-# class it beat default fine-tuning on SNIPS, BBC, drug reviews and CLINC150 (+3.4 points on
-# average) and matched setfit (bench/results/few_shot_setfit_8*.json); at 16 it drew on SNIPS
-# (-0.1) and won on BBC (+0.8), at 32 both drew while default fine-tuning was 3-5x faster
-# (few_shot_threshold.json, docs/few-shot.md)
+# class it beat default fine-tuning on SNIPS, BBC, drug reviews and CLINC150 (+3.3 points on
+# average) and matched setfit (bench/results/few_shot_setfit_8*.json, few_shot_reads20_8.json);
+# at 16 it drew (SNIPS -0.1, BBC +0.8 with 40 reads a pass, which chose 16; -0.6 and +0.4 with
+# today's 20), at 32 both drew while default fine-tuning was 2-3x faster (few_shot_threshold.json,
+# docs/few-shot.md)
 FEW_SHOT_MAX_PER_CLASS = 16
 FEW_SHOT_PAIRS_PER_EXAMPLE = 40  # SetFit's 20 iterations x (one positive + one negative pair)
+# the in-batch loss (the default) reads each example this many times a pass (batches of
+# 2 x batch_size texts, every pair scored): 20 took half the time of 40 at the same accuracy
+# (-0.1 points on average over SNIPS, BBC and drug reviews at 8 to 32 per class, 11 cells of 3-5
+# seeds; 10 lost 0.9 on SNIPS and drug reviews; docs/few-shot.md "Steps of a pass")
+FEW_SHOT_IN_BATCH_READS_PER_EXAMPLE = 20
 FEW_SHOT_MAX_PAIRS = 6000  # a bound on a pass for many classes (CLINC150: 150 x 8 examples)
 FEW_SHOT_DEFAULTS: dict[str, Any] = {
     "batch_size": 16,
@@ -226,29 +232,43 @@ def choose_recipe(
     )
 
 
-def few_shot_pairs(n_train: int) -> int:
-    """Sentence pairs of the few-shot pass: ``FEW_SHOT_PAIRS_PER_EXAMPLE`` per example, capped."""
-    return min(FEW_SHOT_PAIRS_PER_EXAMPLE * n_train, max(FEW_SHOT_MAX_PAIRS, 2 * n_train))
+def few_shot_pairs(n_train: int, per_example: int = FEW_SHOT_PAIRS_PER_EXAMPLE) -> int:
+    """Sentence pairs of the few-shot pass (``pairs`` loss): ``per_example`` per example, capped
+    at ``FEW_SHOT_MAX_PAIRS`` (or two per example, if that is more)."""
+    return min(per_example * n_train, max(FEW_SHOT_MAX_PAIRS, 2 * n_train))
 
 
 def few_shot_steps(n_train: int, batch_size: int, loss: str) -> int:
-    """Steps of one few-shot pass: batches of ``batch_size`` sampled pairs (``pairs``), or half
-    as many batches of ``2 * batch_size`` texts whose every pair counts (``in-batch``: each step
-    scores ~30x the pairs, and half the steps matched the sampled pairs' accuracy on SNIPS)."""
-    steps = -(-few_shot_pairs(n_train) // batch_size)
-    return steps if loss == "pairs" else -(-steps // 2)
+    """Steps of one few-shot pass: batches of ``batch_size`` sampled pairs (``pairs``), or batches
+    of ``2 * batch_size`` texts whose every pair counts (``in-batch``), enough for each example to
+    be read ``FEW_SHOT_IN_BATCH_READS_PER_EXAMPLE`` times (under the same cap): a quarter of the
+    ``pairs`` loss's steps (half where the cap binds), each scoring ~30x the pairs."""
+    if loss == "pairs":
+        return -(-few_shot_pairs(n_train) // batch_size)
+    texts = few_shot_pairs(n_train, FEW_SHOT_IN_BATCH_READS_PER_EXAMPLE)
+    return -(-texts // (2 * batch_size))
 
 
-def few_shot_settings(given: dict[str, Any], n_train: int) -> Recipe:
+def few_shot_settings(given: dict[str, Any], n_train: int, loss: str = "in-batch") -> Recipe:
     """The few-shot recipe's values for the ``RECIPE_FIELDS`` left unset (None in ``given``)."""
     settings: dict[str, Any] = {k: given.get(k) for k in RECIPE_FIELDS}
     mine = [k for k in RECIPE_FIELDS if settings[k] is None]
     recipe = Recipe(settings, user_set=[k for k in RECIPE_FIELDS if k not in mine])
-    pairs = few_shot_pairs(n_train)
+    batch = settings["batch_size"] or FEW_SHOT_DEFAULTS["batch_size"]
+    if loss == "pairs":
+        a_pass = (
+            f"{few_shot_pairs(n_train)} sampled sentence pairs ({FEW_SHOT_PAIRS_PER_EXAMPLE} per "
+            f"example, at most {FEW_SHOT_MAX_PAIRS})"
+        )
+    else:
+        a_pass = (
+            f"{few_shot_steps(n_train, batch, loss)} batches of {2 * batch} texts, each example "
+            f"read {FEW_SHOT_IN_BATCH_READS_PER_EXAMPLE} times (at most {FEW_SHOT_MAX_PAIRS} "
+            "texts' worth)"
+        )
     why = {
         "batch_size": "sentence pairs per step, SetFit's default (in-batch: twice as many texts)",
-        "epochs": f"passes of {pairs} sentence pairs' worth ({FEW_SHOT_PAIRS_PER_EXAMPLE} per "
-        f"example, at most {FEW_SHOT_MAX_PAIRS}); SetFit's default is one",
+        "epochs": f"passes; a pass is {a_pass}; SetFit's default is one",
         "lr": "the encoder's contrastive learning rate (SetFit's default)",
         "eval_every_steps": "one evaluation, after the head is fitted",
         "early_stopping_patience": "one pass: nothing to stop early",

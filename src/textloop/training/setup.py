@@ -226,7 +226,7 @@ def _decide_recipe(
     values = t.model_dump()
     given = {k: values[k] for k in RECIPE_FIELDS}
     if method == "few-shot":
-        recipe = few_shot_settings(given, shape.n_train)
+        recipe = few_shot_settings(given, shape.n_train, t.few_shot_loss)
     else:
         recipe = decide(shape, given, {k for k, v in given.items() if v is not None})
     recipe.settings["recipe"] = method
