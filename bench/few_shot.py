@@ -102,7 +102,7 @@ def run_setfit(train: Rows, test: Rows, args: argparse.Namespace, seed: int, out
 
     model = SetFitModel.from_pretrained(str(resolve_model("embedded:minilm")))
     model.model_body.max_seq_length = args.max_len
-    steps = math.ceil(few_shot_pairs(len(train)) / 16)  # the few-shot arm's pass, same cap
+    steps = math.ceil(few_shot_pairs(len(train)) / 16)  # the `pairs` loss's pass, same cap
     targs = TrainingArguments(
         batch_size=16,
         num_epochs=1,

@@ -182,7 +182,8 @@ class TrainConfig(ScheduleConfig):
     few_shot_loss: Literal["in-batch", "pairs"] = Field(
         "in-batch",
         description="Few-shot recipe: in-batch scores every pair of a batch of 8 classes x 4 "
-        "texts (half the steps); pairs trains on sampled pairs, half same-class, as SetFit does.",
+        "texts (each example read 20 times a pass: a quarter of pairs' steps); pairs trains on "
+        "sampled pairs (40 per example), half same-class, as SetFit does.",
     )
     grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per step.")
     max_seq_len: int = Field(

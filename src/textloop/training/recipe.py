@@ -234,7 +234,8 @@ def choose_recipe(
 
 def few_shot_pairs(n_train: int, per_example: int = FEW_SHOT_PAIRS_PER_EXAMPLE) -> int:
     """Sentence pairs of the few-shot pass (``pairs`` loss): ``per_example`` per example, capped
-    at ``FEW_SHOT_MAX_PAIRS`` (or two per example, if that is more)."""
+    at ``FEW_SHOT_MAX_PAIRS`` (or two per example, if that is more); with the in-batch reads per
+    example, the texts of an in-batch pass under the same cap."""
     return min(per_example * n_train, max(FEW_SHOT_MAX_PAIRS, 2 * n_train))
 
 
