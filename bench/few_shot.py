@@ -153,7 +153,7 @@ def run_cell(
     """Every seed of one (dataset, per class) row; ``save(row)`` after each seed."""
     per_seed: dict[str, list[dict[str, Any]]] = {arm: [] for arm in args.arms}
     row: dict[str, Any] | None = None
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         splits = classification_splits(name, per_class, seed)
         if splits is None:
             print(f"skip {name}: data not found", file=sys.stderr)
@@ -191,9 +191,11 @@ TARGETS = (("few-shot", "default"), ("few-shot", "setfit"), ("few-shot-fp32", "s
 
 
 def merge(payloads: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several result files as one: rows joined by (dataset, per class), an arm in a later file
-    replacing the same arm of an earlier one (e.g. a re-run of the few-shot arm after a recipe
-    change next to the setfit arm it is compared with). They must come from one CPU and setting."""
+    """Several result files as one: rows joined by (dataset, per class), arms by name and seeds
+    by number, a seed of an arm in a later file replacing the same seed of an earlier one (e.g. a
+    re-run of the few-shot arm after a recipe change, next to the setfit arm it is compared with)
+    and new seeds joining it (``--first-seed 3`` runs that add seeds 3 and 4 to a 3-seed row).
+    They must come from one CPU and setting."""
     first = payloads[0]
     for other in payloads[1:]:
         for key in ("cpu", "precision", "threads", "max_len"):
@@ -209,7 +211,11 @@ def merge(payloads: list[dict[str, Any]]) -> dict[str, Any]:
             key = (r["dataset"], r["per_class"])
             if key not in rows:
                 rows[key] = {**r, "arms": {}}
-            rows[key]["arms"].update(r["arms"])
+            for arm, found in r["arms"].items():
+                seeds = {c["seed"]: c for c in rows[key]["arms"].get(arm, {}).get("seeds", [])}
+                seeds.update({c["seed"]: c for c in found["seeds"]})
+                cells = [seeds[k] for k in sorted(seeds)]
+                rows[key]["arms"][arm] = {**summarise(cells), "seeds": cells}
     notes = "; ".join(dict.fromkeys(p["note"] for p in payloads))
     return {**first, "note": notes, "arms": arms, "rows": list(rows.values())}
 
@@ -252,6 +258,9 @@ def main() -> None:
     p.add_argument("--datasets", default="snips,clinc150,drug,bbc")
     p.add_argument("--per-class", default="8,16,32")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument(
+        "--first-seed", type=int, default=0, help="run seeds FIRST..SEEDS-1 (add seeds to a row)"
+    )
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--max-len", type=int, default=128, help="tokens per text, every arm")
