@@ -24,6 +24,14 @@ Every row (``NAME[-PER_CLASS]`` for snips / clinc150, ``conll[-SENTENCES]``; dat
    the last evaluation). HF keeps no model, so its best values are trained once more to score
    the test split; that retraining is reported apart, not in its search time.
 
+``--seed 0,1,2`` runs every row once per seed (each seed its own data sample, the textloop
+runs' ``train.seed`` and HF's seed and sampler). ``--same-trial LR,BATCH,EPOCHS`` runs no search:
+it trains those values with textloop's loop and with ``Trainer`` on each row and seed, to tell a
+gap between the searches' winners apart from a gap between the two loops:
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/tune.py --rows snips-50 --seed 0,1,2 \
+        --same-trial 4.03e-5,8,9 --output bench/results/tune_same_trial.json
+
 Selection is on validation only on both sides; test scores are of the winner. CoNLL-2003 as
 shipped has no test split: its validation file is halved (seeded), one half to choose on, the
 other to test. Macro-F1 for classification, entity F1 (seqeval strict IOB2, textloop's
@@ -111,12 +119,15 @@ def _key(task: str) -> str:
 # --- textloop ------------------------------------------------------------------------------------
 
 
-def _base(task: str, files: dict[str, str], threads: int) -> dict[str, Any]:
-    return {"task": task, "model": MODEL, "data": dict(files), "train": {"threads": threads}}
+def _base(task: str, files: dict[str, str], threads: int, seed: int) -> dict[str, Any]:
+    train = {"threads": threads, "seed": seed}
+    return {"task": task, "model": MODEL, "data": dict(files), "train": train}
 
 
-def run_default(task: str, files: dict[str, str], out: Path, threads: int) -> dict[str, Any]:
-    cfg = build_config({**_base(task, files, threads), "output": str(out)})
+def run_default(
+    task: str, files: dict[str, str], out: Path, threads: int, seed: int
+) -> dict[str, Any]:
+    cfg = build_config({**_base(task, files, threads, seed), "output": str(out)})
     started = time.perf_counter()
     run = textloop.train(cfg)
     seconds = time.perf_counter() - started
@@ -137,9 +148,10 @@ def run_textloop(
     budget: float,
     tmp: Path,
     threads: int,
+    seed: int,
 ) -> dict[str, Any]:
     base = tmp / "base.yaml"
-    base.write_text(yaml.safe_dump(_base(task, files, threads)))
+    base.write_text(yaml.safe_dump(_base(task, files, threads, seed)))
     started = time.perf_counter()
     result = textloop.tune(
         base,
@@ -344,6 +356,108 @@ def run_hf(
 # --- the table ---------------------------------------------------------------------------------
 
 
+# --- one trial, both loops (is a gap the search or the loop?) ------------------------------------
+
+
+def same_trial(
+    row: str,
+    values: str,
+    seed: int,
+    tmp: Path,
+    threads: int,
+    extra: list[str],
+    with_hf: bool = True,
+) -> dict[str, Any] | None:
+    """Train one set of values (``LR,BATCH,EPOCHS``) with textloop's loop and with ``Trainer``.
+
+    The same data sample and seed on both sides. textloop reports its best checkpoint's
+    validation score (what a tune trial reports); HF its last epoch's (what
+    ``hyperparameter_search`` reports) and its best epoch's, and each side its final model's test
+    score. ``extra`` (``KEY=VALUE``) changes the textloop side only, e.g. ``train.head_lr=4e-5``
+    for HF's one learning rate; ``with_hf=False`` trains the textloop side only (``Trainer``
+    is deterministic on a CPU: a variant of the textloop side compares with the HF run before).
+    """
+    found = row_files(row, tmp, seed, None)
+    if found is None:
+        return None
+    task, files = found["task"], found["files"]
+    lr, batch, epochs = values.split(",")
+    settings: dict[str, Any] = {"lr": float(lr), "batch_size": int(batch), "epochs": int(epochs)}
+    key = _key(task)
+    base = tmp / "base.yaml"
+    base.write_text(yaml.safe_dump(_base(task, files, threads, seed)))
+    given = [f"train.{k}={v}" for k, v in settings.items()]
+    cfg = textloop.load_config(base, [*given, *extra, f"output={tmp / 'tl'}"])
+    started = time.perf_counter()
+    m = textloop.train(cfg).metrics
+    tl = {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "validation": round(m["validation"][key], 4),
+        "test": round(m["test"][key], 4),
+    }
+
+    if not with_hf:
+        print(f"[{row} seed {seed}] textloop {tl}", file=sys.stderr, flush=True)
+        return {
+            "row": row,
+            "seed": seed,
+            "settings": settings,
+            "textloop_sets": extra,
+            "textloop": tl,
+        }
+
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    model_dir = resolve_model(MODEL)
+    side = (_hf_ner if task == "ner" else _hf_classification)(
+        found["data"], AutoTokenizer.from_pretrained(model_dir), 128
+    )
+    torch.manual_seed(seed)
+    trainer = Trainer(
+        model=side["model"](model_dir),
+        args=TrainingArguments(
+            output_dir=str(tmp / "hf"),
+            eval_strategy="epoch",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=not torch.cuda.is_available(),
+            seed=seed,
+            disable_tqdm=True,
+            logging_steps=10_000,
+            per_device_eval_batch_size=64,
+            bf16=choose_precision("auto", torch.device("cpu")).name == "bf16",
+            learning_rate=settings["lr"],
+            per_device_train_batch_size=settings["batch_size"],
+            num_train_epochs=settings["epochs"],
+        ),
+        train_dataset=side["sets"]["train"],
+        eval_dataset=side["sets"]["validation"],
+        data_collator=side["collator"],
+        compute_metrics=side["metrics"],
+    )
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.train()
+        wall = time.perf_counter() - started
+        test = trainer.evaluate(side["sets"]["test"], metric_key_prefix="test")[f"test_{key}"]
+    curve = [e[f"eval_{key}"] for e in trainer.state.log_history if f"eval_{key}" in e]
+    hf = {
+        "wall_s": round(wall, 1),
+        "validation_last": round(curve[-1], 4),
+        "validation_best": round(max(curve), 4),
+        "test": round(float(test), 4),
+    }
+    print(f"[{row} seed {seed}] textloop {tl}; hf {hf}", file=sys.stderr, flush=True)
+    return {
+        "row": row,
+        "seed": seed,
+        "settings": settings,
+        "textloop_sets": extra,
+        "textloop": tl,
+        "hf": hf,
+    }
+
+
 def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | None:
     found = row_files(row, tmp, args.seed, args.max_eval)
     if found is None:
@@ -352,12 +466,12 @@ def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | N
     task, files = found["task"], found["files"]
     say = lambda *a: print(f"[{row}]", *a, file=sys.stderr, flush=True)  # noqa: E731
     say("default recipe ...")
-    default = run_default(task, files, tmp / "default", args.threads)
+    default = run_default(task, files, tmp / "default", args.threads, args.seed)
     budget = args.budget or args.budget_factor * default["wall_s"]
     space = default_space(default["recipe"])
     say(f"default: {default}; budget {budget:.0f} s; space {[p.spec() for p in space]}")
     (tmp / "tl").mkdir()
-    tl = run_textloop(task, files, space, args.trials, budget, tmp / "tl", args.threads)
+    tl = run_textloop(task, files, space, args.trials, budget, tmp / "tl", args.threads, args.seed)
     say(f"textloop tune: {tl}")
     (tmp / "hf").mkdir()
     hf = run_hf(task, found["data"], space, args.trials, budget, args.seed, tmp / "hf")
@@ -403,18 +517,47 @@ def main() -> None:
     p.add_argument("--budget", type=float, help="seconds per search (instead of the factor)")
     p.add_argument("--max-eval", type=int, help="cap validation / test examples (quick checks)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", default="0", help="data sample and training seed; 0,1,2: each")
+    p.add_argument(
+        "--same-trial",
+        metavar="LR,BATCH,EPOCHS",
+        help="no search: train these values with both loops, per row and seed",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --same-trial: a textloop config key for its side only (repeatable)",
+    )
+    p.add_argument(
+        "--textloop-only", action="store_true", help="with --same-trial: skip the HF side"
+    )
     p.add_argument("--output", type=Path)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.rows.split(","):
-            folder = Path(tmp) / row.strip()
-            folder.mkdir()
-            found = run_row(row.strip(), args, folder)
-            if found is not None:
-                results.append(found)
+            for seed in (int(s) for s in args.seed.split(",")):
+                folder = Path(tmp) / f"{row.strip()}-{seed}"
+                folder.mkdir()
+                if args.same_trial:
+                    found = same_trial(
+                        row.strip(),
+                        args.same_trial,
+                        seed,
+                        folder,
+                        args.threads,
+                        args.set,
+                        with_hf=not args.textloop_only,
+                    )
+                else:
+                    found = run_row(
+                        row.strip(), argparse.Namespace(**{**vars(args), "seed": seed}), folder
+                    )
+                if found is not None:
+                    results.append({**found, "seed": seed})
     payload = {
         "cpu": read_cpu_info().model,
         "precision": choose_precision("auto", torch.device("cpu")).name,
@@ -424,7 +567,8 @@ def main() -> None:
         "rows": results,
     }
     print(json.dumps(payload, indent=2))
-    print(table(results), file=sys.stderr)
+    if not args.same_trial:
+        print(table(results), file=sys.stderr)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(payload, indent=2))
