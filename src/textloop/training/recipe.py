@@ -73,9 +73,9 @@ MIN_PASSES, MAX_PASSES = 2, 30
 # few-shot: chosen by ``train.recipe: auto`` up to this many training examples per class; at 8 per
 # class it beat default fine-tuning on SNIPS, BBC, drug reviews and CLINC150 (+3.3 points on
 # average) and matched setfit (bench/results/few_shot_setfit_8*.json, few_shot_reads20_8.json);
-# at 16 it drew (SNIPS -0.1, BBC +0.8 with 40 reads a pass, which chose 16; -0.6 and +0.4 with
-# today's 20), at 32 both drew while default fine-tuning was 2-3x faster (few_shot_threshold.json,
-# docs/few-shot.md)
+# at 16 it drew (SNIPS -0.1, BBC +0.8 with 40 reads a pass, which chose 16, 3 seeds; -0.8 (5
+# seeds) and +0.4 with today's 20), at 32 both drew while default fine-tuning was 2-3x faster
+# (few_shot_threshold.json, few_shot_seeds34_snips.json, docs/few-shot.md)
 FEW_SHOT_MAX_PER_CLASS = 16
 FEW_SHOT_PAIRS_PER_EXAMPLE = 40  # SetFit's 20 iterations x (one positive + one negative pair)
 # the in-batch loss (the default) reads each example this many times a pass (batches of
