@@ -201,22 +201,32 @@ def _scores(task: str, m: dict[str, Any]) -> dict[str, float]:
 # --- Hugging Face Trainer --------------------------------------------------------------------
 
 
+def hf_training_args(out: str | Path, seed: int, **given: Any) -> Any:
+    """``TrainingArguments`` of every HF ``Trainer`` run of the benches: no checkpoints, no
+    reporting, the seed, and the precision textloop's ``auto`` picks (bf16 autocast or fp32);
+    ``given`` adds or overrides (lr, epochs, evaluation)."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        **{
+            "output_dir": str(out),
+            "save_strategy": "no",
+            "report_to": [],
+            "use_cpu": not torch.cuda.is_available(),
+            "seed": seed,
+            "disable_tqdm": True,
+            "logging_steps": 10_000,
+            "bf16": choose_precision("auto", torch.device("cpu")).name == "bf16",
+            **given,
+        }
+    )
+
+
 def _trainer(model: Any, ds: Any, collator: Any, lr: float, epochs: int, seed: int) -> float:
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        targs = TrainingArguments(
-            output_dir=tmp,
-            learning_rate=lr,
-            num_train_epochs=epochs,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=not torch.cuda.is_available(),
-            seed=seed,
-            disable_tqdm=True,
-            logging_steps=10_000,
-            bf16=choose_precision("auto", torch.device("cpu")).name == "bf16",
-        )
+        targs = hf_training_args(tmp, seed, learning_rate=lr, num_train_epochs=epochs)
         trainer = Trainer(model=model, args=targs, train_dataset=ds, data_collator=collator)
         started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):

@@ -250,6 +250,13 @@ def _hf_ner(data: dict[str, Sents], tok: Any, max_len: int) -> dict[str, Any]:
     }
 
 
+def _hf_args(tmp: Path, seed: int, **given: Any) -> Any:
+    """The benches' ``TrainingArguments``, evaluating on validation every epoch."""
+    return data_rows.hf_training_args(
+        tmp / "hf", seed, eval_strategy="epoch", per_device_eval_batch_size=64, **given
+    )
+
+
 def run_hf(
     task: str,
     data: dict[str, Any],
@@ -260,7 +267,7 @@ def run_hf(
     tmp: Path,
 ) -> dict[str, Any]:
     import optuna
-    from transformers import AutoTokenizer, Trainer, TrainingArguments
+    from transformers import AutoTokenizer, Trainer
 
     model_dir = resolve_model(MODEL)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -283,18 +290,7 @@ def run_hf(
             ),
         }
 
-    args = TrainingArguments(
-        output_dir=str(tmp / "hf"),
-        eval_strategy="epoch",
-        save_strategy="no",
-        report_to=[],
-        use_cpu=not torch.cuda.is_available(),
-        seed=seed,
-        disable_tqdm=True,
-        logging_steps=10_000,
-        per_device_eval_batch_size=64,
-        bf16=choose_precision("auto", torch.device("cpu")).name == "bf16",
-    )
+    args = _hf_args(tmp, seed)
     trainer = Trainer(
         model_init=model_init,
         args=args,
@@ -370,6 +366,9 @@ def same_trial(
 ) -> dict[str, Any] | None:
     """Train one set of values (``LR,BATCH,EPOCHS``) with textloop's loop and with ``Trainer``.
 
+    Both fine-tune the encoder with its head (``train.recipe: default``, also where ``auto`` would
+    pick the few-shot recipe).
+
     The same data sample and seed on both sides. textloop reports its best checkpoint's
     validation score (what a tune trial reports); HF its last epoch's (what
     ``hyperparameter_search`` reports) and its best epoch's, and each side its final model's test
@@ -387,6 +386,8 @@ def same_trial(
     base = tmp / "base.yaml"
     base.write_text(yaml.safe_dump(_base(task, files, threads, seed)))
     given = [f"train.{k}={v}" for k, v in settings.items()]
+    if task == "classification":  # fine-tuning as HF does, also where auto would pick few-shot
+        given.append("train.recipe=default")
     cfg = textloop.load_config(base, [*given, *extra, f"output={tmp / 'tl'}"])
     started = time.perf_counter()
     m = textloop.train(cfg).metrics
@@ -396,17 +397,18 @@ def same_trial(
         "test": round(m["test"][key], 4),
     }
 
+    result = {
+        "row": row,
+        "seed": seed,
+        "settings": settings,
+        "textloop_sets": extra,
+        "textloop": tl,
+    }
     if not with_hf:
         print(f"[{row} seed {seed}] textloop {tl}", file=sys.stderr, flush=True)
-        return {
-            "row": row,
-            "seed": seed,
-            "settings": settings,
-            "textloop_sets": extra,
-            "textloop": tl,
-        }
+        return result
 
-    from transformers import AutoTokenizer, Trainer, TrainingArguments
+    from transformers import AutoTokenizer, Trainer
 
     model_dir = resolve_model(MODEL)
     side = (_hf_ner if task == "ner" else _hf_classification)(
@@ -415,17 +417,9 @@ def same_trial(
     torch.manual_seed(seed)
     trainer = Trainer(
         model=side["model"](model_dir),
-        args=TrainingArguments(
-            output_dir=str(tmp / "hf"),
-            eval_strategy="epoch",
-            save_strategy="no",
-            report_to=[],
-            use_cpu=not torch.cuda.is_available(),
-            seed=seed,
-            disable_tqdm=True,
-            logging_steps=10_000,
-            per_device_eval_batch_size=64,
-            bf16=choose_precision("auto", torch.device("cpu")).name == "bf16",
+        args=_hf_args(
+            tmp,
+            seed,
             learning_rate=settings["lr"],
             per_device_train_batch_size=settings["batch_size"],
             num_train_epochs=settings["epochs"],
@@ -448,14 +442,7 @@ def same_trial(
         "test": round(float(test), 4),
     }
     print(f"[{row} seed {seed}] textloop {tl}; hf {hf}", file=sys.stderr, flush=True)
-    return {
-        "row": row,
-        "seed": seed,
-        "settings": settings,
-        "textloop_sets": extra,
-        "textloop": tl,
-        "hf": hf,
-    }
+    return {**result, "hf": hf}
 
 
 def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | None:
