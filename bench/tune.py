@@ -349,9 +349,6 @@ def run_hf(
     }
 
 
-# --- the table ---------------------------------------------------------------------------------
-
-
 # --- one trial, both loops (is a gap the search or the loop?) ------------------------------------
 
 
@@ -445,23 +442,26 @@ def same_trial(
     return {**result, "hf": hf}
 
 
-def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | None:
-    found = row_files(row, tmp, args.seed, args.max_eval)
+# --- a row: the default recipe, then both searches ----------------------------------------------
+
+
+def run_row(row: str, args: argparse.Namespace, tmp: Path, seed: int) -> dict[str, Any] | None:
+    found = row_files(row, tmp, seed, args.max_eval)
     if found is None:
         print(f"skipping {row}: its data is absent from {data_rows.SHARED}", file=sys.stderr)
         return None
     task, files = found["task"], found["files"]
     say = lambda *a: print(f"[{row}]", *a, file=sys.stderr, flush=True)  # noqa: E731
     say("default recipe ...")
-    default = run_default(task, files, tmp / "default", args.threads, args.seed)
+    default = run_default(task, files, tmp / "default", args.threads, seed)
     budget = args.budget or args.budget_factor * default["wall_s"]
     space = default_space(default["recipe"])
     say(f"default: {default}; budget {budget:.0f} s; space {[p.spec() for p in space]}")
     (tmp / "tl").mkdir()
-    tl = run_textloop(task, files, space, args.trials, budget, tmp / "tl", args.threads, args.seed)
+    tl = run_textloop(task, files, space, args.trials, budget, tmp / "tl", args.threads, seed)
     say(f"textloop tune: {tl}")
     (tmp / "hf").mkdir()
-    hf = run_hf(task, found["data"], space, args.trials, budget, args.seed, tmp / "hf")
+    hf = run_hf(task, found["data"], space, args.trials, budget, seed, tmp / "hf")
     say(f"hf search: {hf}")
     return {
         "row": row,
@@ -477,6 +477,9 @@ def run_row(row: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any] | N
         and tl["best_validation"] >= hf["best_validation"],
         "textloop_less_wall_time": tl["wall_s"] < hf["wall_s"],
     }
+
+
+# --- the table ---------------------------------------------------------------------------------
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -522,11 +525,19 @@ def main() -> None:
     )
     p.add_argument("--output", type=Path)
     args = p.parse_args()
+    if (args.set or args.textloop_only) and not args.same_trial:
+        p.error(
+            "--set and --textloop-only change a --same-trial run; give --same-trial LR,BATCH,EPOCHS"
+        )
+    try:  # a bad list fails before any training
+        seeds = [int(x) for x in args.seed.split(",")]
+    except ValueError:
+        p.error(f"--seed takes integers, e.g. 0 or 0,1,2 (got {args.seed!r})")
     torch.set_num_threads(args.threads)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.rows.split(","):
-            for seed in (int(s) for s in args.seed.split(",")):
+            for seed in seeds:
                 folder = Path(tmp) / f"{row.strip()}-{seed}"
                 folder.mkdir()
                 if args.same_trial:
@@ -540,9 +551,7 @@ def main() -> None:
                         with_hf=not args.textloop_only,
                     )
                 else:
-                    found = run_row(
-                        row.strip(), argparse.Namespace(**{**vars(args), "seed": seed}), folder
-                    )
+                    found = run_row(row.strip(), args, folder, seed)
                 if found is not None:
                     results.append({**found, "seed": seed})
     payload = {
