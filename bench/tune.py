@@ -360,6 +360,7 @@ def same_trial(
     threads: int,
     extra: list[str],
     with_hf: bool = True,
+    train_seed: int | None = None,
 ) -> dict[str, Any] | None:
     """Train one set of values (``LR,BATCH,EPOCHS``) with textloop's loop and with ``Trainer``.
 
@@ -372,7 +373,10 @@ def same_trial(
     score. ``extra`` (``KEY=VALUE``) changes the textloop side only, e.g. ``train.head_lr=4e-5``
     for HF's one learning rate; ``with_hf=False`` trains the textloop side only (``Trainer``
     is deterministic on a CPU: a variant of the textloop side compares with the HF run before).
+    ``train_seed`` (default ``seed``) seeds both sides' training (head init, batch order,
+    dropout) apart from the data sample, so each loop's own spread on one sample can be seen.
     """
+    train_seed = seed if train_seed is None else train_seed
     found = row_files(row, tmp, seed, None)
     if found is None:
         return None
@@ -381,7 +385,7 @@ def same_trial(
     settings: dict[str, Any] = {"lr": float(lr), "batch_size": int(batch), "epochs": int(epochs)}
     key = _key(task)
     base = tmp / "base.yaml"
-    base.write_text(yaml.safe_dump(_base(task, files, threads, seed)))
+    base.write_text(yaml.safe_dump(_base(task, files, threads, train_seed)))
     given = [f"train.{k}={v}" for k, v in settings.items()]
     if task == "classification":  # fine-tuning as HF does, also where auto would pick few-shot
         given.append("train.recipe=default")
@@ -397,12 +401,13 @@ def same_trial(
     result = {
         "row": row,
         "seed": seed,
+        "train_seed": train_seed,
         "settings": settings,
         "textloop_sets": extra,
         "textloop": tl,
     }
     if not with_hf:
-        print(f"[{row} seed {seed}] textloop {tl}", file=sys.stderr, flush=True)
+        print(f"[{row} seed {seed}/{train_seed}] textloop {tl}", file=sys.stderr, flush=True)
         return result
 
     from transformers import AutoTokenizer, Trainer
@@ -411,12 +416,12 @@ def same_trial(
     side = (_hf_ner if task == "ner" else _hf_classification)(
         found["data"], AutoTokenizer.from_pretrained(model_dir), 128
     )
-    torch.manual_seed(seed)
+    torch.manual_seed(train_seed)
     trainer = Trainer(
         model=side["model"](model_dir),
         args=_hf_args(
             tmp,
-            seed,
+            train_seed,
             learning_rate=settings["lr"],
             per_device_train_batch_size=settings["batch_size"],
             num_train_epochs=settings["epochs"],
@@ -438,7 +443,7 @@ def same_trial(
         "validation_best": round(max(curve), 4),
         "test": round(float(test), 4),
     }
-    print(f"[{row} seed {seed}] textloop {tl}; hf {hf}", file=sys.stderr, flush=True)
+    print(f"[{row} seed {seed}/{train_seed}] textloop {tl}; hf {hf}", file=sys.stderr, flush=True)
     return {**result, "hf": hf}
 
 
@@ -523,24 +528,42 @@ def main() -> None:
     p.add_argument(
         "--textloop-only", action="store_true", help="with --same-trial: skip the HF side"
     )
+    p.add_argument(
+        "--train-seed-offsets",
+        default="0",
+        metavar="0,100,...",
+        help="with --same-trial: train each sample once per offset, training seed = seed + offset",
+    )
     p.add_argument("--output", type=Path)
     args = p.parse_args()
-    if (args.set or args.textloop_only) and not args.same_trial:
+    if (args.set or args.textloop_only or args.train_seed_offsets != "0") and not args.same_trial:
         p.error(
-            "--set and --textloop-only change a --same-trial run; give --same-trial LR,BATCH,EPOCHS"
+            "--set, --textloop-only and --train-seed-offsets change a --same-trial run; give "
+            "--same-trial LR,BATCH,EPOCHS"
         )
     try:  # a bad list fails before any training
         seeds = [int(x) for x in args.seed.split(",")]
+        offsets = [int(x) for x in args.train_seed_offsets.split(",")]
     except ValueError:
-        p.error(f"--seed takes integers, e.g. 0 or 0,1,2 (got {args.seed!r})")
+        p.error(
+            "--seed and --train-seed-offsets take integers, e.g. 0 or 0,1,2 "
+            f"(got {args.seed!r}, {args.train_seed_offsets!r})"
+        )
     torch.set_num_threads(args.threads)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in args.rows.split(","):
             for seed in seeds:
-                folder = Path(tmp) / f"{row.strip()}-{seed}"
-                folder.mkdir()
-                if args.same_trial:
+                if not args.same_trial:
+                    folder = Path(tmp) / f"{row.strip()}-{seed}"
+                    folder.mkdir()
+                    found = run_row(row.strip(), args, folder, seed)
+                    if found is not None:
+                        results.append({**found, "seed": seed})
+                    continue
+                for offset in offsets:
+                    folder = Path(tmp) / f"{row.strip()}-{seed}-{offset}"
+                    folder.mkdir()
                     found = same_trial(
                         row.strip(),
                         args.same_trial,
@@ -549,11 +572,10 @@ def main() -> None:
                         args.threads,
                         args.set,
                         with_hf=not args.textloop_only,
+                        train_seed=seed + offset,
                     )
-                else:
-                    found = run_row(row.strip(), args, folder, seed)
-                if found is not None:
-                    results.append({**found, "seed": seed})
+                    if found is not None:
+                        results.append(found)
     payload = {
         "cpu": read_cpu_info().model,
         "precision": choose_precision("auto", torch.device("cpu")).name,
