@@ -177,7 +177,7 @@ class TrainConfig(ScheduleConfig):
         description="How a classifier is trained. default: fine-tune the encoder with its head; "
         "few-shot: contrastive fine-tuning on pairs of the labelled texts, then a logistic-"
         "regression head on their mean-pooled embeddings (SetFit's method, docs/few-shot.md); "
-        "auto: few-shot when the training data has at most 16 examples per class.",
+        "auto: few-shot when the training data has at most 12 examples per class.",
     )
     few_shot_loss: Literal["in-batch", "pairs"] = Field(
         "in-batch",
