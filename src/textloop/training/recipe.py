@@ -74,7 +74,7 @@ MIN_PASSES, MAX_PASSES = 2, 30
 # largest size measured where it was at least level with default fine-tuning on every dataset
 # (5 seeds, 20 reads a pass; docs/few-shot.md "The threshold"): at 8 per class +1.7 SNIPS, +8.5
 # drug reviews, +1.5 BBC, +1.6 CLINC150; at 12 +0.1, +2.8, +1.0, +0.0 (few_shot_threshold_12.json);
-# at 16 -0.8 SNIPS and -1.7 CLINC150 against +0.4 BBC and +2.0 drug reviews (3 seeds), with
+# at 16 -0.8 SNIPS and -1.7 CLINC150 against +0.4 BBC (3 seeds) and +2.1 drug reviews, with
 # default fine-tuning faster on three of the four (few_shot_default_16.json, few_shot_threshold.json)
 FEW_SHOT_MAX_PER_CLASS = 12
 FEW_SHOT_PAIRS_PER_EXAMPLE = 40  # SetFit's 20 iterations x (one positive + one negative pair)
