@@ -31,6 +31,9 @@ gap between the searches' winners apart from a gap between the two loops:
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/tune.py --rows snips-50 --seed 0,1,2 \
         --same-trial 4.03e-5,8,9 --output bench/results/tune_same_trial.json
+    # markdown from saved results: the search table, and same-trial runs paired by row, values,
+    # sample and training seed (a --textloop-only variant pairs with another file's HF runs)
+    .venv/bin/python bench/tune.py --render bench/results/tune_same_trial*.json
 
 Selection is on validation only on both sides; test scores are of the winner. CoNLL-2003 as
 shipped has no test split: its validation file is halved (seeded), one half to choose on, the
@@ -44,8 +47,10 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -504,7 +509,88 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _run_key(r: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two ``--same-trial`` runs comparable: row, values, sample and training seed."""
+    values = tuple(sorted(r["settings"].items()))
+    return r["row"], values, r["seed"], r.get("train_seed", r["seed"])
+
+
+def _mean_sd(xs: list[float]) -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.3f} ± {sd:.3f}"
+
+
+def _paired(diffs: list[float]) -> str:
+    """Mean ± standard error of paired differences, in points, with wins / losses / ties."""
+    pts = [100 * d for d in diffs]
+    se = statistics.stdev(pts) / math.sqrt(len(pts)) if len(pts) > 1 else 0.0
+    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    ties = len(diffs) - wins - losses
+    mean = round(statistics.mean(pts), 1) + 0.0  # no "-0.0"
+    return f"{mean:+.1f} ± {se:.1f} (se; {wins} won, {losses} lost, {ties} tied)"
+
+
+def render_same_trial(runs: list[dict[str, Any]]) -> str:
+    """``--same-trial`` runs from any number of files, paired with HF's run on the same key.
+
+    A run pairs with its own HF run; a textloop-only variant (``--textloop-only --set ...``)
+    with the first HF run, in the order of the files, on the same row, values, sample and
+    training seed (HF's CPU runs are deterministic in their scores, not their seconds).
+    Validation: textloop's best checkpoint vs HF's last epoch (what each search reports).
+    """
+    hf: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in runs:  # a variant without HF runs pairs with the first file's HF run on its key
+        if "hf" in r:
+            hf.setdefault(_run_key(r), r["hf"])
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in runs:
+        values = tuple(sorted(r["settings"].items()))
+        groups.setdefault((r["row"], values, tuple(r["textloop_sets"])), []).append(r)
+    lines = [
+        "| row | values | textloop side | runs | textloop val / test (s) | "
+        "HF val / test (s) | textloop − HF, val | test | time |",
+        "| --- | --- | --- | ---: | --- | --- | --- | --- | ---: |",
+    ]
+    for (row, values, sets), group in groups.items():
+        pairs = [
+            (r["textloop"], r.get("hf") or hf[_run_key(r)]) for r in group if _run_key(r) in hf
+        ]
+        given = ", ".join(sets) or "as it trains by default"
+        shown = ", ".join(f"{k} {v}" for k, v in values)
+        if not pairs:
+            lines.append(f"| {row} | {shown} | {given} | {len(group)} | no HF run on these keys |")
+            continue
+        tl, other = [p[0] for p in pairs], [p[1] for p in pairs]
+        lines.append(
+            f"| {row} | {shown} | {given} | {len(pairs)} | "
+            f"{_mean_sd([t['validation'] for t in tl])} / {_mean_sd([t['test'] for t in tl])} "
+            f"({statistics.mean(t['wall_s'] for t in tl):.0f}) | "
+            f"{_mean_sd([h['validation_last'] for h in other])} / "
+            f"{_mean_sd([h['test'] for h in other])} "
+            f"({statistics.mean(h['wall_s'] for h in other):.0f}) | "
+            f"{_paired([t['validation'] - h['validation_last'] for t, h in pairs])} | "
+            f"{_paired([t['test'] - h['test'] for t, h in pairs])} | "
+            f"{sum(t['wall_s'] for t in tl) / sum(h['wall_s'] for h in other):.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def render(paths: list[Path]) -> str:
+    """Markdown from saved results: the search table, then the paired ``--same-trial`` table."""
+    unique = list(dict.fromkeys(path.resolve() for path in paths))  # a file named twice, once
+    rows = [r for path in unique for r in json.loads(path.read_text())["rows"]]
+    searches = [r for r in rows if "default" in r]
+    trials = [r for r in rows if "settings" in r]
+    parts = [table(searches)] if searches else []
+    if trials:
+        parts.append(render_same_trial(trials))
+    return "\n\n".join(parts)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--render"]:
+        print(render([Path(a) for a in sys.argv[2:]]))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", default="clinc150,snips,conll-2000")
     p.add_argument("--trials", type=int, default=20)
