@@ -8,15 +8,22 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from transformers import AutoTokenizer
 
 import textloop
 from textloop.cli.main import main
 from textloop.continual.candidate import build_candidate
 from textloop.continual.config import load_update_config
 from textloop.continual.retrain import write_run_dir
+from textloop.continual.selection import Candidate, score_texts, select
 from textloop.errors import ConfigError, DataError
-from textloop.training.few_shot import balanced_pairs, class_batches
+from textloop.serving.embeddings import mean_pooled
+from textloop.tasks.base import eval_batches
+from textloop.tasks.classification.pooled import MeanPooledClassifier
+from textloop.tasks.classification.task import ClassificationTask
+from textloop.training.few_shot import balanced_pairs, class_batches, fit_head
 from textloop.training.recipe import (
     FEW_SHOT_MAX_PER_CLASS,
     choose_recipe,
@@ -116,6 +123,7 @@ def test_auto_few_shot_learns_and_round_trips_through_the_cli(
 
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["train"]["recipe"] == "few-shot" and saved["train"]["batch_size"] == 16
+    assert saved["train"]["class_weights"] == "balanced"  # the head's classes weigh alike
     why = run.metrics["train"]["recipe"]["reasons"]["recipe"]
     assert "12.0 training examples per class" in why
     report = (out / "report.md").read_text()
@@ -134,6 +142,15 @@ def test_auto_few_shot_learns_and_round_trips_through_the_cli(
 
     reloaded = textloop.load_run(out).predict(texts, top_k=2)
     assert [p["label"] for p in reloaded] == [p["label"] for p in in_memory]
+
+    # what reads a classifier's hidden states works on the mean-pooled one too: select's
+    # diverse strategy, drift monitoring and /v1/embeddings pool the last layer
+    _, pooled = score_texts(run, texts)
+    assert pooled is not None and pooled.shape == (30, run.model.config.hidden_size)
+    cands = [Candidate(str(i), t, "pool") for i, t in enumerate(texts)]
+    assert len(select(run, cands, k=5, strategy="diverse", seed=0).rows) == 5
+    vectors = mean_pooled(run.model, run.task.tokenizer, texts[:3])
+    assert [round(sum(v * v for v in vec), 4) for vec in vectors] == [1.0, 1.0, 1.0]
     assert main(["evaluate", str(out), "--data", str(few_data["test"]), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
@@ -147,6 +164,41 @@ def test_auto_few_shot_learns_and_round_trips_through_the_cli(
     assert back.task.state()["pooling"] == "mean" and back.task.state()["labels"][-1] == "meh"
     expected = [p["label"] for p in ctask.predict(cand, texts)]
     assert [p["label"] for p in back.predict(texts)] == expected
+
+
+@pytest.mark.integration
+def test_the_head_weighs_classes_alike_only_where_their_counts_differ(tiny_bert: Path) -> None:
+    labels = ["neg", "pos"]
+    task = ClassificationTask(
+        tokenizer=AutoTokenizer.from_pretrained(tiny_bert), labels=labels, max_seq_len=32
+    )
+    task.pooling = "mean"
+    model = MeanPooledClassifier.from_body(tiny_bert, labels).eval()
+    rows = toy_rows(48, seed=5)
+
+    def head(subset: list[dict[str, str]], weights: str) -> tuple[object, object]:
+        data = task.encode([r["text"] for r in subset], None)
+        data.targets = [labels.index(r["label"]) for r in subset]
+        fit_head(model, task, data, 0, weights)
+        return model.classifier.weight.detach().clone(), model.classifier.bias.detach().clone()
+
+    even = rows[:24]  # 12 a class: inverse-frequency weights are all 1, the same head
+    for got, want in zip(head(even, "balanced"), head(even, "none")):
+        assert torch.allclose(got, want, atol=1e-6)
+    # 20 positive, 4 negative: balanced moves the boundary toward the majority class
+    skewed = [r for r in rows if r["label"] == "pos"][:20] + [
+        r for r in rows if r["label"] == "neg"
+    ][:4]
+    probe = task.encode([r["text"] for r in toy_rows(60, seed=6)], None)
+    share = {}
+    for weights in ("none", "balanced"):
+        head(skewed, weights)
+        with torch.no_grad():
+            logits = torch.cat(
+                [model(**inputs).logits for _, inputs, _ in eval_batches(task, model, probe, 16)]
+            )
+        share[weights] = float(logits.softmax(-1)[:, 0].mean())  # mean P(neg), the minority
+    assert share["balanced"] > share["none"]
 
 
 @pytest.mark.integration

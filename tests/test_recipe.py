@@ -70,6 +70,7 @@ def test_other_tasks_keep_fixed_defaults():
         "head_lr": None,
         "eval_every_steps": 0,
         "early_stopping_patience": None,
+        "class_weights": "none",
     }
 
 

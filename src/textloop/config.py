@@ -199,8 +199,10 @@ class TrainConfig(ScheduleConfig):
             "dense: every row every step, as torch.optim.AdamW."
         ),
     )
-    class_weights: Literal["none", "balanced"] = Field(
-        "none", description="balanced: weight the loss by inverse class frequency."
+    class_weights: Literal["none", "balanced"] | None = Field(
+        None,
+        description="balanced: weight the loss (the few-shot head: its classes) by inverse "
+        "class frequency (default: the recipe's, none; balanced for the few-shot head).",
     )
     eval_every_steps: int | None = Field(
         None,

@@ -104,9 +104,16 @@ def embeddings(model: MeanPooledClassifier, task: ClassificationTask, data: Enco
 
 
 def fit_head(
-    model: MeanPooledClassifier, task: ClassificationTask, data: Encoded, seed: int
+    model: MeanPooledClassifier,
+    task: ClassificationTask,
+    data: Encoded,
+    seed: int,
+    class_weights: str = "none",
 ) -> dict[str, Any]:
     """Fit a logistic regression on ``data``'s embeddings and load it into ``model.classifier``.
+
+    ``class_weights="balanced"`` weighs each class's examples by inverse frequency (all weights
+    are exactly 1 where every class has as many examples, so such data fits the same head).
 
     The softmax of the linear layer's logits is then the regression's ``predict_proba``; a binary
     regression's one score ``s`` becomes the logits (-s/2, s/2), whose softmax is sigmoid(s).
@@ -115,7 +122,10 @@ def fit_head(
 
     x = embeddings(model, task, data)
     y = np.asarray(data.targets)
-    reg = LogisticRegression(C=HEAD_C, max_iter=HEAD_MAX_ITER, random_state=seed).fit(x, y)
+    weighting = "balanced" if class_weights == "balanced" else None
+    reg = LogisticRegression(
+        C=HEAD_C, max_iter=HEAD_MAX_ITER, random_state=seed, class_weight=weighting
+    ).fit(x, y)
     n_labels, hidden = len(task.labels), x.shape[1]
     weight = np.zeros((n_labels, hidden), dtype=np.float32)
     bias = np.zeros(n_labels, dtype=np.float32)
@@ -150,6 +160,7 @@ class ContrastiveObjective:
     eval_batch_size: int
     seed: int
     device: torch.device
+    class_weights: str = "none"  # the head's: "balanced" weighs classes by inverse frequency
     pairs: list[tuple[int, int, float]] = field(default_factory=list)
     head: dict[str, Any] = field(default_factory=dict)
 
@@ -208,7 +219,7 @@ class ContrastiveObjective:
         return cosine_pair_loss(self.model.embed(**batch), similarity)
 
     def evaluate(self) -> dict[str, Any]:
-        self.head = fit_head(self.model, self.task, self.train, self.seed)
+        self.head = fit_head(self.model, self.task, self.train, self.seed, self.class_weights)
         metrics = self.task.evaluate(self.model, self.validation, self.eval_batch_size)
         metrics["head_train_accuracy"] = self.head["train_accuracy"]
         return metrics

@@ -175,6 +175,7 @@ def _few_shot_objective(s: RunSetup) -> ContrastiveObjective | None:
         eval_batch_size=t.eval_batch_size,
         seed=t.seed,
         device=s.device,
+        class_weights=t.class_weights or "none",
     )
 
 

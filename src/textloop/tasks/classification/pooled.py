@@ -91,24 +91,44 @@ class MeanPooledClassifier(torch.nn.Module):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Unit-length sentence embeddings, (B, H): the mean of the unmasked token vectors."""
+        return self._embed(input_ids, attention_mask, token_type_ids, False)[0]
+
+    def _embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+        output_hidden_states: bool,
+    ) -> tuple[torch.Tensor, Any]:
+        """The embeddings and, if asked, the body's hidden states (embeddings, then each layer)."""
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, **extra)[0]
+        out = self.body(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            **extra,
+        )
+        hidden = out[0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         summed = (hidden * mask).sum(1)  # (B, H)
         mean = summed / mask.sum(1).clamp(min=1e-9)
-        return F.normalize(mean.float(), dim=-1)
+        states = out.hidden_states if output_hidden_states else None
+        return F.normalize(mean.float(), dim=-1), states
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
         **_: Any,
     ) -> Any:
+        """``.logits`` (B, C), and ``.hidden_states`` when asked (as a Hugging Face classifier
+        gives them: ``select``'s diverse strategy pools the last one)."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        emb = self.embed(input_ids, attention_mask, token_type_ids)  # (B, H)
+        emb, states = self._embed(input_ids, attention_mask, token_type_ids, output_hidden_states)
         logits = self.classifier(emb.to(self.classifier.weight.dtype))  # (B, C)
-        return SequenceClassifierOutput(logits=logits)
+        return SequenceClassifierOutput(logits=logits, hidden_states=states)
