@@ -26,7 +26,10 @@ Training seconds: textloop's ``metrics.train.seconds`` (the loop, head fit inclu
 wall time of setfit's ``Trainer.train()``. textloop runs the precision ``train.precision: auto``
 picks (bf16 autocast on CPUs with AVX512-BF16 or AMX); setfit runs fp32 (its ``use_amp`` means
 fp16, which a CPU does not speed up), so an arm named ``few-shot-fp32`` runs textloop's few-shot
-recipe in fp32 too, for a like-for-like time. Prints one JSON object.
+recipe in fp32 too, for a like-for-like time. ``--sampling random`` draws as many texts
+regardless of class instead (uneven counts: the dataset's own class frequencies), where the
+``few-shot-unweighted`` arm shows what the head's inverse-frequency class weights change.
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -53,8 +56,9 @@ from textloop.training.precision import choose_precision, read_cpu_info
 from textloop.training.recipe import FEW_SHOT_PAIRS_PER_EXAMPLE, few_shot_pairs
 
 ARMS = ("few-shot", "default", "setfit")
-# also: few-shot-pairs (train.few_shot_loss: pairs), and any textloop arm with "-fp32" appended
-# (train.precision: fp32, the precision the setfit arm runs in, for a like-for-like time)
+# also: few-shot-pairs (train.few_shot_loss: pairs), few-shot-unweighted (train.class_weights:
+# none, the few-shot head without inverse-frequency weights), and any textloop arm with "-fp32"
+# appended (train.precision: fp32, the precision the setfit arm runs in, for a like-for-like time)
 
 
 def _test_rows(rows: Rows, limit: int) -> Rows:
@@ -68,6 +72,8 @@ def run_textloop(
 ) -> dict:
     recipe = arm.removesuffix("-fp32")
     precision = "fp32" if arm.endswith("-fp32") else "auto"
+    weights = ["train.class_weights=none"] if recipe.endswith("-unweighted") else []
+    recipe = recipe.removesuffix("-unweighted")
     cfg = textloop.load_config(
         None,
         [
@@ -83,6 +89,7 @@ def run_textloop(
             f"train.max_seq_len={args.max_len}",
             f"train.seed={seed}",
             f"train.precision={precision}",
+            *weights,
         ],
     )
     run = textloop.train(cfg)
@@ -158,6 +165,12 @@ def run_cell(
         if splits is None:
             print(f"skip {name}: data not found", file=sys.stderr)
             return None
+        if args.sampling == "random":  # as many texts, drawn regardless of class
+            everything = classification_splits(name, None, seed)
+            assert everything is not None
+            for part, offset in (("train", 0), ("validation", 1)):
+                n = len(splits[part])
+                splits[part] = random.Random(seed + offset).sample(everything[part], n)
         test = _test_rows(splits["test"], args.max_test)
         d = tmp / f"{name}-{per_class}-{seed}"
         d.mkdir(parents=True, exist_ok=True)
@@ -187,7 +200,12 @@ def run_cell(
 # comparisons shown as columns when both arms ran: accuracy gap (points) and the first arm's
 # training seconds as a share of the second's; few-shot vs default fine-tuning and vs setfit
 # (also with textloop in fp32, setfit's precision)
-TARGETS = (("few-shot", "default"), ("few-shot", "setfit"), ("few-shot-fp32", "setfit"))
+TARGETS = (
+    ("few-shot", "default"),
+    ("few-shot", "setfit"),
+    ("few-shot-fp32", "setfit"),
+    ("few-shot", "few-shot-unweighted"),
+)
 
 
 def merge(payloads: list[dict[str, Any]]) -> dict[str, Any]:
@@ -198,10 +216,11 @@ def merge(payloads: list[dict[str, Any]]) -> dict[str, Any]:
     They must come from one CPU and setting."""
     first = payloads[0]
     for other in payloads[1:]:
-        for key in ("cpu", "precision", "threads", "max_len"):
-            if other[key] != first[key]:
+        for key in ("cpu", "precision", "threads", "max_len", "sampling"):
+            if other.get(key, "per-class") != first.get(key, "per-class"):
                 raise SystemExit(
-                    f"cannot merge results with different {key}: {first[key]!r} vs {other[key]!r}"
+                    f"cannot merge results with different {key}: {first.get(key)!r} vs "
+                    f"{other.get(key)!r}"
                 )
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     arms: list[str] = []
@@ -226,7 +245,8 @@ def render(payload: dict[str, Any]) -> str:
     head = [f"{a} acc | {a} s" for a in arms] + [f"{a} - {b} | s ratio" for a, b in pairs]
     lines = [
         f"CPU: {payload['cpu']}, {payload['threads']} thread(s), textloop precision "
-        f"{payload['precision']}; {payload['note']}",
+        f"{payload['precision']}, sampling {payload.get('sampling', 'per-class')}; "
+        f"{payload['note']}",
         "",
         "| dataset | per class | " + " | ".join(head) + " |",
         "| --- | ---: | " + " | ".join("---: | ---:" for _ in head) + " |",
@@ -266,6 +286,13 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=128, help="tokens per text, every arm")
     p.add_argument("--max-test", type=int, default=2000, help="test rows (a fixed sample)")
     p.add_argument("--setfit-path", type=Path, default=ROOT.parent / "setfit-libs")
+    p.add_argument(
+        "--sampling",
+        choices=("per-class", "random"),
+        default="per-class",
+        help="per-class: PER_CLASS texts of every class; random: as many texts in all, drawn "
+        "regardless of class (uneven counts, the data's own class frequencies)",
+    )
     p.add_argument("--note", default="full run")
     p.add_argument("--output", type=Path)
     p.add_argument(
@@ -287,6 +314,7 @@ def main() -> None:
         "precision": choose_precision("auto", torch.device("cpu")).name,
         "threads": args.threads,
         "max_len": args.max_len,
+        "sampling": args.sampling,
         "note": args.note,
         "arms": args.arms,
         "rows": [],
