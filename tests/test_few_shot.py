@@ -16,6 +16,7 @@ import textloop
 from textloop.cli.main import main
 from textloop.continual.candidate import build_candidate
 from textloop.continual.config import load_update_config
+from textloop.continual.monitor import embed_texts
 from textloop.continual.retrain import write_run_dir
 from textloop.continual.selection import Candidate, score_texts, select
 from textloop.errors import ConfigError, DataError
@@ -151,6 +152,8 @@ def test_auto_few_shot_learns_and_round_trips_through_the_cli(
     assert len(select(run, cands, k=5, strategy="diverse", seed=0).rows) == 5
     vectors = mean_pooled(run.model, run.task.tokenizer, texts[:3])
     assert [round(sum(v * v for v in vec), 4) for vec in vectors] == [1.0, 1.0, 1.0]
+    seen = embed_texts(run, texts[:4])
+    assert seen["embeddings"].shape == (4, run.model.config.hidden_size)
     assert main(["evaluate", str(out), "--data", str(few_data["test"]), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] == pytest.approx(run.metrics["test"]["accuracy"])
