@@ -95,8 +95,8 @@ def load(name: str, pool_size: int, test_size: int, dev_per_class: int) -> dict[
 class FineTune:
     """Each round: ``textloop.train`` (default recipe, embedded:minilm), ``select`` on the run."""
 
-    def __init__(self, data: dict[str, Rows], work: Path, threads: int) -> None:
-        self.data, self.work, self.threads = data, work, threads
+    def __init__(self, data: dict[str, Rows], work: Path, threads: int, seed: int = 0) -> None:
+        self.data, self.work, self.threads, self.seed = data, work, threads, seed
         self.dev = _write_tsv(data["dev"], work / "dev.tsv")
         self.test = _write_tsv(data["test"], work / "test.tsv")
         self.n = 0
@@ -117,6 +117,7 @@ class FineTune:
                 f"data.test={self.test}",
                 f"output={self.work / f'run{self.n}'}",
                 f"train.threads={self.threads}",
+                f"train.seed={self.seed}",
             ],
         )
         self.run = textloop.load_run(textloop.train(cfg).path)

@@ -7,7 +7,8 @@
 The labelled set is what an active-learning round hands the few-shot recipe: ``--per-class``
 texts of every class drawn from bench/active_learning.py's pool (4,500 training texts, sample
 ``--seed``), then ``--extra`` more at random from the rest of the pool, so classes hold uneven
-counts. ``textloop.train`` runs the few-shot recipe once on it (the default head: inverse-
+counts. ``textloop.train`` runs the few-shot recipe once on it (as an active-learning round
+does, ``active_learning.FineTune``) (the default head: inverse-
 frequency class weights); then logistic-regression heads with other settings, and a nearest-
 centroid head, are fitted on the same run's embeddings of the training texts and scored on the
 same test sample (1,500 texts), so each row differs from the others by its head alone. A
@@ -33,7 +34,6 @@ import numpy as np
 import torch
 
 import active_learning as al  # the pool, dev and test samples of the active-learning bench
-import textloop
 from textloop.training.few_shot import HEAD_C, HEAD_MAX_ITER, embeddings
 from textloop.training.precision import choose_precision, read_cpu_info
 
@@ -44,24 +44,6 @@ HEADS: list[tuple[str, dict[str, Any]]] = [
     ("unweighted, C=100", {"C": 100.0}),
     ("inverse-frequency weights, C=10", {"C": 10.0, "class_weight": "balanced"}),
 ]
-
-
-def train(rows: al.Rows, files: dict[str, str], out: Path, threads: int, seed: int) -> Any:
-    train_file = al._write_tsv(rows, out.parent / f"{out.name}.tsv")
-    cfg = textloop.load_config(
-        None,
-        [
-            "task=classification",
-            "model=embedded:minilm",
-            f"data.train={train_file}",
-            f"data.validation={files['dev']}",
-            f"data.test={files['test']}",
-            f"output={out}",
-            f"train.threads={threads}",
-            f"train.seed={seed}",
-        ],
-    )
-    return textloop.load_run(textloop.train(cfg).path)
 
 
 def heads(run: Any, rows: al.Rows, test: al.Rows) -> dict[str, float]:
@@ -100,17 +82,15 @@ def main() -> None:
     n_classes = len({r["label"] for r in pool})
     first = al._per_class(pool, args.per_class, random.Random(args.seed + 1))
     rest = sorted(set(range(len(pool))) - set(first))
-    uneven = [pool[i] for i in first + random.Random(args.seed + 7).sample(rest, args.extra)]
+    uneven = first + random.Random(args.seed + 7).sample(rest, args.extra)
     even_n = args.per_class + args.extra // n_classes
-    even = [pool[i] for i in al._per_class(pool, even_n, random.Random(args.seed + 1))]
-    counts = Counter(r["label"] for r in uneven)
+    even = al._per_class(pool, even_n, random.Random(args.seed + 1))
+    counts = Counter(pool[i]["label"] for i in uneven)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        files = {
-            "dev": al._write_tsv(data["dev"], Path(tmp) / "dev.tsv"),
-            "test": al._write_tsv(data["test"], Path(tmp) / "test.tsv"),
-        }
-        run = train(uneven, files, Path(tmp) / "uneven", args.threads, args.seed)
+        learner = al.FineTune(data, Path(tmp), args.threads, args.seed)  # the AL bench's rounds
+        learner.fit(uneven)
+        run = learner.run
         result: dict[str, Any] = {
             "cpu": read_cpu_info().model,
             "precision": choose_precision("auto", torch.device("cpu")).name,
@@ -121,12 +101,11 @@ def main() -> None:
             "classes_labelled": len(counts),
             "n_test": len(data["test"]),
             "run_test_accuracy": round(run.metrics["test"]["accuracy"], 4),
-            "heads": heads(run, uneven, data["test"]),
+            "heads": heads(run, [pool[i] for i in uneven], data["test"]),
         }
-        control = train(even, files, Path(tmp) / "even", args.threads, args.seed)
         result["even_control"] = {
             "per_class": even_n,
-            "run_test_accuracy": round(control.metrics["test"]["accuracy"], 4),
+            "run_test_accuracy": round(learner.fit(even), 4),
         }
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=2))

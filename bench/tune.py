@@ -509,10 +509,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _values(r: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A ``--same-trial`` run's trained values (lr, batch size, epochs), in a fixed order."""
+    return tuple(sorted(r["settings"].items()))
+
+
 def _run_key(r: dict[str, Any]) -> tuple[Any, ...]:
     """What makes two ``--same-trial`` runs comparable: row, values, sample and training seed."""
-    values = tuple(sorted(r["settings"].items()))
-    return r["row"], values, r["seed"], r.get("train_seed", r["seed"])
+    return r["row"], _values(r), r["seed"], r.get("train_seed", r["seed"])
 
 
 def _mean_sd(xs: list[float]) -> str:
@@ -544,8 +548,7 @@ def render_same_trial(runs: list[dict[str, Any]]) -> str:
             hf.setdefault(_run_key(r), r["hf"])
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in runs:
-        values = tuple(sorted(r["settings"].items()))
-        groups.setdefault((r["row"], values, tuple(r["textloop_sets"])), []).append(r)
+        groups.setdefault((r["row"], _values(r), tuple(r["textloop_sets"])), []).append(r)
     lines = [
         "| row | values | textloop side | runs | textloop val / test (s) | "
         "HF val / test (s) | textloop − HF, val | test | time |",
